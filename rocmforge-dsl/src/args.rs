@@ -1,0 +1,295 @@
+//! Argument checking shared by the launcher and the interpreter: the shapes and dtypes
+//! passed for a kernel's parameters, resolved to the kernel's problem size.
+
+use crate::dtype::DType;
+use crate::ir::{DTypeRef, Kernel, Kind, Layout, ParamTy, ScalarTy};
+
+/// What is passed for one parameter, as far as checking needs to know.
+#[derive(Debug, Clone, Copy)]
+pub enum ArgDesc<'a> {
+    /// A tensor with its dtype and shape.
+    Tensor {
+        /// Element type.
+        dtype: DType,
+        /// Dimensions, outermost first.
+        shape: &'a [usize],
+    },
+    /// A scalar of the given type.
+    Scalar(ScalarTy),
+}
+
+/// The problem size of a launch, from the kind and the argument shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dims {
+    /// Elements of every tensor.
+    Elementwise {
+        /// Element count.
+        n: u64,
+    },
+    /// Rows and columns of the `Rows<T>` tensors.
+    Rowwise {
+        /// Rows (the product of all but the last dimension).
+        rows: u64,
+        /// Columns (the last dimension).
+        cols: u64,
+    },
+    /// Rotary embedding sizes.
+    Rope {
+        /// Tokens (the first dimension of q and k).
+        tokens: u64,
+        /// Heads of q.
+        q_heads: u64,
+        /// Heads of k.
+        k_heads: u64,
+        /// Elements per head.
+        head_dim: u64,
+        /// Rotated pairs per head: `len(inv_freq)`, `rotary_dim / 2`.
+        half_rot: u64,
+    },
+}
+
+/// Arguments that do not fit a kernel's declaration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArgError {
+    /// Wrong number of arguments.
+    #[error("kernel `{kernel}` takes {expected} arguments, got {got}")]
+    Count {
+        /// Kernel name.
+        kernel: String,
+        /// Declared parameters.
+        expected: usize,
+        /// Passed arguments.
+        got: usize,
+    },
+    /// A scalar passed for a tensor, or the reverse.
+    #[error("kernel `{kernel}`: parameter `{param}` is {expected}, but {got} was passed")]
+    Kind {
+        /// Kernel name.
+        kernel: String,
+        /// Parameter name.
+        param: String,
+        /// What the declaration says.
+        expected: String,
+        /// What was passed.
+        got: String,
+    },
+    /// A tensor of the wrong dtype.
+    #[error("kernel `{kernel}`: `{param}` must be {expected}, got {got}{hint}")]
+    DType {
+        /// Kernel name.
+        kernel: String,
+        /// Parameter name.
+        param: String,
+        /// Expected dtype.
+        expected: String,
+        /// Passed dtype.
+        got: DType,
+        /// What to do.
+        hint: String,
+    },
+    /// A tensor of the wrong rank.
+    #[error("kernel `{kernel}`: `{param}` is {layout}, which needs {expected} dimensions, got shape {got:?}")]
+    Rank {
+        /// Kernel name.
+        kernel: String,
+        /// Parameter name.
+        param: String,
+        /// Declared layout.
+        layout: &'static str,
+        /// Expected rank, in words.
+        expected: &'static str,
+        /// Passed shape.
+        got: Vec<usize>,
+    },
+    /// Shapes that disagree.
+    #[error("kernel `{kernel}`: `{param}` has shape {got:?}, expected {expected}")]
+    Shape {
+        /// Kernel name.
+        kernel: String,
+        /// Parameter name.
+        param: String,
+        /// The expected shape, in words.
+        expected: String,
+        /// Passed shape.
+        got: Vec<usize>,
+    },
+    /// A tensor with no elements.
+    #[error("kernel `{kernel}`: `{param}` has shape {shape:?}, which holds no elements; nothing to launch")]
+    Empty {
+        /// Kernel name.
+        kernel: String,
+        /// Parameter name.
+        param: String,
+        /// Passed shape.
+        shape: Vec<usize>,
+    },
+    /// Element counts past u64 (or the kernels' signed 64-bit indices).
+    #[error("kernel `{kernel}`: `{param}` has shape {shape:?}, whose element count overflows 64-bit indexing")]
+    Overflow {
+        /// Kernel name.
+        kernel: String,
+        /// Parameter name.
+        param: String,
+        /// Passed shape.
+        shape: Vec<usize>,
+    },
+}
+
+fn numel(kernel: &str, param: &str, shape: &[usize]) -> Result<u64, ArgError> {
+    let mut n: u64 = 1;
+    for &d in shape {
+        n = n.checked_mul(d as u64).ok_or_else(|| ArgError::Overflow {
+            kernel: kernel.into(),
+            param: param.into(),
+            shape: shape.to_vec(),
+        })?;
+    }
+    if n > i64::MAX as u64 {
+        return Err(ArgError::Overflow { kernel: kernel.into(), param: param.into(), shape: shape.to_vec() });
+    }
+    if n == 0 {
+        return Err(ArgError::Empty { kernel: kernel.into(), param: param.into(), shape: shape.to_vec() });
+    }
+    Ok(n)
+}
+
+/// Checks arguments against the declaration; returns the dtype chosen for `T` (if the
+/// kernel is generic) and the problem size.
+pub fn resolve(kernel: &Kernel, args: &[ArgDesc<'_>]) -> Result<(Option<DType>, Dims), ArgError> {
+    let kname = kernel.name.as_str();
+    if args.len() != kernel.params.len() {
+        return Err(ArgError::Count { kernel: kname.into(), expected: kernel.params.len(), got: args.len() });
+    }
+    let mut generic: Option<(DType, &str)> = None;
+    for (p, a) in kernel.params.iter().zip(args) {
+        match (p.ty, a) {
+            (ParamTy::Tensor { dtype, .. }, ArgDesc::Tensor { dtype: got, .. }) => match dtype {
+                DTypeRef::Concrete(want) if want != *got => {
+                    return Err(ArgError::DType { kernel: kname.into(), param: p.name.clone(), expected: want.to_string(), got: *got, hint: String::new() })
+                }
+                DTypeRef::Concrete(_) => {}
+                DTypeRef::Generic => match generic {
+                    None => {
+                        if !kernel.options.dtypes.contains(got) {
+                            let list: Vec<&str> = kernel.options.dtypes.iter().map(|d| d.name()).collect();
+                            return Err(ArgError::DType {
+                                kernel: kname.into(),
+                                param: p.name.clone(),
+                                expected: format!("one of [{}]", list.join(", ")),
+                                got: *got,
+                                hint: "; convert the tensor, or add the dtype to the declaration's `dtype = [...]`".into(),
+                            });
+                        }
+                        generic = Some((*got, &p.name));
+                    }
+                    Some((first, first_name)) if first != *got => {
+                        return Err(ArgError::DType {
+                            kernel: kname.into(),
+                            param: p.name.clone(),
+                            expected: format!("{first} (the dtype T of `{first_name}`)"),
+                            got: *got,
+                            hint: String::new(),
+                        })
+                    }
+                    Some(_) => {}
+                },
+            },
+            (ParamTy::Scalar(want), ArgDesc::Scalar(got)) if want == *got => {}
+            (ParamTy::Scalar(want), other) => {
+                return Err(ArgError::Kind { kernel: kname.into(), param: p.name.clone(), expected: format!("a {} scalar", want.ty().name()), got: describe(other) })
+            }
+            (ParamTy::Tensor { .. }, other) => {
+                return Err(ArgError::Kind { kernel: kname.into(), param: p.name.clone(), expected: "a tensor".into(), got: describe(other) })
+            }
+        }
+    }
+    let tensors: Vec<(&str, Layout, &[usize])> = kernel
+        .params
+        .iter()
+        .zip(args)
+        .filter_map(|(p, a)| match (p.ty, a) {
+            (ParamTy::Tensor { layout, .. }, ArgDesc::Tensor { shape, .. }) => Some((p.name.as_str(), layout, *shape)),
+            _ => None,
+        })
+        .collect();
+    let dims = match kernel.kind {
+        Kind::Elementwise => {
+            let mut n = None;
+            for (name, _, shape) in &tensors {
+                let m = numel(kname, name, shape)?;
+                match n {
+                    None => n = Some((m, *name)),
+                    Some((n0, first)) if n0 != m => {
+                        return Err(ArgError::Shape { kernel: kname.into(), param: name.to_string(), expected: format!("{n0} elements, like `{first}`"), got: shape.to_vec() })
+                    }
+                    Some(_) => {}
+                }
+            }
+            Dims::Elementwise { n: n.map(|x| x.0).unwrap_or(0) }
+        }
+        Kind::Rowwise => {
+            let mut rc: Option<(u64, u64, &str)> = None;
+            for (name, layout, shape) in &tensors {
+                if *layout != Layout::Rows {
+                    continue;
+                }
+                let Some((&cols, lead)) = shape.split_last() else {
+                    return Err(ArgError::Rank { kernel: kname.into(), param: name.to_string(), layout: "Rows<T>", expected: "at least 1", got: shape.to_vec() });
+                };
+                numel(kname, name, shape)?;
+                let rows = lead.iter().map(|&d| d as u64).product::<u64>();
+                match rc {
+                    None => rc = Some((rows, cols as u64, name)),
+                    Some((r0, c0, first)) if (r0, c0) != (rows, cols as u64) => {
+                        return Err(ArgError::Shape { kernel: kname.into(), param: name.to_string(), expected: format!("{r0} rows of {c0} columns, like `{first}`"), got: shape.to_vec() })
+                    }
+                    Some(_) => {}
+                }
+            }
+            let Some((rows, cols, first)) = rc else {
+                return Err(ArgError::Count { kernel: kname.into(), expected: kernel.params.len(), got: args.len() });
+            };
+            for (name, layout, shape) in &tensors {
+                if *layout == Layout::Flat && numel(kname, name, shape)? != cols {
+                    return Err(ArgError::Shape { kernel: kname.into(), param: name.to_string(), expected: format!("{cols} elements (the columns of `{first}`)"), got: shape.to_vec() });
+                }
+            }
+            Dims::Rowwise { rows, cols }
+        }
+        Kind::Rope(_) => {
+            let [(qn, _, q), (kn, _, k), (pn, _, pos), (fname, _, freq)] = tensors[..] else {
+                return Err(ArgError::Count { kernel: kname.into(), expected: 5, got: args.len() });
+            };
+            for (name, shape) in [(qn, q), (kn, k)] {
+                if shape.len() != 3 {
+                    return Err(ArgError::Rank { kernel: kname.into(), param: name.into(), layout: "Heads<T>", expected: "3 ([tokens, heads, head_dim])", got: shape.to_vec() });
+                }
+                numel(kname, name, shape)?;
+            }
+            if k[0] != q[0] || k[2] != q[2] {
+                return Err(ArgError::Shape { kernel: kname.into(), param: kn.into(), expected: format!("[{}, heads, {}] (tokens and head_dim of `{qn}`)", q[0], q[2]), got: k.to_vec() });
+            }
+            if numel(kname, pn, pos)? != q[0] as u64 {
+                return Err(ArgError::Shape { kernel: kname.into(), param: pn.into(), expected: format!("{} positions, one per token", q[0]), got: pos.to_vec() });
+            }
+            let half_rot = numel(kname, fname, freq)?;
+            if 2 * half_rot > q[2] as u64 {
+                return Err(ArgError::Shape {
+                    kernel: kname.into(),
+                    param: fname.into(),
+                    expected: format!("at most {} frequencies (rotary_dim = 2 * len <= head_dim {})", q[2] / 2, q[2]),
+                    got: freq.to_vec(),
+                });
+            }
+            Dims::Rope { tokens: q[0] as u64, q_heads: q[1] as u64, k_heads: k[1] as u64, head_dim: q[2] as u64, half_rot }
+        }
+    };
+    Ok((generic.map(|g| g.0), dims))
+}
+
+fn describe(a: &ArgDesc<'_>) -> String {
+    match a {
+        ArgDesc::Tensor { dtype, shape } => format!("a {dtype} tensor of shape {shape:?}"),
+        ArgDesc::Scalar(s) => format!("a {} scalar", s.ty().name()),
+    }
+}

@@ -1,0 +1,503 @@
+//! HIP C++ from the kernel IR, through the tera templates in `templates/`.
+//!
+//! Rust decides everything here (names, passes, loads, the C++ of each expression);
+//! the templates only lay out the loops around it.
+
+use std::sync::OnceLock;
+
+use crate::ir::*;
+use crate::spec::{symbol_name, RowMode, Spec};
+
+/// The portability header every translation unit starts with.
+pub const PORTABILITY_HEADER: &str = include_str!("../../templates/rocmforge.h");
+
+const TEMPLATES: [(&str, &str); 3] = [
+    ("elementwise.hip.tera", include_str!("../../templates/elementwise.hip.tera")),
+    ("rowwise.hip.tera", include_str!("../../templates/rowwise.hip.tera")),
+    ("rope.hip.tera", include_str!("../../templates/rope.hip.tera")),
+];
+
+/// A failure to render a kernel. It means a template and the codegen disagree: a bug
+/// in RocmForge, not in the declaration.
+#[derive(Debug, thiserror::Error)]
+pub enum CodegenError {
+    /// Tera rejected a template or a render.
+    #[error("template `{template}` failed: {message}")]
+    Template {
+        /// The template name.
+        template: String,
+        /// Tera's message with its causes.
+        message: String,
+    },
+}
+
+fn tera_message(e: &tera::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+fn templates() -> Result<&'static tera::Tera, CodegenError> {
+    static TERA: OnceLock<Result<tera::Tera, String>> = OnceLock::new();
+    let t = TERA.get_or_init(|| {
+        let mut t = tera::Tera::default();
+        t.autoescape_on(vec![]);
+        t.add_raw_templates(TEMPLATES).map_err(|e| tera_message(&e))?;
+        Ok(t)
+    });
+    t.as_ref().map_err(|m| CodegenError::Template { template: "(registration)".into(), message: m.clone() })
+}
+
+fn render(name: &str, ctx: &tera::Context) -> Result<String, CodegenError> {
+    templates()?
+        .render(name, ctx)
+        .map_err(|e| CodegenError::Template { template: name.to_string(), message: tera_message(&e) })
+}
+
+/// One translation unit: the portability header and every given specialization.
+pub fn render_source(kernel: &Kernel, specs: &[Spec]) -> Result<String, CodegenError> {
+    let mut out = String::with_capacity(PORTABILITY_HEADER.len() + 4096 * specs.len());
+    out.push_str(PORTABILITY_HEADER);
+    for spec in specs {
+        out.push('\n');
+        out.push_str(&render_spec(kernel, spec)?);
+    }
+    Ok(out)
+}
+
+/// The `__global__` function of one specialization (without the header).
+pub fn render_spec(kernel: &Kernel, spec: &Spec) -> Result<String, CodegenError> {
+    let mut ctx = tera::Context::new();
+    ctx.insert("kernel", &kernel.name);
+    ctx.insert("symbol", &symbol_name(&kernel.name, spec));
+    ctx.insert("block", &spec.block);
+    ctx.insert("spec_desc", &spec_desc(spec));
+    ctx.insert("params", &param_list(kernel, spec));
+    let vec = kernel.vec_width(spec);
+    ctx.insert("vec", &vec);
+    match kernel.kind {
+        Kind::Elementwise => {
+            let lw = Lowered::new(kernel, spec);
+            ctx.insert("align_expr", &align_expr(kernel));
+            ctx.insert("inputs", &io_list(kernel, spec, &lw.inputs, IoUse::Elementwise));
+            ctx.insert("outputs", &io_list(kernel, spec, &lw.outputs, IoUse::Elementwise));
+            ctx.insert("element_code", &lw.element_code(kernel, spec, 0, true, 16));
+            render("elementwise.hip.tera", &ctx)
+        }
+        Kind::Rowwise => {
+            let lw = Lowered::new(kernel, spec);
+            ctx.insert("warp", &spec.warp.unwrap_or(32));
+            ctx.insert("row_threads", &kernel.row_threads(spec));
+            ctx.insert("items", &kernel.row_items(spec));
+            ctx.insert("align_expr", &align_expr(kernel));
+            ctx.insert("has_reductions", &!lw.reductions.is_empty());
+            let last = lw.last_pass();
+            // Tensors read before the last pass stay in registers; the rest stream.
+            let mut cached: Vec<usize> = Vec::new();
+            for p in 0..last {
+                for t in lw.pass_needs(p, last).1 {
+                    if !cached.contains(&t) {
+                        cached.push(t);
+                    }
+                }
+            }
+            cached.sort_unstable();
+            ctx.insert("cached", &io_list(kernel, spec, &cached, IoUse::RowLoad));
+            ctx.insert("outputs", &io_list(kernel, spec, &lw.outputs, IoUse::RowLoad));
+            let mut passes = Vec::new();
+            for p in 0..=last {
+                let reds: Vec<usize> = (0..lw.reductions.len()).filter(|&r| lw.reductions[r].arg_stage == p && p < last).collect();
+                let accs: Vec<String> = reds.iter().map(|&r| format!("acc{r} = {}", lw.reductions[r].op_init())).collect();
+                let reduce: Vec<String> = reds.iter().map(|&r| lw.reductions[r].finish(r)).collect();
+                let (_, used) = lw.pass_needs(p, last);
+                let streamed: Vec<usize> = used.iter().copied().filter(|t| !cached.contains(t)).collect();
+                let cached_groups: Vec<IoCtx> = used
+                    .iter()
+                    .map(|&t| {
+                        let mut io = io_list(kernel, spec, &[t], IoUse::RowLoad).remove(0);
+                        io.group = if cached.contains(&t) { format!("c_{}[it]", io.name) } else { format!("l_{}", io.name) };
+                        io
+                    })
+                    .collect();
+                passes.push(PassCtx {
+                    last: p == last,
+                    accs,
+                    reduce,
+                    element_code: lw.element_code(kernel, spec, p, p == last, 28),
+                    cached_loads: io_list(kernel, spec, &streamed, IoUse::RowLoad),
+                    cached_groups,
+                    stream_loads: io_list(kernel, spec, &used, IoUse::RowLoad),
+                    stream_groups: io_list(kernel, spec, &used, IoUse::RowStreamed),
+                });
+            }
+            ctx.insert("passes", &passes);
+            render("rowwise.hip.tera", &ctx)
+        }
+        Kind::Rope(layout) => {
+            let dtype = kernel.param_dtype(0, spec).unwrap_or(crate::DType::F32);
+            let pairs = match layout {
+                RopeLayout::Neox => vec,
+                RopeLayout::Gptj => vec / 2,
+            };
+            let head_dim = spec.head_dim.unwrap_or(2);
+            let name = |i: usize| format!("p_{}", kernel.params[i].name);
+            ctx.insert("layout", &match layout {
+                RopeLayout::Neox => "neox",
+                RopeLayout::Gptj => "gptj",
+            });
+            ctx.insert("head_dim", &head_dim);
+            ctx.insert("pairs", &pairs);
+            ctx.insert("hd_aligned", &((head_dim as usize * dtype.size()) % 16 == 0));
+            ctx.insert("storage", dtype.c_storage());
+            ctx.insert("q", &name(0));
+            ctx.insert("k", &name(1));
+            ctx.insert("pos", &name(2));
+            ctx.insert("inv_freq", &name(3));
+            ctx.insert("mscale", &format!("s_{}", kernel.params[4].name));
+            let (la, lb) = match layout {
+                RopeLayout::Neox => ("a.v[j]", "b.v[j]"),
+                RopeLayout::Gptj => ("a.v[2 * j]", "a.v[2 * j + 1]"),
+            };
+            ctx.insert("load_a", &dtype.c_load(la));
+            ctx.insert("load_b", &dtype.c_load(lb));
+            ctx.insert("store_a", &dtype.c_store("x1 * cs - x2 * sn"));
+            ctx.insert("store_b", &dtype.c_store("x2 * cs + x1 * sn"));
+            render("rope.hip.tera", &ctx)
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct PassCtx {
+    last: bool,
+    accs: Vec<String>,
+    reduce: Vec<String>,
+    element_code: String,
+    cached_loads: Vec<IoCtx>,
+    cached_groups: Vec<IoCtx>,
+    stream_loads: Vec<IoCtx>,
+    stream_groups: Vec<IoCtx>,
+}
+
+#[derive(serde::Serialize)]
+struct IoCtx {
+    name: String,
+    storage: &'static str,
+    ptr: String,
+    group: String,
+}
+
+#[derive(Clone, Copy)]
+enum IoUse {
+    Elementwise,
+    RowLoad,
+    RowStreamed,
+}
+
+fn io_list(kernel: &Kernel, spec: &Spec, params: &[usize], use_: IoUse) -> Vec<IoCtx> {
+    params
+        .iter()
+        .map(|&i| {
+            let p = &kernel.params[i];
+            let rows = matches!(p.ty, ParamTy::Tensor { layout: Layout::Rows, .. });
+            let ptr = match use_ {
+                IoUse::Elementwise => format!("p_{}", p.name),
+                _ if rows => format!("p_{} + roff", p.name),
+                _ => format!("p_{}", p.name),
+            };
+            let group = match use_ {
+                IoUse::RowStreamed => format!("l_{}", p.name),
+                IoUse::Elementwise | IoUse::RowLoad => String::new(),
+            };
+            let storage = kernel.param_dtype(i, spec).map(|d| d.c_storage()).unwrap_or("float");
+            IoCtx { name: p.name.clone(), storage, ptr, group }
+        })
+        .collect()
+}
+
+fn spec_desc(spec: &Spec) -> String {
+    let mut parts = Vec::new();
+    if let Some(d) = spec.dtype {
+        parts.push(format!("T = {d}"));
+    }
+    if let Some(h) = spec.head_dim {
+        parts.push(format!("head_dim {h}"));
+    }
+    match spec.row_mode {
+        Some(RowMode::Warp) => parts.push(format!("one row per warp, block {}", spec.block)),
+        _ => parts.push(format!("block {}", spec.block)),
+    }
+    if let Some(w) = spec.warp {
+        parts.push(format!("warp {w}"));
+    }
+    parts.join(", ")
+}
+
+fn param_list(kernel: &Kernel, spec: &Spec) -> String {
+    let mut out = Vec::new();
+    for (i, p) in kernel.params.iter().enumerate() {
+        match p.ty {
+            ParamTy::Tensor { mutable, .. } => {
+                let st = kernel.param_dtype(i, spec).map(|d| d.c_storage()).unwrap_or("float");
+                let c = if mutable { "" } else { "const " };
+                out.push(format!("{c}{st}* __restrict__ p_{}", p.name));
+            }
+            ParamTy::Scalar(s) => out.push(format!("{} s_{}", s.ty().c_type(), p.name)),
+        }
+    }
+    out.join(", ")
+}
+
+fn align_expr(kernel: &Kernel) -> String {
+    let ptrs: Vec<String> =
+        kernel.tensor_params().map(|(_, p)| format!("(unsigned long long)p_{}", p.name)).collect();
+    if ptrs.is_empty() {
+        "0ull".to_string()
+    } else {
+        ptrs.join(" | ")
+    }
+}
+
+struct Reduction {
+    op: ReduceOp,
+    arg: String,
+    arg_stage: usize,
+    deps: Deps,
+}
+
+impl Reduction {
+    fn op_init(&self) -> &'static str {
+        match self.op {
+            ReduceOp::Sum | ReduceOp::Mean => "0.0f",
+            ReduceOp::Max => "rf_neg_inf()",
+            ReduceOp::Min => "-rf_neg_inf()",
+        }
+    }
+    fn accumulate(&self, r: usize) -> String {
+        match self.op {
+            ReduceOp::Sum | ReduceOp::Mean => format!("acc{r} += {};", self.arg),
+            ReduceOp::Max => format!("acc{r} = fmaxf(acc{r}, {});", self.arg),
+            ReduceOp::Min => format!("acc{r} = fminf(acc{r}, {});", self.arg),
+        }
+    }
+    fn finish(&self, r: usize) -> String {
+        match self.op {
+            ReduceOp::Sum => format!("const float r{r} = rf_row_sum<ROW_THREADS, WARP>(acc{r}, rf_red);"),
+            ReduceOp::Mean => format!("const float r{r} = rf_row_sum<ROW_THREADS, WARP>(acc{r}, rf_red) / (float)cols;"),
+            ReduceOp::Max => format!("const float r{r} = rf_row_max<ROW_THREADS, WARP>(acc{r}, rf_red);"),
+            ReduceOp::Min => format!("const float r{r} = rf_row_min<ROW_THREADS, WARP>(acc{r}, rf_red);"),
+        }
+    }
+}
+
+/// Tensors and `let`s an expression reads directly (not through a reduction, whose
+/// argument is consumed in an earlier pass).
+#[derive(Default, Clone)]
+struct Deps {
+    tensors: Vec<usize>,
+    lets: Vec<usize>,
+}
+
+impl Deps {
+    fn of(e: &Expr) -> Deps {
+        fn walk(e: &Expr, d: &mut Deps) {
+            match e {
+                Expr::Tensor(i) => d.tensors.push(*i),
+                Expr::Local(i) => d.lets.push(*i),
+                Expr::Reduce(..) | Expr::Float(_) | Expr::Int(_) | Expr::Scalar(_) => {}
+                Expr::Unary(_, a) | Expr::Cast(_, a) => walk(a, d),
+                Expr::Binary(_, a, b) => {
+                    walk(a, d);
+                    walk(b, d);
+                }
+                Expr::Call(_, args) => args.iter().for_each(|a| walk(a, d)),
+                Expr::Select(c, a, b) => {
+                    walk(c, d);
+                    walk(a, d);
+                    walk(b, d);
+                }
+            }
+        }
+        let mut d = Deps::default();
+        walk(e, &mut d);
+        d
+    }
+}
+
+/// The IR lowered to C++ snippets, with the pass (stage) at which each value exists:
+/// a reduction's result is available one pass after its argument.
+struct Lowered {
+    lets: Vec<(String, usize, Deps)>,
+    reductions: Vec<Reduction>,
+    stores: Vec<(usize, String, usize, Deps)>,
+    inputs: Vec<usize>,
+    outputs: Vec<usize>,
+}
+
+impl Lowered {
+    fn new(kernel: &Kernel, spec: &Spec) -> Self {
+        let mut lw = Lowered { lets: Vec::new(), reductions: Vec::new(), stores: Vec::new(), inputs: Vec::new(), outputs: Vec::new() };
+        let mut let_stage = Vec::new();
+        for (i, l) in kernel.lets.iter().enumerate() {
+            let (code, stage) = lw.expr(kernel, &l.value, &let_stage);
+            lw.lets.push((format!("const {} l{i}_{} = {code};", l.ty.c_type(), l.name), stage, Deps::of(&l.value)));
+            let_stage.push(stage);
+        }
+        for s in &kernel.stores {
+            let (code, stage) = lw.expr(kernel, &s.value, &let_stage);
+            let dtype = kernel.param_dtype(s.param, spec).unwrap_or(crate::DType::F32);
+            lw.stores.push((s.param, dtype.c_store(&code), stage, Deps::of(&s.value)));
+            lw.outputs.push(s.param);
+        }
+        let mut reads = Vec::new();
+        let mut f = |e: &Expr| {
+            if let Expr::Tensor(i) = e {
+                if !reads.contains(i) {
+                    reads.push(*i);
+                }
+            }
+        };
+        kernel.lets.iter().for_each(|l| l.value.visit(&mut f));
+        kernel.stores.iter().for_each(|s| s.value.visit(&mut f));
+        reads.sort_unstable();
+        lw.inputs = reads;
+        lw
+    }
+
+    fn last_pass(&self) -> usize {
+        self.stores.iter().map(|s| s.2).max().unwrap_or(0)
+    }
+
+    /// The `let`s and tensors pass `pass` reads (sorted, deduplicated).
+    fn pass_needs(&self, pass: usize, last: usize) -> (Vec<usize>, Vec<usize>) {
+        let mut roots: Vec<Deps> = Vec::new();
+        if pass == last {
+            roots.extend(self.stores.iter().map(|s| s.3.clone()));
+        } else {
+            roots.extend(self.reductions.iter().filter(|r| r.arg_stage == pass).map(|r| r.deps.clone()));
+        }
+        let mut lets: Vec<usize> = Vec::new();
+        let mut tensors: Vec<usize> = Vec::new();
+        let mut stack: Vec<usize> = Vec::new();
+        for d in &roots {
+            tensors.extend(&d.tensors);
+            stack.extend(&d.lets);
+        }
+        while let Some(l) = stack.pop() {
+            if lets.contains(&l) {
+                continue;
+            }
+            lets.push(l);
+            if let Some((_, _, d)) = self.lets.get(l) {
+                tensors.extend(&d.tensors);
+                stack.extend(&d.lets);
+            }
+        }
+        lets.sort_unstable();
+        tensors.sort_unstable();
+        tensors.dedup();
+        (lets, tensors)
+    }
+
+    fn expr(&mut self, k: &Kernel, e: &Expr, let_stage: &[usize]) -> (String, usize) {
+        match e {
+            Expr::Float(v) => (float_lit(*v), 0),
+            Expr::Int(v) => (format!("{v}"), 0),
+            Expr::Tensor(i) => (format!("v_{}", k.params[*i].name), 0),
+            Expr::Scalar(i) => (format!("s_{}", k.params[*i].name), 0),
+            Expr::Local(i) => (format!("l{i}_{}", k.lets[*i].name), let_stage.get(*i).copied().unwrap_or(0)),
+            Expr::Unary(op, a) => {
+                let (a, s) = self.expr(k, a, let_stage);
+                let o = match op {
+                    UnOp::Neg => "-",
+                    UnOp::Not => "!",
+                };
+                (format!("({o}{a})"), s)
+            }
+            Expr::Binary(op, a, b) => {
+                let (a, sa) = self.expr(k, a, let_stage);
+                let (b, sb) = self.expr(k, b, let_stage);
+                (format!("({a} {} {b})", op.symbol()), sa.max(sb))
+            }
+            Expr::Call(f, args) => {
+                let mut stage = 0;
+                let mut parts = Vec::new();
+                for a in args {
+                    let (c, s) = self.expr(k, a, let_stage);
+                    stage = stage.max(s);
+                    parts.push(c);
+                }
+                (format!("{}({})", f.c_name(), parts.join(", ")), stage)
+            }
+            Expr::Reduce(op, a) => {
+                let (arg, s) = self.expr(k, a, let_stage);
+                self.reductions.push(Reduction { op: *op, arg, arg_stage: s, deps: Deps::of(a) });
+                (format!("r{}", self.reductions.len() - 1), s + 1)
+            }
+            Expr::Select(c, a, b) => {
+                let (c, sc) = self.expr(k, c, let_stage);
+                let (a, sa) = self.expr(k, a, let_stage);
+                let (b, sb) = self.expr(k, b, let_stage);
+                (format!("({c} ? {a} : {b})"), sc.max(sa).max(sb))
+            }
+            Expr::Cast(to, a) => {
+                let (a, s) = self.expr(k, a, let_stage);
+                let code = match to {
+                    CastTo::F32 => format!("((float)({a}))"),
+                    CastTo::I32 => format!("((int)({a}))"),
+                    CastTo::U32 => format!("((unsigned int)({a}))"),
+                    CastTo::F16 => format!("rf_f16_to_f32(rf_f32_to_f16({a}))"),
+                    CastTo::BF16 => format!("rf_bf16_to_f32(rf_f32_to_bf16({a}))"),
+                };
+                (code, s)
+            }
+        }
+    }
+
+    /// The code for element `j` of a group in pass `pass`: the values it reads, the
+    /// `let`s it needs, then its accumulations (or, in the last pass, its stores).
+    fn element_code(&self, k: &Kernel, spec: &Spec, pass: usize, last: bool, indent: usize) -> String {
+        let pad = " ".repeat(indent);
+        let last_pass = if last { pass } else { self.last_pass() };
+        let (lets, tensors) = self.pass_needs(pass, last_pass);
+        let mut lines = Vec::new();
+        for &i in &tensors {
+            let p = &k.params[i];
+            let d = k.param_dtype(i, spec).unwrap_or(crate::DType::F32);
+            lines.push(format!("const {} v_{} = {};", Ty::of_dtype(d).c_type(), p.name, d.c_load(&format!("g_{}.v[j]", p.name))));
+        }
+        for &l in &lets {
+            lines.push(self.lets[l].0.clone());
+        }
+        if last {
+            for (param, code, _, _) in &self.stores {
+                lines.push(format!("o_{}.v[j] = {code};", k.params[*param].name));
+            }
+        } else {
+            for (r, red) in self.reductions.iter().enumerate() {
+                if red.arg_stage == pass {
+                    lines.push(red.accumulate(r));
+                }
+            }
+        }
+        lines.iter().map(|l| format!("{pad}{l}")).collect::<Vec<_>>().join("\n")
+    }
+}
+
+fn float_lit(v: f64) -> String {
+    let f = v as f32;
+    if f.is_finite() {
+        format!("{f:?}f")
+    } else if f.is_nan() {
+        "__int_as_float(0x7fc00000)".to_string()
+    } else if f > 0.0 {
+        "(-rf_neg_inf())".to_string()
+    } else {
+        "rf_neg_inf()".to_string()
+    }
+}

@@ -1,0 +1,134 @@
+//! Specializations: the compile-time values one kernel symbol is generated for, and the
+//! one function that names that symbol (used by codegen and by the launcher alike).
+
+use crate::dtype::DType;
+use crate::ir::{Kernel, Kind, Layout, ParamTy};
+
+/// How a rowwise kernel maps rows onto threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RowMode {
+    /// One row per workgroup of `block` threads.
+    Block,
+    /// One row per warp, four warps per workgroup: for short rows.
+    Warp,
+}
+
+/// One specialization of a kernel: one generated `__global__` function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Spec {
+    /// The value of the generic dtype `T`, if the kernel is generic.
+    pub dtype: Option<DType>,
+    /// Threads per workgroup.
+    pub block: u32,
+    /// Warp (wavefront) size; `Some` only for kinds whose code depends on it (rowwise).
+    pub warp: Option<u32>,
+    /// Head dim (rope).
+    pub head_dim: Option<u32>,
+    /// Row mapping (rowwise).
+    pub row_mode: Option<RowMode>,
+}
+
+/// Warp sizes the codegen supports: 32 (NVIDIA, RDNA) and 64 (CDNA).
+pub const WARP_SIZES: [u32; 2] = [32, 64];
+
+/// Register-cache depth of the warp-per-row rowwise variant.
+pub const WARP_MODE_ITEMS: u32 = 4;
+
+/// Elements a rowwise workgroup keeps in registers at most, per tensor.
+pub const ROW_CACHE_ELEMENTS: u32 = 16384;
+
+/// The kernel symbol of one specialization. Codegen names the `__global__` function
+/// with it and the launcher looks it up with it, so the two cannot disagree.
+pub fn symbol_name(kernel: &str, spec: &Spec) -> String {
+    let mut s = format!("rf_{kernel}");
+    if let Some(d) = spec.dtype {
+        s.push('_');
+        s.push_str(d.name());
+    }
+    if let Some(h) = spec.head_dim {
+        s.push_str(&format!("_hd{h}"));
+    }
+    match spec.row_mode {
+        Some(RowMode::Warp) => s.push_str("_rw"),
+        _ => s.push_str(&format!("_b{}", spec.block)),
+    }
+    if let Some(w) = spec.warp {
+        s.push_str(&format!("_w{w}"));
+    }
+    s
+}
+
+impl Kernel {
+    /// Every specialization for a device of the given warp size, in a stable order.
+    pub fn specs(&self, warp: u32) -> Vec<Spec> {
+        let dtypes: Vec<Option<DType>> =
+            if self.options.dtypes.is_empty() { vec![None] } else { self.options.dtypes.iter().copied().map(Some).collect() };
+        let mut out = Vec::new();
+        for dtype in dtypes {
+            match self.kind {
+                Kind::Elementwise => {
+                    out.push(Spec { dtype, block: self.options.blocks[0], warp: None, head_dim: None, row_mode: None })
+                }
+                Kind::Rowwise => {
+                    for &block in &self.options.blocks {
+                        out.push(Spec { dtype, block, warp: Some(warp), head_dim: None, row_mode: Some(RowMode::Block) });
+                    }
+                    out.push(Spec { dtype, block: 4 * warp, warp: Some(warp), head_dim: None, row_mode: Some(RowMode::Warp) });
+                }
+                Kind::Rope(_) => {
+                    for &h in &self.options.head_dims {
+                        out.push(Spec { dtype, block: self.options.blocks[0], warp: None, head_dim: Some(h), row_mode: None });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Resolved dtype of parameter `i` under a specialization (`None` for scalars).
+    pub fn param_dtype(&self, i: usize, spec: &Spec) -> Option<DType> {
+        match self.params.get(i)?.ty {
+            ParamTy::Tensor { dtype, .. } => Some(dtype.resolve(spec.dtype)),
+            ParamTy::Scalar(_) => None,
+        }
+    }
+
+    /// Elements per vector group: one 16-byte vector of the narrowest tensor dtype
+    /// (the `[T]`, `Rows<T>` and `Heads<T>` tensors; rope's tables are not vectorized).
+    pub fn vec_width(&self, spec: &Spec) -> u32 {
+        let min_size = self
+            .params
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| match p.ty {
+                ParamTy::Tensor { layout, .. } => !matches!(self.kind, Kind::Rope(_)) || layout == Layout::Heads,
+                ParamTy::Scalar(_) => false,
+            })
+            .filter_map(|(i, _)| self.param_dtype(i, spec))
+            .map(|d| d.size())
+            .min()
+            .unwrap_or(4);
+        (16 / min_size) as u32
+    }
+
+    /// Threads that cooperate on one row (rowwise).
+    pub fn row_threads(&self, spec: &Spec) -> u32 {
+        match (spec.row_mode, spec.warp) {
+            (Some(RowMode::Warp), Some(w)) => w,
+            _ => spec.block,
+        }
+    }
+
+    /// Vector groups per thread kept in registers (rowwise).
+    pub fn row_items(&self, spec: &Spec) -> u32 {
+        match spec.row_mode {
+            Some(RowMode::Warp) => WARP_MODE_ITEMS,
+            _ => (ROW_CACHE_ELEMENTS / (spec.block * self.vec_width(spec))).clamp(1, 8),
+        }
+    }
+
+    /// Columns a rowwise specialization keeps in registers; wider rows are re-read.
+    pub fn row_capacity(&self, spec: &Spec) -> u64 {
+        u64::from(self.row_threads(spec)) * u64::from(self.vec_width(spec)) * u64::from(self.row_items(spec))
+    }
+}

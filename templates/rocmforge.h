@@ -1,0 +1,117 @@
+// RocmForge portability header.
+//
+// Every generated kernel includes this text first. The same kernel source then builds
+// with hipcc for AMD GPUs and with nvcc or NVRTC for NVIDIA GPUs. HIP's own NVIDIA
+// headers are not used: they do not compile against CUDA 13. Only the few device-side
+// names the templates need are mapped here.
+//
+// Storage types: f32 is `float`, f16 and bf16 are `unsigned short` bit patterns
+// converted with the helpers below, i32 is `int`, u32 is `unsigned int`. All arithmetic
+// is f32.
+#ifndef ROCMFORGE_H
+#define ROCMFORGE_H
+
+#if defined(__HIP__) || defined(__HIPCC__) || defined(__HIP_PLATFORM_AMD__)
+#include <hip/hip_runtime.h>
+#include <hip/hip_fp16.h>
+#define RF_SHFL_XOR(v, m, w) __shfl_xor((v), (m), (w))
+#else
+#include <cuda_fp16.h>
+#define RF_SHFL_XOR(v, m, w) __shfl_xor_sync(0xffffffffu, (v), (m), (w))
+#endif
+
+#define RF_DEVICE __device__ __forceinline__
+
+// A 16-byte aligned group of N elements, loaded and stored as whole 128-bit words.
+template <typename T, int N>
+struct alignas(16) rf_vec {
+    T v[N];
+};
+
+RF_DEVICE float rf_f16_to_f32(unsigned short u) { return __half2float(__ushort_as_half(u)); }
+RF_DEVICE unsigned short rf_f32_to_f16(float f) { return __half_as_ushort(__float2half_rn(f)); }
+
+RF_DEVICE float rf_bf16_to_f32(unsigned short u) { return __uint_as_float(((unsigned int)u) << 16); }
+RF_DEVICE unsigned short rf_f32_to_bf16(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        return (unsigned short)((u >> 16) | 0x40u);  // NaN stays a quiet NaN
+    }
+    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+    return (unsigned short)(u >> 16);
+}
+
+RF_DEVICE float rf_neg_inf() { return __int_as_float((int)0xff800000u); }
+RF_DEVICE float rf_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+RF_DEVICE float rf_silu(float x) { return x / (1.0f + expf(-x)); }
+RF_DEVICE float rf_gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+RF_DEVICE float rf_gelu_tanh(float x) {
+    return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+}
+
+template <int WARP>
+RF_DEVICE float rf_warp_sum(float v) {
+#pragma unroll
+    for (int o = WARP / 2; o > 0; o >>= 1) v += RF_SHFL_XOR(v, o, WARP);
+    return v;
+}
+template <int WARP>
+RF_DEVICE float rf_warp_max(float v) {
+#pragma unroll
+    for (int o = WARP / 2; o > 0; o >>= 1) v = fmaxf(v, RF_SHFL_XOR(v, o, WARP));
+    return v;
+}
+template <int WARP>
+RF_DEVICE float rf_warp_min(float v) {
+#pragma unroll
+    for (int o = WARP / 2; o > 0; o >>= 1) v = fminf(v, RF_SHFL_XOR(v, o, WARP));
+    return v;
+}
+
+// Reductions over ROW_THREADS threads. When a row spans several warps, `red` is a
+// shared array of ROW_THREADS / WARP floats and every thread of the block must call.
+#define RF_DEFINE_ROW_REDUCE(NAME, IDENT)                                     \
+    template <int ROW_THREADS, int WARP>                                          \
+    RF_DEVICE float rf_row_##NAME(float v, float* red) {                          \
+        v = rf_warp_##NAME<WARP>(v);                                              \
+        if (ROW_THREADS > WARP) {                                                 \
+            const int w = threadIdx.x / WARP;                                     \
+            const int l = threadIdx.x % WARP;                                     \
+            __syncthreads();                                                      \
+            if (l == 0) red[w] = v;                                               \
+            __syncthreads();                                                      \
+            v = (l < ROW_THREADS / WARP) ? red[l] : (IDENT);                      \
+            v = rf_warp_##NAME<WARP>(v);                                          \
+        }                                                                         \
+        return v;                                                                 \
+    }
+RF_DEFINE_ROW_REDUCE(sum, 0.0f)
+RF_DEFINE_ROW_REDUCE(max, rf_neg_inf())
+RF_DEFINE_ROW_REDUCE(min, -rf_neg_inf())
+
+// Loads N elements starting at p[c] into g: one aligned vector load when the caller
+// proved alignment and the group is whole, element loads with zero fill otherwise.
+template <typename T, int N>
+RF_DEVICE void rf_load_group(rf_vec<T, N>& g, const T* p, long long c, long long n, bool vec_ok) {
+    if (vec_ok && c + N <= n) {
+        g = *reinterpret_cast<const rf_vec<T, N>*>(p + c);
+    } else {
+#pragma unroll
+        for (int j = 0; j < N; ++j) g.v[j] = (c + j < n) ? p[c + j] : T(0);
+    }
+}
+
+// Stores the elements of g that fall before n, as one vector when whole and aligned.
+template <typename T, int N>
+RF_DEVICE void rf_store_group(const rf_vec<T, N>& g, T* p, long long c, long long n, bool vec_ok) {
+    if (vec_ok && c + N <= n) {
+        *reinterpret_cast<rf_vec<T, N>*>(p + c) = g;
+    } else {
+#pragma unroll
+        for (int j = 0; j < N; ++j) {
+            if (c + j < n) p[c + j] = g.v[j];
+        }
+    }
+}
+
+#endif  // ROCMFORGE_H
