@@ -44,9 +44,11 @@ RF_DEVICE unsigned short rf_f32_to_bf16(float f) {
 RF_DEVICE float rf_neg_inf() { return __int_as_float((int)0xff800000u); }
 RF_DEVICE float rf_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 RF_DEVICE float rf_silu(float x) { return x / (1.0f + expf(-x)); }
-RF_DEVICE float rf_gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+// GELU forms without the cancellation of `1 + erf` / `1 + tanh` for negative x:
+// 1 + erf(z) = erfc(-z) and 1 + tanh(y) = 2 / (1 + exp(-2y)).
+RF_DEVICE float rf_gelu_erf(float x) { return 0.5f * x * erfcf(-x * 0.70710678118654752f); }
 RF_DEVICE float rf_gelu_tanh(float x) {
-    return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+    return x / (1.0f + expf(-1.5957691216057308f * (x + 0.044715f * x * x * x)));
 }
 
 template <int WARP>

@@ -165,7 +165,13 @@ pub fn resolve(kernel: &Kernel, args: &[ArgDesc<'_>]) -> Result<(Option<DType>, 
         match (p.ty, a) {
             (ParamTy::Tensor { dtype, .. }, ArgDesc::Tensor { dtype: got, .. }) => match dtype {
                 DTypeRef::Concrete(want) if want != *got => {
-                    return Err(ArgError::DType { kernel: kname.into(), param: p.name.clone(), expected: want.to_string(), got: *got, hint: String::new() })
+                    return Err(ArgError::DType {
+                        kernel: kname.into(),
+                        param: p.name.clone(),
+                        expected: want.to_string(),
+                        got: *got,
+                        hint: String::new(),
+                    })
                 }
                 DTypeRef::Concrete(_) => {}
                 DTypeRef::Generic => match generic {
@@ -196,10 +202,20 @@ pub fn resolve(kernel: &Kernel, args: &[ArgDesc<'_>]) -> Result<(Option<DType>, 
             },
             (ParamTy::Scalar(want), ArgDesc::Scalar(got)) if want == *got => {}
             (ParamTy::Scalar(want), other) => {
-                return Err(ArgError::Kind { kernel: kname.into(), param: p.name.clone(), expected: format!("a {} scalar", want.ty().name()), got: describe(other) })
+                return Err(ArgError::Kind {
+                    kernel: kname.into(),
+                    param: p.name.clone(),
+                    expected: format!("a {} scalar", want.ty().name()),
+                    got: describe(other),
+                })
             }
             (ParamTy::Tensor { .. }, other) => {
-                return Err(ArgError::Kind { kernel: kname.into(), param: p.name.clone(), expected: "a tensor".into(), got: describe(other) })
+                return Err(ArgError::Kind {
+                    kernel: kname.into(),
+                    param: p.name.clone(),
+                    expected: "a tensor".into(),
+                    got: describe(other),
+                })
             }
         }
     }
@@ -220,7 +236,12 @@ pub fn resolve(kernel: &Kernel, args: &[ArgDesc<'_>]) -> Result<(Option<DType>, 
                 match n {
                     None => n = Some((m, *name)),
                     Some((n0, first)) if n0 != m => {
-                        return Err(ArgError::Shape { kernel: kname.into(), param: name.to_string(), expected: format!("{n0} elements, like `{first}`"), got: shape.to_vec() })
+                        return Err(ArgError::Shape {
+                            kernel: kname.into(),
+                            param: name.to_string(),
+                            expected: format!("{n0} elements, like `{first}`"),
+                            got: shape.to_vec(),
+                        })
                     }
                     Some(_) => {}
                 }
@@ -234,14 +255,25 @@ pub fn resolve(kernel: &Kernel, args: &[ArgDesc<'_>]) -> Result<(Option<DType>, 
                     continue;
                 }
                 let Some((&cols, lead)) = shape.split_last() else {
-                    return Err(ArgError::Rank { kernel: kname.into(), param: name.to_string(), layout: "Rows<T>", expected: "at least 1", got: shape.to_vec() });
+                    return Err(ArgError::Rank {
+                        kernel: kname.into(),
+                        param: name.to_string(),
+                        layout: "Rows<T>",
+                        expected: "at least 1",
+                        got: shape.to_vec(),
+                    });
                 };
                 numel(kname, name, shape)?;
                 let rows = lead.iter().map(|&d| d as u64).product::<u64>();
                 match rc {
                     None => rc = Some((rows, cols as u64, name)),
                     Some((r0, c0, first)) if (r0, c0) != (rows, cols as u64) => {
-                        return Err(ArgError::Shape { kernel: kname.into(), param: name.to_string(), expected: format!("{r0} rows of {c0} columns, like `{first}`"), got: shape.to_vec() })
+                        return Err(ArgError::Shape {
+                            kernel: kname.into(),
+                            param: name.to_string(),
+                            expected: format!("{r0} rows of {c0} columns, like `{first}`"),
+                            got: shape.to_vec(),
+                        })
                     }
                     Some(_) => {}
                 }
@@ -251,7 +283,12 @@ pub fn resolve(kernel: &Kernel, args: &[ArgDesc<'_>]) -> Result<(Option<DType>, 
             };
             for (name, layout, shape) in &tensors {
                 if *layout == Layout::Flat && numel(kname, name, shape)? != cols {
-                    return Err(ArgError::Shape { kernel: kname.into(), param: name.to_string(), expected: format!("{cols} elements (the columns of `{first}`)"), got: shape.to_vec() });
+                    return Err(ArgError::Shape {
+                        kernel: kname.into(),
+                        param: name.to_string(),
+                        expected: format!("{cols} elements (the columns of `{first}`)"),
+                        got: shape.to_vec(),
+                    });
                 }
             }
             Dims::Rowwise { rows, cols }
@@ -262,15 +299,31 @@ pub fn resolve(kernel: &Kernel, args: &[ArgDesc<'_>]) -> Result<(Option<DType>, 
             };
             for (name, shape) in [(qn, q), (kn, k)] {
                 if shape.len() != 3 {
-                    return Err(ArgError::Rank { kernel: kname.into(), param: name.into(), layout: "Heads<T>", expected: "3 ([tokens, heads, head_dim])", got: shape.to_vec() });
+                    return Err(ArgError::Rank {
+                        kernel: kname.into(),
+                        param: name.into(),
+                        layout: "Heads<T>",
+                        expected: "3 ([tokens, heads, head_dim])",
+                        got: shape.to_vec(),
+                    });
                 }
                 numel(kname, name, shape)?;
             }
             if k[0] != q[0] || k[2] != q[2] {
-                return Err(ArgError::Shape { kernel: kname.into(), param: kn.into(), expected: format!("[{}, heads, {}] (tokens and head_dim of `{qn}`)", q[0], q[2]), got: k.to_vec() });
+                return Err(ArgError::Shape {
+                    kernel: kname.into(),
+                    param: kn.into(),
+                    expected: format!("[{}, heads, {}] (tokens and head_dim of `{qn}`)", q[0], q[2]),
+                    got: k.to_vec(),
+                });
             }
             if numel(kname, pn, pos)? != q[0] as u64 {
-                return Err(ArgError::Shape { kernel: kname.into(), param: pn.into(), expected: format!("{} positions, one per token", q[0]), got: pos.to_vec() });
+                return Err(ArgError::Shape {
+                    kernel: kname.into(),
+                    param: pn.into(),
+                    expected: format!("{} positions, one per token", q[0]),
+                    got: pos.to_vec(),
+                });
             }
             let half_rot = numel(kname, fname, freq)?;
             if 2 * half_rot > q[2] as u64 {

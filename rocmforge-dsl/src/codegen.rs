@@ -54,9 +54,7 @@ fn templates() -> Result<&'static tera::Tera, CodegenError> {
 }
 
 fn render(name: &str, ctx: &tera::Context) -> Result<String, CodegenError> {
-    templates()?
-        .render(name, ctx)
-        .map_err(|e| CodegenError::Template { template: name.to_string(), message: tera_message(&e) })
+    templates()?.render(name, ctx).map_err(|e| CodegenError::Template { template: name.to_string(), message: tera_message(&e) })
 }
 
 /// One translation unit: the portability header and every given specialization.
@@ -146,13 +144,16 @@ pub fn render_spec(kernel: &Kernel, spec: &Spec) -> Result<String, CodegenError>
             };
             let head_dim = spec.head_dim.unwrap_or(2);
             let name = |i: usize| format!("p_{}", kernel.params[i].name);
-            ctx.insert("layout", &match layout {
-                RopeLayout::Neox => "neox",
-                RopeLayout::Gptj => "gptj",
-            });
+            ctx.insert(
+                "layout",
+                &match layout {
+                    RopeLayout::Neox => "neox",
+                    RopeLayout::Gptj => "gptj",
+                },
+            );
             ctx.insert("head_dim", &head_dim);
             ctx.insert("pairs", &pairs);
-            ctx.insert("hd_aligned", &((head_dim as usize * dtype.size()) % 16 == 0));
+            ctx.insert("hd_aligned", &(head_dim as usize * dtype.size()).is_multiple_of(16));
             ctx.insert("storage", dtype.c_storage());
             ctx.insert("q", &name(0));
             ctx.insert("k", &name(1));
@@ -254,8 +255,7 @@ fn param_list(kernel: &Kernel, spec: &Spec) -> String {
 }
 
 fn align_expr(kernel: &Kernel) -> String {
-    let ptrs: Vec<String> =
-        kernel.tensor_params().map(|(_, p)| format!("(unsigned long long)p_{}", p.name)).collect();
+    let ptrs: Vec<String> = kernel.tensor_params().map(|(_, p)| format!("(unsigned long long)p_{}", p.name)).collect();
     if ptrs.is_empty() {
         "0ull".to_string()
     } else {

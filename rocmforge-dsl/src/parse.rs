@@ -65,8 +65,7 @@ impl Cx {
 }
 
 fn parse_attr(cx: &mut Cx, attr: TokenStream, item: &syn::ItemFn) -> (Kind, Options) {
-    let mut options =
-        Options { dtypes: Vec::new(), blocks: Vec::new(), head_dims: Vec::new(), debug: false };
+    let mut options = Options { dtypes: Vec::new(), blocks: Vec::new(), head_dims: Vec::new(), debug: false };
     let metas = match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(attr) {
         Ok(m) => m,
         Err(e) => {
@@ -76,10 +75,7 @@ fn parse_attr(cx: &mut Cx, attr: TokenStream, item: &syn::ItemFn) -> (Kind, Opti
     };
     let mut iter = metas.iter();
     let Some(kind_meta) = iter.next() else {
-        cx.error(
-            &item.sig.ident,
-            format!("missing kernel kind: write `#[gpu_kernel(KIND)]` with KIND one of {ALLOWED_KINDS}"),
-        );
+        cx.error(&item.sig.ident, format!("missing kernel kind: write `#[gpu_kernel(KIND)]` with KIND one of {ALLOWED_KINDS}"));
         return (Kind::Elementwise, options);
     };
     for extra in iter {
@@ -122,7 +118,10 @@ fn parse_attr(cx: &mut Cx, attr: TokenStream, item: &syn::ItemFn) -> (Kind, Opti
     for meta in &nested {
         let name = meta.path().get_ident().map(|i| i.to_string()).unwrap_or_default();
         if !allowed.contains(&name.as_str()) {
-            cx.error(meta.path(), format!("unknown option `{}` for `{kind_name}`; allowed: {}", meta.path().to_token_stream(), allowed.join(", ")));
+            cx.error(
+                meta.path(),
+                format!("unknown option `{}` for `{kind_name}`; allowed: {}", meta.path().to_token_stream(), allowed.join(", ")),
+            );
             continue;
         }
         if seen.contains(&name) {
@@ -179,7 +178,10 @@ fn parse_attr(cx: &mut Cx, attr: TokenStream, item: &syn::ItemFn) -> (Kind, Opti
                 for v in values {
                     if let Some(h) = int_value(cx, v) {
                         if h % 2 != 0 {
-                            cx.error(v, format!("head_dim {h} is odd: rotary embedding rotates pairs, so head_dim must be even (2 to 1024)"));
+                            cx.error(
+                                v,
+                                format!("head_dim {h} is odd: rotary embedding rotates pairs, so head_dim must be even (2 to 1024)"),
+                            );
                         } else if !(2..=1024).contains(&h) {
                             cx.error(v, format!("head_dim {h} is out of range: it must be even, from 2 to 1024"));
                         } else if options.head_dims.contains(&(h as u32)) {
@@ -243,12 +245,17 @@ struct Body<'a> {
     param_index: HashMap<String, usize>,
     lets: Vec<Let>,
     let_rows: Vec<bool>,
+    /// Outputs with a `*out = ...` statement, valid or not (one mistake, one message).
+    assigned: Vec<usize>,
 }
 
 fn parse_fn(cx: &mut Cx, kind: Kind, options: Options, item: &syn::ItemFn) -> Kernel {
     let sig = &item.sig;
     if !sig.generics.params.is_empty() {
-        cx.error(&sig.generics, "a kernel takes no generic parameters: the generic dtype `T` is declared with `dtype = [...]` in the kind options");
+        cx.error(
+            &sig.generics,
+            "a kernel takes no generic parameters: the generic dtype `T` is declared with `dtype = [...]` in the kind options",
+        );
     }
     if let syn::ReturnType::Type(_, ty) = &sig.output {
         cx.error(ty, "a kernel returns nothing: write results through `&mut` tensor parameters");
@@ -286,14 +293,16 @@ fn parse_fn(cx: &mut Cx, kind: Kind, options: Options, item: &syn::ItemFn) -> Ke
     }
 
     match (generic_span, options.dtypes.is_empty()) {
-        (Some(span), true) => cx.error_at(span, format!("the generic dtype `T` needs `dtype = [...]` in the kind options (allowed: {ALLOWED_FLOAT_DTYPES})")),
+        (Some(span), true) => {
+            cx.error_at(span, format!("the generic dtype `T` needs `dtype = [...]` in the kind options (allowed: {ALLOWED_FLOAT_DTYPES})"))
+        }
         (None, false) => cx.error(&sig.ident, "`dtype = [...]` is given but no parameter uses the generic dtype `T`"),
         _ => {}
     }
 
     check_param_layouts(cx, kind, &params, sig);
 
-    let mut body = Body { kind, params: &params, param_index, lets: Vec::new(), let_rows: Vec::new() };
+    let mut body = Body { kind, params: &params, param_index, lets: Vec::new(), let_rows: Vec::new(), assigned: Vec::new() };
     let mut stores: Vec<Store> = Vec::new();
     if matches!(kind, Kind::Rope(_)) {
         if let Some(first) = item.block.stmts.first() {
@@ -308,9 +317,12 @@ fn parse_fn(cx: &mut Cx, kind: Kind, options: Options, item: &syn::ItemFn) -> Ke
             cx.error(&sig.ident, "kernel has no output: declare a `&mut` tensor parameter and write it with `*out = ...;`");
         }
         for (i, p) in params.iter().enumerate() {
-            if matches!(p.ty, ParamTy::Tensor { mutable: true, .. }) && !stores.iter().any(|s| s.param == i) {
+            if matches!(p.ty, ParamTy::Tensor { mutable: true, .. }) && !body.assigned.contains(&i) {
                 let span = sig.inputs.iter().nth(i).map(|a| a.span()).unwrap_or_else(|| sig.ident.span());
-                cx.error_at(span, format!("`{}` is declared `&mut` but never written: assign it with `*{} = ...;` or declare it `&`", p.name, p.name));
+                cx.error_at(
+                    span,
+                    format!("`{}` is declared `&mut` but never written: assign it with `*{} = ...;` or declare it `&`", p.name, p.name),
+                );
             }
         }
     }
@@ -325,7 +337,14 @@ fn check_param_layouts(cx: &mut Cx, kind: Kind, params: &[Param], sig: &syn::Sig
             for (i, p) in params.iter().enumerate() {
                 if let ParamTy::Tensor { layout, .. } = p.ty {
                     if layout != Layout::Flat {
-                        cx.error_at(span_of(i), format!("elementwise kernels take flat tensors `&[T]`; `{}` is {}: use `rowwise` for rows or `rope` for heads", p.name, layout.spelling()));
+                        cx.error_at(
+                            span_of(i),
+                            format!(
+                                "elementwise kernels take flat tensors `&[T]`; `{}` is {}: use `rowwise` for rows or `rope` for heads",
+                                p.name,
+                                layout.spelling()
+                            ),
+                        );
                     }
                 }
             }
@@ -336,8 +355,14 @@ fn check_param_layouts(cx: &mut Cx, kind: Kind, params: &[Param], sig: &syn::Sig
                 if let ParamTy::Tensor { layout, mutable, .. } = p.ty {
                     match layout {
                         Layout::Rows => any_rows = true,
-                        Layout::Heads => cx.error_at(span_of(i), format!("rowwise kernels take `Rows<T>` and `&[T]` (a vector over the columns); `{}` is Heads<T>", p.name)),
-                        Layout::Flat if mutable => cx.error_at(span_of(i), format!("`{}` is a vector over the columns; a rowwise output must be `&mut Rows<T>`", p.name)),
+                        Layout::Heads => cx.error_at(
+                            span_of(i),
+                            format!("rowwise kernels take `Rows<T>` and `&[T]` (a vector over the columns); `{}` is Heads<T>", p.name),
+                        ),
+                        Layout::Flat if mutable => cx.error_at(
+                            span_of(i),
+                            format!("`{}` is a vector over the columns; a rowwise output must be `&mut Rows<T>`", p.name),
+                        ),
                         Layout::Flat => {}
                     }
                 }
@@ -366,7 +391,8 @@ fn check_param_layouts(cx: &mut Cx, kind: Kind, params: &[Param], sig: &syn::Sig
 
 fn parse_param_ty(cx: &mut Cx, ty: &syn::Type) -> Option<ParamTy> {
     let unsupported = |cx: &mut Cx, node: &dyn ToTokens| {
-        cx.error(node, format!("unsupported parameter type `{}`; allowed: {ALLOWED_PARAM_TYPES}", node.to_token_stream()));
+        let written = node.to_token_stream().to_string().replace(" < ", "<").replace(" >", ">").replace("& ", "&");
+        cx.error(node, format!("unsupported parameter type `{written}`; allowed: {ALLOWED_PARAM_TYPES}"));
         None
     };
     match ty {
@@ -488,6 +514,7 @@ fn parse_store(cx: &mut Cx, body: &mut Body<'_>, stores: &mut Vec<Store>, assign
         cx.error(ident, format!("unknown output `{name}`: it is not a parameter"));
         return;
     };
+    body.assigned.push(idx);
     let value = parse_expr(cx, body, &assign.right);
     let param = &body.params[idx];
     let ParamTy::Tensor { dtype, mutable, .. } = param.ty else {
@@ -514,7 +541,15 @@ fn parse_store(cx: &mut Cx, body: &mut Body<'_>, stores: &mut Vec<Store>, assign
             DTypeRef::Concrete(d) => d.name(),
             DTypeRef::Generic => "T",
         };
-        cx.error(&assign.right, format!("dtype mismatch: `{name}` holds {dname} (computed as {}) but the value is {}; convert with `as {}`", want.name(), t.ty.name(), want.name()));
+        cx.error(
+            &assign.right,
+            format!(
+                "dtype mismatch: `{name}` holds {dname} (computed as {}) but the value is {}; convert with `as {}`",
+                want.name(),
+                t.ty.name(),
+                want.name()
+            ),
+        );
         return;
     }
     stores.push(Store { param: idx, value: e });
@@ -631,7 +666,10 @@ fn parse_expr(cx: &mut Cx, body: &Body<'_>, e: &syn::Expr) -> Option<(Expr, Type
             let row = lt.row || rt.row;
             if op.is_logical() {
                 if lt.ty != Ty::Bool || rt.ty != Ty::Bool {
-                    cx.error(b, format!("`{}` needs two comparison results (bool), found {} and {}", op.symbol(), lt.ty.name(), rt.ty.name()));
+                    cx.error(
+                        b,
+                        format!("`{}` needs two comparison results (bool), found {} and {}", op.symbol(), lt.ty.name(), rt.ty.name()),
+                    );
                     return None;
                 }
                 return Some((Expr::Binary(op, Box::new(le), Box::new(re)), Typed { ty: Ty::Bool, row, int_lit: None }));
@@ -644,7 +682,15 @@ fn parse_expr(cx: &mut Cx, body: &Body<'_>, e: &syn::Expr) -> Option<(Expr, Type
                 } else if let (Some(v), Ty::I32 | Ty::U32) = (rt.int_lit, lt.ty) {
                     re = Expr::Int(v);
                 } else {
-                    cx.error(b, format!("dtype mismatch: `{}` between {} and {}; convert one side with `as`", op.symbol(), lt.ty.name(), rt.ty.name()));
+                    cx.error(
+                        b,
+                        format!(
+                            "dtype mismatch: `{}` between {} and {}; convert one side with `as`",
+                            op.symbol(),
+                            lt.ty.name(),
+                            rt.ty.name()
+                        ),
+                    );
                     return None;
                 }
             }
@@ -656,7 +702,10 @@ fn parse_expr(cx: &mut Cx, body: &Body<'_>, e: &syn::Expr) -> Option<(Expr, Type
                 return Some((Expr::Binary(op, Box::new(le), Box::new(re)), Typed { ty: Ty::Bool, row, int_lit: None }));
             }
             if ty != Ty::F32 {
-                cx.error(b, format!("dtype mismatch: arithmetic on {} is not supported, the DSL computes in f32; convert with `as f32`", ty.name()));
+                cx.error(
+                    b,
+                    format!("dtype mismatch: arithmetic on {} is not supported, the DSL computes in f32; convert with `as f32`", ty.name()),
+                );
                 return None;
             }
             Some((Expr::Binary(op, Box::new(le), Box::new(re)), f32_of(row)))
@@ -690,7 +739,10 @@ fn parse_expr(cx: &mut Cx, body: &Body<'_>, e: &syn::Expr) -> Option<(Expr, Type
             None
         }
         other => {
-            cx.error(other, "unsupported expression; allowed: numbers, names, arithmetic, comparisons, `select`, `as` casts and the intrinsics");
+            cx.error(
+                other,
+                "unsupported expression; allowed: numbers, names, arithmetic, comparisons, `select`, `as` casts and the intrinsics",
+            );
             None
         }
     }
@@ -723,12 +775,21 @@ fn parse_call(cx: &mut Cx, body: &Body<'_>, call: &syn::ExprCall) -> Option<(Exp
     let args: Vec<Option<(Expr, Typed)>> = call.args.iter().map(|a| parse_expr(cx, body, a)).collect();
     if let Some(op) = reduce {
         if body.kind != Kind::Rowwise {
-            cx.error(ident, format!("reduction `{name}` is only allowed in `rowwise` kernels; `{}` kernels compute each element on its own", body.kind.name()));
+            cx.error(
+                ident,
+                format!(
+                    "reduction `{name}` is only allowed in `rowwise` kernels; `{}` kernels compute each element on its own",
+                    body.kind.name()
+                ),
+            );
             return None;
         }
         let (a, t) = args.into_iter().next().flatten()?;
         if !t.row {
-            cx.error(&call.args[0], format!("`{name}` reduces a row, but its argument is a scalar (the same for the whole row); pass a tensor expression"));
+            cx.error(
+                &call.args[0],
+                format!("`{name}` reduces a row, but its argument is a scalar (the same for the whole row); pass a tensor expression"),
+            );
             return None;
         }
         if t.ty != Ty::F32 {
@@ -758,7 +819,10 @@ fn parse_call(cx: &mut Cx, body: &Body<'_>, call: &syn::ExprCall) -> Option<(Exp
             } else if let (Some(v), Ty::I32 | Ty::U32) = (bt.int_lit, at.ty) {
                 b = Expr::Int(v);
             } else {
-                cx.error(call, format!("dtype mismatch: `select` branches are {} and {}; convert one with `as`", at.ty.name(), bt.ty.name()));
+                cx.error(
+                    call,
+                    format!("dtype mismatch: `select` branches are {} and {}; convert one with `as`", at.ty.name(), bt.ty.name()),
+                );
                 return None;
             }
         }

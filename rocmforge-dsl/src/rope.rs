@@ -71,8 +71,7 @@ pub fn inv_freq(rotary_dim: usize, base: f32, scaling: RopeScaling) -> (Vec<f32>
         RopeScaling::Yarn { factor, beta_fast, beta_slow, original_max_position_embeddings, attention_factor } => {
             let factor64 = f64::from(factor);
             let old = f64::from(original_max_position_embeddings);
-            let correction_dim =
-                |rot: f64| (d * (old / (rot * 2.0 * std::f64::consts::PI)).ln()) / (2.0 * base.ln());
+            let correction_dim = |rot: f64| (d * (old / (rot * 2.0 * std::f64::consts::PI)).ln()) / (2.0 * base.ln());
             let low = correction_dim(f64::from(beta_fast)).floor().max(0.0);
             let high = correction_dim(f64::from(beta_slow)).ceil().min(d - 1.0);
             let high = if (high - low).abs() < f64::EPSILON { high + 0.001 } else { high };

@@ -66,9 +66,7 @@ impl Kernel {
         let mut out = Vec::new();
         for dtype in dtypes {
             match self.kind {
-                Kind::Elementwise => {
-                    out.push(Spec { dtype, block: self.options.blocks[0], warp: None, head_dim: None, row_mode: None })
-                }
+                Kind::Elementwise => out.push(Spec { dtype, block: self.options.blocks[0], warp: None, head_dim: None, row_mode: None }),
                 Kind::Rowwise => {
                     for &block in &self.options.blocks {
                         out.push(Spec { dtype, block, warp: Some(warp), head_dim: None, row_mode: Some(RowMode::Block) });

@@ -49,7 +49,29 @@ fn debug_print(kernel: &Kernel, out: &TokenStream) {
     }
 }
 
+/// The path of the runtime crate as the calling crate names it: `rocmforge-runtime`
+/// directly, or through the `rocmforge` facade.
+fn runtime_path() -> TokenStream {
+    use proc_macro_crate::{crate_name, FoundCrate};
+    match crate_name("rocmforge-runtime") {
+        Ok(FoundCrate::Itself) => quote!(crate),
+        Ok(FoundCrate::Name(n)) => {
+            let id = format_ident!("{n}");
+            quote!(::#id)
+        }
+        Err(_) => match crate_name("rocmforge") {
+            Ok(FoundCrate::Itself) => quote!(crate::runtime),
+            Ok(FoundCrate::Name(n)) => {
+                let id = format_ident!("{n}");
+                quote!(::#id::runtime)
+            }
+            Err(_) => quote!(::rocmforge_runtime),
+        },
+    }
+}
+
 fn launcher(kernel: &Kernel, args: &TokenStream, func: &syn::ItemFn) -> TokenStream {
+    let rt = runtime_path();
     let vis = &func.vis;
     let name = &func.sig.ident;
     let docs: Vec<&syn::Attribute> = func.attrs.iter().filter(|a| a.path().is_ident("doc")).collect();
@@ -70,12 +92,12 @@ fn launcher(kernel: &Kernel, args: &TokenStream, func: &syn::ItemFn) -> TokenStr
         };
         match p.ty {
             ParamTy::Tensor { mutable: true, .. } => {
-                params.push(quote! { #ident: &mut dyn ::rocmforge_runtime::TensorArg });
-                arg_exprs.push(quote! { ::rocmforge_runtime::Arg::Tensor(&*#ident) });
+                params.push(quote! { #ident: &mut dyn #rt::TensorArg });
+                arg_exprs.push(quote! { #rt::Arg::Tensor(&*#ident) });
             }
             ParamTy::Tensor { mutable: false, .. } => {
-                params.push(quote! { #ident: &dyn ::rocmforge_runtime::TensorArg });
-                arg_exprs.push(quote! { ::rocmforge_runtime::Arg::Tensor(#ident) });
+                params.push(quote! { #ident: &dyn #rt::TensorArg });
+                arg_exprs.push(quote! { #rt::Arg::Tensor(#ident) });
             }
             ParamTy::Scalar(s) => {
                 let (ty, variant) = match s {
@@ -84,7 +106,7 @@ fn launcher(kernel: &Kernel, args: &TokenStream, func: &syn::ItemFn) -> TokenStr
                     ScalarTy::U32 => (quote!(u32), quote!(U32)),
                 };
                 params.push(quote! { #ident: #ty });
-                arg_exprs.push(quote! { ::rocmforge_runtime::Arg::#variant(#ident) });
+                arg_exprs.push(quote! { #rt::Arg::#variant(#ident) });
             }
         }
     }
@@ -101,29 +123,29 @@ fn launcher(kernel: &Kernel, args: &TokenStream, func: &syn::ItemFn) -> TokenStr
             pub const ITEM: &str = #item_text;
 
             /// The kernel's IR, parsed once from the declaration.
-            pub fn kernel() -> ::core::result::Result<&'static ::rocmforge_runtime::Kernel, ::rocmforge_runtime::LaunchError> {
-                static KERNEL: ::std::sync::OnceLock<::core::result::Result<::rocmforge_runtime::Kernel, ::std::string::String>> =
+            pub fn kernel() -> ::core::result::Result<&'static #rt::Kernel, #rt::LaunchError> {
+                static KERNEL: ::std::sync::OnceLock<::core::result::Result<#rt::Kernel, ::std::string::String>> =
                     ::std::sync::OnceLock::new();
                 KERNEL
-                    .get_or_init(|| ::rocmforge_runtime::parse_kernel_str(ATTR, ITEM))
+                    .get_or_init(|| #rt::parse_kernel_str(ATTR, ITEM))
                     .as_ref()
-                    .map_err(|e| ::rocmforge_runtime::LaunchError::Kernel(::core::clone::Clone::clone(e)))
+                    .map_err(|e| #rt::LaunchError::Kernel(::core::clone::Clone::clone(e)))
             }
 
             /// Checks the arguments against the declaration and the device limits and
             /// returns the launch: symbol, grid, block, shared bytes, ordered arguments.
             pub fn plan(
-                limits: &::rocmforge_runtime::DeviceLimits,
+                limits: &#rt::DeviceLimits,
                 #(#params),*
-            ) -> ::core::result::Result<::rocmforge_runtime::LaunchPlan, ::rocmforge_runtime::LaunchError> {
-                ::rocmforge_runtime::plan(kernel()?, limits, &[#(#arg_exprs),*])
+            ) -> ::core::result::Result<#rt::LaunchPlan, #rt::LaunchError> {
+                #rt::plan(kernel()?, limits, &[#(#arg_exprs),*])
             }
 
             /// Runs the kernel on the host with the IR interpreter, in place.
             pub fn run_host(
-                args: &mut [::rocmforge_runtime::HostArg],
-            ) -> ::core::result::Result<(), ::rocmforge_runtime::LaunchError> {
-                ::rocmforge_runtime::dsl::interp::run(kernel()?, args).map_err(::rocmforge_runtime::LaunchError::from)
+                args: &mut [#rt::HostArg],
+            ) -> ::core::result::Result<(), #rt::LaunchError> {
+                #rt::dsl::interp::run(kernel()?, args).map_err(#rt::LaunchError::from)
             }
         }
     }

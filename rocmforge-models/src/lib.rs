@@ -1,5 +1,6 @@
 //! The RocmForge standard kernel library and transformer inference.
 
+pub mod demo;
 pub mod kernels;
 
 /// Kernel sources and ahead-of-time code objects built by `build.rs`.

@@ -252,16 +252,15 @@ pub fn plan(kernel: &Kernel, limits: &DeviceLimits, args: &[Arg<'_>]) -> Result<
             (spec, ceil_div(rows, rows_per_block))
         }
         (Kind::Rope(_), Dims::Rope { tokens, q_heads, k_heads, head_dim, half_rot }) => {
-            let spec = kernel
-                .specs(warp)
-                .into_iter()
-                .find(|s| s.dtype == dtype && s.head_dim.map(u64::from) == Some(head_dim))
-                .ok_or_else(|| LaunchError::UnsupportedSpecialization {
-                    kernel: kernel.name.clone(),
-                    what: "head_dim",
-                    value: head_dim,
-                    supported: kernel.options.head_dims.iter().map(|&h| u64::from(h)).collect(),
-                })?;
+            let spec =
+                kernel.specs(warp).into_iter().find(|s| s.dtype == dtype && s.head_dim.map(u64::from) == Some(head_dim)).ok_or_else(
+                    || LaunchError::UnsupportedSpecialization {
+                        kernel: kernel.name.clone(),
+                        what: "head_dim",
+                        value: head_dim,
+                        supported: kernel.options.head_dims.iter().map(|&h| u64::from(h)).collect(),
+                    },
+                )?;
             let pairs = u64::from(match kernel.kind {
                 Kind::Rope(rocmforge_dsl::ir::RopeLayout::Gptj) => kernel.vec_width(&spec) / 2,
                 _ => kernel.vec_width(&spec),
@@ -283,7 +282,12 @@ pub fn plan(kernel: &Kernel, limits: &DeviceLimits, args: &[Arg<'_>]) -> Result<
     };
     limit(kernel, "threads per block", u64::from(spec.block), u64::from(limits.max_threads_per_block))?;
     if spec.block % warp != 0 {
-        return Err(LaunchError::Limit { kernel: kernel.name.clone(), what: "block size (must be a multiple of the warp size)", value: u64::from(spec.block), limit: u64::from(warp) });
+        return Err(LaunchError::Limit {
+            kernel: kernel.name.clone(),
+            what: "block size (must be a multiple of the warp size)",
+            value: u64::from(spec.block),
+            limit: u64::from(warp),
+        });
     }
     // The kernels grid-stride, so clamping to the device's limit stays correct.
     let grid_x = blocks_needed.clamp(1, u64::from(limits.max_grid[0]));

@@ -1,0 +1,34 @@
+//! Snapshots of the generated HIP: one per standard kernel and specialization.
+//! Review changes with `cargo insta review`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr, clippy::needless_range_loop, reason = "tests fail loudly")]
+
+use rocmforge::dsl::codegen::{render_spec, PORTABILITY_HEADER};
+use rocmforge::dsl::spec::{symbol_name, WARP_SIZES};
+use rocmforge::models::kernels;
+
+#[test]
+fn standard_kernels_hip() {
+    let mut seen = std::collections::BTreeSet::new();
+    for k in kernels::all().expect("standard kernels parse") {
+        for warp in WARP_SIZES {
+            for spec in k.specs(warp) {
+                let symbol = symbol_name(&k.name, &spec);
+                if !seen.insert(symbol.clone()) {
+                    continue; // warp-independent kinds give one symbol for both warp sizes
+                }
+                let code = render_spec(k, &spec).expect("render");
+                assert!(code.contains(&symbol), "{symbol} not defined by its own render");
+                insta::assert_snapshot!(symbol, code);
+            }
+        }
+    }
+    // 2 elementwise x 3 dtypes, 3 rowwise x 3 dtypes x (3 blocks + warp-per-row) x 2 warps,
+    // 2 rope x 3 dtypes x 5 head dims.
+    assert_eq!(seen.len(), 6 + 72 + 30);
+}
+
+#[test]
+fn portability_header() {
+    insta::assert_snapshot!("portability_header", PORTABILITY_HEADER);
+}

@@ -1,0 +1,8 @@
+use rocmforge::gpu_kernel;
+
+#[gpu_kernel(rowwise(block = [128, 100]))]
+fn k(x: &Rows<f32>, out: &mut Rows<f32>) {
+    *out = x / sum(x);
+}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use rocmforge::gpu_kernel;
+
+#[gpu_kernel(elementwise)]
+fn k(x: &[f32], out: &mut [f32]) {
+    *out = x * scale;
+}
+
+fn main() {}

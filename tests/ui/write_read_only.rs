@@ -1,0 +1,9 @@
+use rocmforge::gpu_kernel;
+
+#[gpu_kernel(elementwise)]
+fn k(x: &[f32], out: &mut [f32]) {
+    *out = x;
+    *x = 1.0;
+}
+
+fn main() {}
