@@ -4,7 +4,14 @@
 //! Without hipcc the test fails when `ROCMFORGE_REQUIRE_AOT=1` (as in CI) and otherwise
 //! reports that it compiled nothing, so a developer machine without ROCm still passes.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr, clippy::needless_range_loop, reason = "tests fail loudly")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr,
+    clippy::needless_range_loop,
+    reason = "tests fail loudly"
+)]
 
 use std::process::Command;
 

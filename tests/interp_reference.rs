@@ -9,7 +9,14 @@
 //! its square; the bounds leave about 10x room over that, for f32 arithmetic on top
 //! (f32: exp of arguments up to ~16 amplifies the input's 2^-24 rounding ~16x).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr, clippy::needless_range_loop, reason = "tests fail loudly")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr,
+    clippy::needless_range_loop,
+    reason = "tests fail loudly"
+)]
 
 use proptest::prelude::*;
 use rocmforge::dsl::interp::{HostArg, HostTensor};

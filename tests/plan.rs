@@ -1,7 +1,14 @@
 //! Launch planning: shapes, dtypes, specializations and grid math are checked before
 //! anything is launched, with typed errors; no input overflows or exceeds a limit.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr, clippy::needless_range_loop, reason = "tests fail loudly")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr,
+    clippy::needless_range_loop,
+    reason = "tests fail loudly"
+)]
 
 use proptest::prelude::*;
 use rocmforge::dsl::args::{ArgError, Dims};

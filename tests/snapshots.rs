@@ -1,7 +1,14 @@
 //! Snapshots of the generated HIP: one per standard kernel and specialization.
 //! Review changes with `cargo insta review`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr, clippy::needless_range_loop, reason = "tests fail loudly")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr,
+    clippy::needless_range_loop,
+    reason = "tests fail loudly"
+)]
 
 use rocmforge::dsl::codegen::{render_spec, PORTABILITY_HEADER};
 use rocmforge::dsl::spec::{symbol_name, WARP_SIZES};

@@ -1,6 +1,13 @@
 //! The user's kernel: a typed launcher, interpreter semantics, and AOT code objects.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stderr, clippy::needless_range_loop, reason = "tests fail loudly")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stderr,
+    clippy::needless_range_loop,
+    reason = "tests fail loudly"
+)]
 
 use ::quick_gelu::aot;
 use ::quick_gelu::quick_gelu as kernel;
