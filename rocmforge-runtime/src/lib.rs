@@ -7,7 +7,10 @@
 
 pub mod plan;
 
-pub use plan::{plan, Arg, ArgValue, DeviceLimits, LaunchError, LaunchPlan, TensorArg, TensorDesc};
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
+pub use plan::{plan, plan_spec, Arg, ArgValue, DeviceLimits, LaunchError, LaunchPlan, TensorArg, TensorDesc};
 pub use rocmforge_dsl as dsl;
 pub use rocmforge_dsl::args::ArgError;
 pub use rocmforge_dsl::interp::{HostArg, HostTensor};

@@ -203,6 +203,13 @@ pub fn choose_row_spec(kernel: &Kernel, dtype: Option<DType>, warp: u32, cols: u
 
 /// Checks arguments and device limits and computes the launch.
 pub fn plan(kernel: &Kernel, limits: &DeviceLimits, args: &[Arg<'_>]) -> Result<LaunchPlan, LaunchError> {
+    plan_spec(kernel, limits, args, None)
+}
+
+/// [`plan`] with the specialization chosen by the caller (self-checks and benchmarks
+/// use it to run every specialization); it must be one of `kernel.specs(warp)` and fit
+/// the arguments' dtype and head dim.
+pub fn plan_spec(kernel: &Kernel, limits: &DeviceLimits, args: &[Arg<'_>], force: Option<Spec>) -> Result<LaunchPlan, LaunchError> {
     let descs: Vec<ArgDesc<'_>> = args
         .iter()
         .map(|a| match a {
@@ -279,6 +286,21 @@ pub fn plan(kernel: &Kernel, limits: &DeviceLimits, args: &[Arg<'_>]) -> Result<
             (spec, ceil_div(work, u64::from(spec.block)))
         }
         _ => return Err(LaunchError::Kernel(format!("kernel `{}`: kind and problem size disagree", kernel.name))),
+    };
+    let spec = match force {
+        None => spec,
+        Some(f) => {
+            let fits = kernel.specs(warp).contains(&f) && f.dtype == spec.dtype && f.head_dim == spec.head_dim;
+            if !fits {
+                return Err(LaunchError::Kernel(format!("kernel `{}`: specialization {f:?} does not fit these arguments", kernel.name)));
+            }
+            f
+        }
+    };
+    let blocks_needed = match (kernel.kind, dims) {
+        (Kind::Rowwise, Dims::Rowwise { rows, .. }) => ceil_div(rows, u64::from(spec.block / kernel.row_threads(&spec))),
+        // Elementwise and rope kernels have one block size per dtype (and head dim).
+        _ => blocks_needed,
     };
     limit(kernel, "threads per block", u64::from(spec.block), u64::from(limits.max_threads_per_block))?;
     if spec.block % warp != 0 {

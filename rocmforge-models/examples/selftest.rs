@@ -1,0 +1,274 @@
+//! Self-check: every standard kernel x specialization x dtype on the GPU against the
+//! CPU reference (the IR interpreter) on fresh random inputs. Outputs are poisoned with
+//! NaN before each run; shapes include odd sizes, unaligned rows and rows wider than
+//! the register cache. Prints one line per case and exits non-zero on any failure.
+//!
+//! Bounds on the normalized MSE `sum (gpu - ref)^2 / sum ref^2`, in the spirit of
+//! llama.cpp's test-backend-ops: both sides compute in f32, so they differ only by
+//! libm ulps and summation order (relative ~1e-7, nMSE ~1e-13): f32 outputs get 1e-7.
+//! 16-bit outputs can additionally round to neighbouring values when the f32 results
+//! straddle a rounding boundary, one ulp (2^-11 f16, 2^-8 bf16) on rare elements:
+//! 1e-6 for f16 and 1e-5 for bf16. NaN or Inf never passes.
+
+#![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line program")]
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rocmforge_dsl::ir::Kind;
+use rocmforge_dsl::rope::{inv_freq, RopeScaling};
+use rocmforge_dsl::spec::RowMode;
+use rocmforge_models::demo::Rng;
+use rocmforge_models::kernels;
+use rocmforge_runtime::cuda::{CudaDevice, DeviceTensor};
+use rocmforge_runtime::{plan_spec, Arg, DType, HostArg, HostTensor, Kernel, Spec};
+
+fn bound(d: DType) -> f64 {
+    match d {
+        DType::F16 => 1e-6,
+        DType::BF16 => 1e-5,
+        _ => 1e-7,
+    }
+}
+
+fn rand_vec(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| (rng.next_f32() * 2.0 - 1.0) * scale).collect()
+}
+
+fn shapes(k: &Kernel, spec: &Spec, rng: &mut Rng) -> Vec<Vec<HostArg>> {
+    let d = spec.dtype.unwrap_or(DType::F32);
+    let t = |rng: &mut Rng, shape: &[usize], scale: f32| {
+        let n = shape.iter().product();
+        HostArg::Tensor(HostTensor::from_f32(d, shape, &rand_vec(rng, n, scale)).unwrap_or_else(|| unreachable!()))
+    };
+    let mut out = Vec::new();
+    match k.kind {
+        Kind::Elementwise => {
+            for n in [1usize, 3, 4097, 300_001] {
+                out.push(vec![t(rng, &[n], 6.0), t(rng, &[n], 3.0), t(rng, &[n], 1.0)]);
+            }
+        }
+        Kind::Rowwise => {
+            let cap = k.row_capacity(spec) as usize;
+            let cases: Vec<(usize, usize)> = match spec.row_mode {
+                Some(RowMode::Warp) => vec![(37, 1), (5, 3), (64, 100), (9, cap)],
+                _ => vec![(3, 3), (7, 4097), (2, cap), (3, cap + 5), (2, 20_000)],
+            };
+            for (rows, cols) in cases {
+                let args = match k.name.as_str() {
+                    "softmax" => vec![t(rng, &[rows, cols], 8.0), t(rng, &[rows, cols], 1.0), HostArg::F32(0.3 + rng.next_f32())],
+                    "rmsnorm" => vec![t(rng, &[rows, cols], 4.0), t(rng, &[cols], 2.0), t(rng, &[rows, cols], 1.0), HostArg::F32(1e-5)],
+                    _ => vec![
+                        t(rng, &[rows, cols], 4.0),
+                        t(rng, &[rows, cols], 4.0),
+                        t(rng, &[cols], 2.0),
+                        t(rng, &[rows, cols], 1.0),
+                        HostArg::F32(1e-5),
+                    ],
+                };
+                out.push(args);
+            }
+        }
+        Kind::Rope(_) => {
+            let hd = spec.head_dim.unwrap_or(64) as usize;
+            for (tokens, qh, kh, rot, scaling) in [
+                (1usize, 4usize, 2usize, hd, RopeScaling::Default),
+                (17, 3, 1, hd / 2, RopeScaling::Linear { factor: 2.0 }),
+                (
+                    300,
+                    8,
+                    2,
+                    hd,
+                    RopeScaling::Llama3 {
+                        factor: 8.0,
+                        low_freq_factor: 1.0,
+                        high_freq_factor: 4.0,
+                        original_max_position_embeddings: 8192.0,
+                    },
+                ),
+                (
+                    33,
+                    2,
+                    2,
+                    hd,
+                    RopeScaling::Yarn {
+                        factor: 4.0,
+                        beta_fast: 32.0,
+                        beta_slow: 1.0,
+                        original_max_position_embeddings: 4096.0,
+                        attention_factor: None,
+                    },
+                ),
+            ] {
+                let (freq, mscale) = inv_freq(rot, 500_000.0, scaling);
+                let pos: Vec<i32> = (0..tokens).map(|_| (rng.next_f32() * 8192.0) as i32).collect();
+                out.push(vec![
+                    t(rng, &[tokens, qh, hd], 2.0),
+                    t(rng, &[tokens, kh, hd], 2.0),
+                    HostArg::Tensor(HostTensor::from_i32(&[tokens], pos).unwrap_or_else(|| unreachable!())),
+                    HostArg::Tensor(HostTensor::from_f32(DType::F32, &[rot / 2], &freq).unwrap_or_else(|| unreachable!())),
+                    HostArg::F32(mscale),
+                ]);
+            }
+        }
+    }
+    out
+}
+
+fn nmse(got: &[f32], want: &[f32]) -> f64 {
+    let num: f64 = got.iter().zip(want).map(|(&g, &w)| (f64::from(g) - f64::from(w)).powi(2)).sum();
+    let den: f64 = want.iter().map(|&w| f64::from(w).powi(2)).sum();
+    if got.iter().any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    if den == 0.0 {
+        num
+    } else {
+        num / den
+    }
+}
+
+fn run_case(dev: &Arc<CudaDevice>, k: &Kernel, spec: Spec, host: &[HostArg]) -> Result<Vec<(String, f64)>, Box<dyn std::error::Error>> {
+    let written: Vec<usize> = k.stores.iter().map(|s| s.param).collect();
+    let mut dev_args: Vec<Option<DeviceTensor>> = Vec::new();
+    for (i, a) in host.iter().enumerate() {
+        match a {
+            HostArg::Tensor(t) => {
+                let mut d = dev.upload(t)?;
+                // Pure outputs start as NaN; in-place tensors (read too) keep their input.
+                let read = k.lets.iter().any(|l| reads(&l.value, i)) || k.stores.iter().any(|s| reads(&s.value, i));
+                let in_place = matches!(k.kind, Kind::Rope(_));
+                if written.contains(&i) && !read && !in_place {
+                    dev.poison(&mut d)?;
+                }
+                dev_args.push(Some(d));
+            }
+            _ => dev_args.push(None),
+        }
+    }
+    let args: Vec<Arg<'_>> = host
+        .iter()
+        .zip(&dev_args)
+        .map(|(h, d)| match (h, d) {
+            (_, Some(t)) => Arg::Tensor(t),
+            (HostArg::F32(v), None) => Arg::F32(*v),
+            (HostArg::I32(v), None) => Arg::I32(*v),
+            (HostArg::U32(v), None) => Arg::U32(*v),
+            (HostArg::Tensor(_), None) => Arg::F32(f32::NAN),
+        })
+        .collect();
+    let plan = plan_spec(k, dev.limits(), &args, Some(spec))?;
+    dev.launch(k, &plan)?;
+    dev.synchronize()?;
+    let mut want = host.to_vec();
+    rocmforge_dsl::interp::run(k, &mut want)?;
+    let mut out = Vec::new();
+    let outputs: Vec<usize> = if matches!(k.kind, Kind::Rope(_)) { vec![0, 1] } else { written };
+    for i in outputs {
+        let (Some(d), Some(w)) = (&dev_args[i], want[i].tensor()) else { continue };
+        let got = dev.download(d)?.to_f32_vec();
+        out.push((k.params[i].name.clone(), nmse(&got, &w.to_f32_vec())));
+    }
+    Ok(out)
+}
+
+fn reads(e: &rocmforge_dsl::ir::Expr, i: usize) -> bool {
+    let mut r = false;
+    e.visit(&mut |x| r |= matches!(x, rocmforge_dsl::ir::Expr::Tensor(j) if *j == i));
+    r
+}
+
+fn describe(h: &[HostArg]) -> String {
+    h.iter().filter_map(|a| a.tensor()).map(|t| format!("{:?}", t.shape)).collect::<Vec<_>>().join(" ")
+}
+
+fn main() -> ExitCode {
+    let dev = match CudaDevice::open(0) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "device: {} ({}), {:.1} GiB, limits {:?}",
+        dev.name(),
+        dev.arch(),
+        dev.total_memory() as f64 / (1u64 << 30) as f64,
+        dev.limits()
+    );
+    let seed = std::env::var("ROCMFORGE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1));
+    println!("seed: {seed} (set ROCMFORGE_SEED to repeat)");
+    let mut rng = Rng::new(seed);
+    let ks = match kernels::all() {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Compile every kernel first, to report the cold/warm module time on its own.
+    let t0 = Instant::now();
+    for k in &ks {
+        if let Err(e) = dev.prepare(k) {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let (secs, compiled, hits) = dev.compile_stats();
+    println!(
+        "modules: {} kernels ready in {:.3} s wall ({secs:.3} s in module preparation): {compiled} compiled by NVRTC, {hits} from the disk cache",
+        ks.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    println!(
+        "{:<12} {:<28} {:<6} {:<28} {:<8} {:>10} {:>8}  result",
+        "kernel", "specialization", "dtype", "shape", "output", "nmse", "bound"
+    );
+    let (mut pass, mut fail) = (0usize, 0usize);
+    for k in &ks {
+        for spec in k.specs(dev.limits().warp_size) {
+            let d = spec.dtype.unwrap_or(DType::F32);
+            for host in shapes(k, &spec, &mut rng) {
+                let sym = rocmforge_dsl::symbol_name(&k.name, &spec);
+                match run_case(&dev, k, spec, &host) {
+                    Ok(results) => {
+                        for (out, e) in results {
+                            let ok = e <= bound(d);
+                            if ok {
+                                pass += 1
+                            } else {
+                                fail += 1
+                            }
+                            println!(
+                                "{:<12} {:<28} {:<6} {:<28} {:<8} {:>10.2e} {:>8.0e}  {}",
+                                k.name,
+                                sym,
+                                d,
+                                describe(&host),
+                                out,
+                                e,
+                                bound(d),
+                                if ok { "pass" } else { "FAIL" }
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        fail += 1;
+                        println!("{:<12} {:<28} {:<6} {:<28} error: {e}", k.name, sym, d, describe(&host));
+                    }
+                }
+            }
+        }
+    }
+    println!("{pass} passed, {fail} failed");
+    if fail == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,460 @@
+//! NVIDIA backend through cudarc: the driver and NVRTC are loaded at run time.
+//!
+//! Kernels compile at first use with NVRTC (the generated HIP builds as CUDA through
+//! the portability header) and the PTX is cached on disk, keyed by a hash of the
+//! source, the arch and the NVRTC version, written atomically (temp file, rename).
+//! Modules are cached per device and kernel; the map's lock is never held while
+//! compiling or loading: each entry is a `OnceLock` filled outside the lock.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use cudarc::driver::{result as cu, sys, CudaContext, CudaEvent, CudaModule, CudaStream, DriverError};
+use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
+use rocmforge_dsl::codegen::render_source;
+use rocmforge_dsl::interp::HostTensor;
+use rocmforge_dsl::{DType, Kernel};
+
+use crate::plan::{ArgValue, DeviceLimits, LaunchError, LaunchPlan, TensorArg};
+
+/// A failure in the CUDA backend.
+#[derive(Debug, thiserror::Error)]
+pub enum CudaError {
+    /// A driver call failed.
+    #[error("CUDA driver call {call} failed: {source}")]
+    Driver {
+        /// The call.
+        call: &'static str,
+        /// The driver's error.
+        source: DriverError,
+    },
+    /// No usable NVIDIA device or driver.
+    #[error("no NVIDIA GPU available ({0}); check the driver with nvidia-smi, or choose the cpu device")]
+    NoDevice(String),
+    /// An allocation did not fit.
+    #[error("out of GPU memory: asked for {requested} bytes, {free} of {total} bytes free")]
+    OutOfMemory {
+        /// Bytes requested.
+        requested: usize,
+        /// Bytes free when it failed.
+        free: usize,
+        /// Device memory.
+        total: usize,
+    },
+    /// NVRTC rejected the generated source.
+    #[error("NVRTC failed to compile kernel `{kernel}` for {arch}: {message}\n{log}")]
+    Compile {
+        /// Kernel name.
+        kernel: String,
+        /// Target arch.
+        arch: String,
+        /// The error.
+        message: String,
+        /// The compiler log.
+        log: String,
+    },
+    /// The launch was refused before running.
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    /// Host and device sizes disagree.
+    #[error("copy of {what}: {host} host bytes but {device} device bytes")]
+    SizeMismatch {
+        /// What was copied.
+        what: &'static str,
+        /// Host bytes.
+        host: usize,
+        /// Device bytes.
+        device: usize,
+    },
+}
+
+fn drv(call: &'static str) -> impl FnOnce(DriverError) -> CudaError {
+    move |source| CudaError::Driver { call, source }
+}
+
+/// A module compiled and loaded at most once; the error text if that failed.
+type ModuleCell = Arc<OnceLock<Result<Arc<CudaModule>, String>>>;
+
+/// One NVIDIA GPU with its context, default stream and module cache.
+pub struct CudaDevice {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    name: String,
+    arch: String,
+    limits: DeviceLimits,
+    total_mem: usize,
+    modules: Mutex<HashMap<String, ModuleCell>>,
+    compile_nanos: AtomicU64,
+    compiles: AtomicU64,
+    cache_hits: AtomicU64,
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaDevice").field("name", &self.name).field("arch", &self.arch).field("limits", &self.limits).finish()
+    }
+}
+
+impl CudaDevice {
+    /// Opens GPU `ordinal`.
+    pub fn open(ordinal: usize) -> Result<Arc<Self>, CudaError> {
+        let count = std::panic::catch_unwind(CudaContext::device_count)
+            .map_err(|_| CudaError::NoDevice("the CUDA driver library could not be loaded".into()))?
+            .map_err(|e| CudaError::NoDevice(e.to_string()))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(CudaError::NoDevice(format!("cuda:{ordinal} requested, {count} device(s) present")));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(drv("cuCtxCreate"))?;
+        let attr = |a| ctx.attribute(a).map_err(drv("cuDeviceGetAttribute"));
+        use sys::CUdevice_attribute as A;
+        let limits = DeviceLimits {
+            warp_size: attr(A::CU_DEVICE_ATTRIBUTE_WARP_SIZE)? as u32,
+            max_threads_per_block: attr(A::CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK)? as u32,
+            max_grid: [
+                attr(A::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_X)? as u32,
+                attr(A::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y)? as u32,
+                attr(A::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Z)? as u32,
+            ],
+            max_shared_bytes: attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK)? as u32,
+        };
+        let (major, minor) = ctx.compute_capability().map_err(drv("cuDeviceGetAttribute"))?;
+        let name = ctx.name().map_err(drv("cuDeviceGetName"))?;
+        let total_mem = ctx.total_mem().map_err(drv("cuDeviceTotalMem"))?;
+        let stream = ctx.default_stream();
+        Ok(Arc::new(CudaDevice {
+            ctx,
+            stream,
+            name,
+            arch: format!("sm_{major}{minor}"),
+            limits,
+            total_mem,
+            modules: Mutex::new(HashMap::new()),
+            compile_nanos: AtomicU64::new(0),
+            compiles: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+        }))
+    }
+
+    /// Device name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// `sm_XY`.
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+    /// Launch limits.
+    pub fn limits(&self) -> &DeviceLimits {
+        &self.limits
+    }
+    /// Total device memory, bytes.
+    pub fn total_memory(&self) -> usize {
+        self.total_mem
+    }
+    /// Free and total device memory, bytes.
+    pub fn memory_info(&self) -> Result<(usize, usize), CudaError> {
+        self.ctx.mem_get_info().map_err(drv("cuMemGetInfo"))
+    }
+
+    /// Seconds spent getting modules ready (NVRTC or the disk cache, plus loading),
+    /// modules compiled, and modules read from the disk cache, so far.
+    pub fn compile_stats(&self) -> (f64, u64, u64) {
+        (
+            self.compile_nanos.load(Ordering::Relaxed) as f64 * 1e-9,
+            self.compiles.load(Ordering::Relaxed),
+            self.cache_hits.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Allocates an uninitialized tensor.
+    pub fn alloc(self: &Arc<Self>, dtype: DType, shape: &[usize]) -> Result<DeviceTensor, CudaError> {
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).and_then(|n| n.checked_mul(dtype.size()));
+        let Some(bytes) = n else {
+            return Err(CudaError::OutOfMemory { requested: usize::MAX, free: 0, total: self.total_mem });
+        };
+        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+        // SAFETY: the context is current on this thread; the pointer is owned by the
+        // returned DeviceTensor and freed once in its Drop.
+        let ptr = match unsafe { cu::malloc_sync(bytes.max(1)) } {
+            Ok(p) => p,
+            Err(e) if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
+                let (free, total) = self.memory_info().unwrap_or((0, self.total_mem));
+                return Err(CudaError::OutOfMemory { requested: bytes, free, total });
+            }
+            Err(e) => return Err(CudaError::Driver { call: "cuMemAlloc", source: e }),
+        };
+        Ok(DeviceTensor { dev: Arc::clone(self), ptr, bytes, dtype, shape: shape.to_vec() })
+    }
+
+    /// Copies a host tensor to a new device tensor.
+    pub fn upload(self: &Arc<Self>, t: &HostTensor) -> Result<DeviceTensor, CudaError> {
+        let d = self.alloc(t.dtype(), &t.shape)?;
+        let bytes = t.to_bytes();
+        if bytes.len() != d.bytes {
+            return Err(CudaError::SizeMismatch { what: "upload", host: bytes.len(), device: d.bytes });
+        }
+        // SAFETY: `d.ptr` holds `d.bytes` == `bytes.len()` bytes; the copy is synchronous.
+        unsafe { cu::memcpy_htod_sync(d.ptr, &bytes) }.map_err(drv("cuMemcpyHtoD"))?;
+        Ok(d)
+    }
+
+    /// Copies a device tensor back to the host (waits for pending work first).
+    pub fn download(&self, d: &DeviceTensor) -> Result<HostTensor, CudaError> {
+        self.synchronize()?;
+        let mut bytes = vec![0u8; d.bytes];
+        // SAFETY: `bytes` has exactly `d.bytes` bytes, the size of the allocation.
+        unsafe { cu::memcpy_dtoh_sync(&mut bytes, d.ptr) }.map_err(drv("cuMemcpyDtoH"))?;
+        HostTensor::from_bytes(d.dtype, &d.shape, &bytes).ok_or(CudaError::SizeMismatch {
+            what: "download",
+            host: bytes.len(),
+            device: d.bytes,
+        })
+    }
+
+    /// Fills a tensor with all-ones bytes: NaN in f32, f16 and bf16.
+    pub fn poison(&self, d: &mut DeviceTensor) -> Result<(), CudaError> {
+        // SAFETY: writes exactly the allocation's bytes.
+        unsafe { cu::memset_d8_sync(d.ptr, 0xff, d.bytes) }.map_err(drv("cuMemsetD8"))
+    }
+
+    /// Device-to-device copy of `src` into `dst` (same byte size), on the stream.
+    pub fn copy(&self, src: &DeviceTensor, dst: &mut DeviceTensor) -> Result<(), CudaError> {
+        if src.bytes != dst.bytes {
+            return Err(CudaError::SizeMismatch { what: "device copy", host: src.bytes, device: dst.bytes });
+        }
+        // SAFETY: both allocations hold `src.bytes` bytes and are distinct (`&mut dst`).
+        unsafe { cu::memcpy_dtod_async(dst.ptr, src.ptr, src.bytes, self.stream.cu_stream()) }.map_err(drv("cuMemcpyDtoDAsync"))
+    }
+
+    /// Waits for all queued work; surfaces asynchronous kernel faults.
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        self.stream.synchronize().map_err(drv("cuStreamSynchronize"))
+    }
+
+    /// A timing event.
+    pub fn event(&self) -> Result<CudaEvent, CudaError> {
+        self.ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(drv("cuEventCreate"))
+    }
+
+    /// Records `e` on the device's stream.
+    pub fn record(&self, e: &CudaEvent) -> Result<(), CudaError> {
+        e.record(&self.stream).map_err(drv("cuEventRecord"))
+    }
+
+    /// Compiles (or loads from the disk cache) and loads the kernel's module now,
+    /// instead of at its first launch.
+    pub fn prepare(&self, kernel: &Kernel) -> Result<(), CudaError> {
+        self.module(kernel).map(|_| ())
+    }
+
+    fn module(&self, kernel: &Kernel) -> Result<Arc<CudaModule>, CudaError> {
+        let cell = {
+            let mut map = self.modules.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(map.entry(kernel.name.clone()).or_default())
+        };
+        // Compiling happens here, outside the map's lock; concurrent callers for the
+        // same kernel wait on this cell only.
+        let m = cell.get_or_init(|| {
+            let t = Instant::now();
+            let m = self.build_module(kernel).map_err(|e| e.to_string());
+            self.compile_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            m
+        });
+        m.clone().map_err(|message| CudaError::Compile {
+            kernel: kernel.name.clone(),
+            arch: self.arch.clone(),
+            message,
+            log: String::new(),
+        })
+    }
+
+    fn build_module(&self, kernel: &Kernel) -> Result<Arc<CudaModule>, CudaError> {
+        let src = render_source(kernel, &kernel.specs(self.limits.warp_size)).map_err(|e| CudaError::Compile {
+            kernel: kernel.name.clone(),
+            arch: self.arch.clone(),
+            message: e.to_string(),
+            log: String::new(),
+        })?;
+        let nvrtc_version = nvrtc_version();
+        let key = format!("{:016x}", fnv1a(&[src.as_bytes(), self.arch.as_bytes(), nvrtc_version.as_bytes()]));
+        let dir = cache_dir();
+        let path = dir.as_ref().map(|d| d.join(format!("{}-{}-{key}.ptx", kernel.name, self.arch)));
+        let cached = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
+        let ptx = if let Some(ptx) = cached {
+            self.cache_hits.fetch_add(1, Ordering::Relaxed);
+            Ptx::from_src(ptx)
+        } else {
+            let t = Instant::now();
+            let compute = self.arch.replace("sm_", "compute_");
+            let opts = CompileOptions {
+                include_paths: vec![cuda_include_dir()],
+                options: vec![format!("--gpu-architecture={compute}"), "--std=c++17".into()],
+                ..Default::default()
+            };
+            let ptx = cudarc::nvrtc::compile_ptx_with_opts(&src, opts).map_err(|e| {
+                let log = match &e {
+                    CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
+                    _ => String::new(),
+                };
+                CudaError::Compile { kernel: kernel.name.clone(), arch: self.arch.clone(), message: format!("{e:?}"), log }
+            })?;
+            tracing::debug!("NVRTC compiled `{}` in {:.3} s", kernel.name, t.elapsed().as_secs_f64());
+            self.compiles.fetch_add(1, Ordering::Relaxed);
+            if let (Some(dir), Some(path)) = (dir, path) {
+                if let Err(e) = write_atomic(&dir, &path, &ptx.to_src()) {
+                    tracing::warn!("could not write the kernel cache {}: {e}", path.display());
+                }
+            }
+            ptx
+        };
+        self.ctx.load_module(ptx).map_err(drv("cuModuleLoadData"))
+    }
+
+    /// Launches a planned kernel on the device's stream. The plan must come from this
+    /// kernel's launcher with this device's limits; the arguments' tensors must stay
+    /// alive until the stream has run it (see [`CudaDevice::synchronize`]).
+    pub fn launch(&self, kernel: &Kernel, plan: &LaunchPlan) -> Result<(), CudaError> {
+        if plan.kernel != kernel.name {
+            return Err(LaunchError::Kernel(format!("plan for `{}` launched as `{}`", plan.kernel, kernel.name)).into());
+        }
+        let module = self.module(kernel)?;
+        let f = module.load_function(&plan.symbol).map_err(drv("cuModuleGetFunction"))?;
+        let mut storage: Vec<[u8; 8]> = plan
+            .args
+            .iter()
+            .map(|a| {
+                let mut b = [0u8; 8];
+                match a {
+                    ArgValue::Ptr(p) => b.copy_from_slice(&p.to_ne_bytes()),
+                    ArgValue::I64(v) => b.copy_from_slice(&v.to_ne_bytes()),
+                    ArgValue::F32(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
+                    ArgValue::I32(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
+                    ArgValue::U32(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
+                }
+                b
+            })
+            .collect();
+        let mut params: Vec<*mut std::ffi::c_void> = storage.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
+        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+        // SAFETY: the plan was checked against this kernel's declaration: one parameter
+        // slot per kernel parameter in order, each 8-byte slot holding the value in the
+        // width the generated signature declares (pointers and long long: 8 bytes;
+        // float, int, unsigned: the first 4). Grid and block are within the device
+        // limits. The pointers are live device allocations owned by the caller.
+        unsafe {
+            cu::launch_kernel(
+                f.cu_function(),
+                (plan.grid[0], plan.grid[1], plan.grid[2]),
+                (plan.block[0], plan.block[1], plan.block[2]),
+                plan.shared_bytes,
+                self.stream.cu_stream(),
+                &mut params,
+            )
+        }
+        .map_err(drv("cuLaunchKernel"))
+    }
+}
+
+/// A tensor in device memory. The only owner of its allocation: not `Clone`, freed in
+/// `Drop`.
+pub struct DeviceTensor {
+    dev: Arc<CudaDevice>,
+    ptr: sys::CUdeviceptr,
+    bytes: usize,
+    dtype: DType,
+    shape: Vec<usize>,
+}
+
+impl std::fmt::Debug for DeviceTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceTensor({} {:?} on {})", self.dtype, self.shape, self.dev.name)
+    }
+}
+
+impl DeviceTensor {
+    /// Size in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl TensorArg for DeviceTensor {
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn device_ptr(&self) -> u64 {
+        self.ptr
+    }
+}
+
+impl Drop for DeviceTensor {
+    fn drop(&mut self) {
+        // Work still queued may use the memory: wait, then free.
+        let _ = self.dev.stream.synchronize();
+        let _ = self.dev.ctx.bind_to_thread();
+        // SAFETY: `ptr` came from cuMemAlloc in `alloc`, is owned only by this value
+        // (not Clone), and is freed exactly once, here.
+        if let Err(e) = unsafe { cu::free_sync(self.ptr) } {
+            tracing::error!("cuMemFree failed: {e}");
+        }
+    }
+}
+
+fn nvrtc_version() -> String {
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: nvrtcVersion writes two ints through valid pointers to locals.
+    let r = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    if r == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
+        format!("{major}.{minor}")
+    } else {
+        String::from("unknown")
+    }
+}
+
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in *p {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// `ROCMFORGE_CACHE_DIR`, else `$XDG_CACHE_HOME/rocmforge`, else `~/.cache/rocmforge`.
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("ROCMFORGE_CACHE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(d).join("rocmforge"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("rocmforge"))
+}
+
+/// The CUDA include directory NVRTC needs for `cuda_fp16.h`: `$CUDA_HOME/include`,
+/// `$CUDA_PATH/include`, else `/usr/local/cuda/include`.
+pub fn cuda_include_dir() -> String {
+    for v in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Some(d) = std::env::var_os(v) {
+            return PathBuf::from(d).join("include").display().to_string();
+        }
+    }
+    "/usr/local/cuda/include".to_string()
+}
+
+fn write_atomic(dir: &std::path::Path, path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{}.{}.tmp", std::process::id(), path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()));
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, path)
+}

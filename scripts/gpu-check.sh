@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Builds the NVIDIA self-check and the kernel benchmark here, into .gpu/ (git-ignored),
+# for a run on the GPU machine. On that machine run:
+#   bash scripts/gpu-check.sh run   (writes logs to $OUT, or ./gpu-logs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "${1:-build}" = build ]; then
+    mkdir -p .gpu
+    cargo build --release -p rocmforge-models --features cuda --example selftest
+    cp target/release/examples/selftest .gpu/selftest
+    bench=$(cargo bench -p rocmforge --features cuda --bench kernels --no-run --message-format=json 2>/dev/null \
+        | python3 -c 'import sys,json
+for l in sys.stdin:
+    m=json.loads(l)
+    if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="kernels" and m.get("executable"): print(m["executable"])' | tail -n1)
+    cp "$bench" .gpu/bench-kernels
+    strip .gpu/selftest .gpu/bench-kernels
+    ls -la .gpu
+else
+    out=${OUT:-gpu-logs}
+    mkdir -p "$out"
+    export ROCMFORGE_CACHE_DIR=$(mktemp -d)
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
+    set +e
+    .gpu/selftest > "$out/selftest-cold.log" 2>&1; echo "selftest (cold cache) exit $?"
+    .gpu/selftest > "$out/selftest-warm.log" 2>&1; echo "selftest (warm cache) exit $?"
+    .gpu/bench-kernels > "$out/bench.log" 2>&1; echo "bench exit $?"
+    grep -E "^(device|seed|modules)" "$out/selftest-cold.log" "$out/selftest-warm.log"
+    grep -E "FAIL|error" "$out/selftest-cold.log" | head -20
+    tail -n 1 "$out/selftest-cold.log" "$out/selftest-warm.log"
+    cat "$out/bench.log"
+fi
