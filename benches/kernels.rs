@@ -76,11 +76,18 @@ fn bench(dev: &Arc<CudaDevice>, k: &Kernel, sets: &[Vec<DeviceTensor>], scalars:
 fn main() {
     let dev = CudaDevice::open(0).expect("open cuda:0");
     println!("device: {} ({})", dev.name(), dev.arch());
+    dev.prepare(&kernels::all().unwrap()).expect("compile kernels");
     let mut rng = Rng::new(7);
 
     let copy_bytes = 1usize << 30;
     let src = random(&dev, DType::F32, &[copy_bytes / 4], &mut rng);
     let mut dst = dev.alloc(DType::F32, &[copy_bytes / 4]).unwrap();
+    // Bring the clocks up before measuring anything: about a second of copies.
+    let t = std::time::Instant::now();
+    while t.elapsed().as_secs_f64() < 1.0 {
+        dev.copy(&src, &mut dst).unwrap();
+        dev.synchronize().unwrap();
+    }
     let copy_ms = time_ms(&dev, |_| dev.copy(&src, &mut dst).unwrap());
     let copy_gbs = 2.0 * copy_bytes as f64 / (copy_ms * 1e-3) / 1e9;
     drop((src, dst));
@@ -164,6 +171,36 @@ fn main() {
         cases.push(Case { name: format!("{name} {d} {t}x({hq}+{hk})x{hd}"), peer: "-", bytes: set_bytes + t * 4, ms });
     }
 
+    // Every block size of the rowwise kernels on the same rows, to check the chooser.
+    println!("rowwise specializations, bf16 {r}x{c} (the launcher's choice marked *):");
+    for k in [kernels::rmsnorm::kernel().unwrap(), kernels::softmax::kernel().unwrap()] {
+        let d = DType::BF16;
+        let x: Vec<DeviceTensor> = (0..4).map(|_| random(&dev, d, &[r, c], &mut rng)).collect();
+        let w = random(&dev, d, &[c], &mut rng);
+        let out = dev.alloc(d, &[r, c]).unwrap();
+        let chosen = rocmforge::runtime::plan::choose_row_spec(k, Some(d), dev.limits().warp_size, c as u64);
+        for spec in k.specs(dev.limits().warp_size).into_iter().filter(|s| s.dtype == Some(d)) {
+            let ms = time_ms(&dev, |i| {
+                let args: Vec<Arg<'_>> = if k.name == "softmax" {
+                    vec![Arg::Tensor(&x[i % 4]), Arg::Tensor(&out), Arg::F32(0.088)]
+                } else {
+                    vec![Arg::Tensor(&x[i % 4]), Arg::Tensor(&w), Arg::Tensor(&out), Arg::F32(1e-5)]
+                };
+                let p = rocmforge::runtime::plan_spec(k, dev.limits(), &args, Some(spec)).unwrap();
+                dev.launch(k, &p).unwrap();
+            });
+            let gbs = (2 * r * c * d.size()) as f64 / (ms * 1e-3) / 1e9;
+            let mark = if Some(spec) == chosen { "*" } else { " " };
+            println!(
+                "  {mark} {:<28} {:>8.1} us {:>6.0} GB/s {:>5.2} of copy",
+                rocmforge::dsl::symbol_name(&k.name, &spec),
+                ms * 1e3,
+                gbs,
+                gbs / copy_gbs
+            );
+        }
+    }
+    println!();
     println!("{:<34} {:>10} {:>10} {:>9} {:>8}  peer", "kernel", "MB moved", "median us", "GB/s", "of copy");
     for c in &cases {
         let gbs = c.bytes as f64 / (c.ms * 1e-3) / 1e9;

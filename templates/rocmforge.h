@@ -15,12 +15,24 @@
 #include <hip/hip_runtime.h>
 #include <hip/hip_fp16.h>
 #define RF_SHFL_XOR(v, m, w) __shfl_xor((v), (m), (w))
+#define RF_HIP 1
 #else
-#include <cuda_fp16.h>
+// CUDA (nvcc or NVRTC): no headers at all. The 16-bit conversions are single PTX
+// instructions; cuda_fp16.h / cuda_bf16.h would cost NVRTC seconds per module.
+#define RF_CUDA 1
 #define RF_SHFL_XOR(v, m, w) __shfl_xor_sync(0xffffffffu, (v), (m), (w))
 #endif
 
 #define RF_DEVICE __device__ __forceinline__
+
+// Threads per block and, on CUDA, the blocks per SM to keep resident (it caps
+// registers). HIP's second argument means waves per execution unit instead, so HIP gets
+// the first only.
+#if defined(RF_CUDA)
+#define RF_LAUNCH_BOUNDS(THREADS, MIN_BLOCKS) __launch_bounds__(THREADS, MIN_BLOCKS)
+#else
+#define RF_LAUNCH_BOUNDS(THREADS, MIN_BLOCKS) __launch_bounds__(THREADS)
+#endif
 
 // A 16-byte aligned group of N elements, loaded and stored as whole 128-bit words.
 template <typename T, int N>
@@ -28,17 +40,36 @@ struct alignas(16) rf_vec {
     T v[N];
 };
 
+#if defined(RF_CUDA)
+RF_DEVICE float rf_f16_to_f32(unsigned short u) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(u));
+    return f;
+}
+RF_DEVICE unsigned short rf_f32_to_f16(float f) {
+    unsigned short u;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(u) : "f"(f));
+    return u;
+}
+#else
 RF_DEVICE float rf_f16_to_f32(unsigned short u) { return __half2float(__ushort_as_half(u)); }
 RF_DEVICE unsigned short rf_f32_to_f16(float f) { return __half_as_ushort(__float2half_rn(f)); }
+#endif
 
 RF_DEVICE float rf_bf16_to_f32(unsigned short u) { return __uint_as_float(((unsigned int)u) << 16); }
 RF_DEVICE unsigned short rf_f32_to_bf16(float f) {
+#if defined(RF_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    unsigned short u;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(u) : "f"(f));
+    return u;
+#else
     unsigned int u = __float_as_uint(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) {
         return (unsigned short)((u >> 16) | 0x40u);  // NaN stays a quiet NaN
     }
     u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
     return (unsigned short)(u >> 16);
+#endif
 }
 
 RF_DEVICE float rf_neg_inf() { return __int_as_float((int)0xff800000u); }

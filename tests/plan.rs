@@ -144,7 +144,7 @@ fn rowwise_picks_warp_per_row_for_short_rows_and_blocks_for_long() {
 }
 
 #[test]
-fn rope_plan_counts_q_and_k_heads() {
+fn rope_plan_passes_q_and_k_heads() {
     let p = kernels::rope_neox::plan(
         &NV,
         &mut t(DType::BF16, &[4096, 32, 128]),
@@ -155,8 +155,9 @@ fn rope_plan_counts_q_and_k_heads() {
     )
     .unwrap();
     assert_eq!(p.symbol, "rf_rope_neox_bf16_hd128_b256");
-    // 64 pairs per head in groups of 8: 8 work items per head, 40 heads, 4096 tokens.
-    assert_eq!(p.grid[0] as u64, (4096u64 * 40 * 8).div_ceil(256));
+    // 64 pairs in groups of 8: 8 threads per token, each looping over the 32 + 8 heads.
+    assert_eq!(p.grid[0] as u64, (4096u64 * 8).div_ceil(256));
+    assert_eq!(&p.args[5..], &[ArgValue::I64(4096), ArgValue::I32(32), ArgValue::I32(8), ArgValue::I32(64)]);
 }
 
 proptest! {

@@ -30,9 +30,9 @@ fn standard_kernels_hip() {
             }
         }
     }
-    // 2 elementwise x 3 dtypes, 3 rowwise x 3 dtypes x (3 blocks + warp-per-row) x 2 warps,
+    // 2 elementwise x 3 dtypes, 3 rowwise x 3 dtypes x (4 blocks + warp-per-row) x 2 warps,
     // 2 rope x 3 dtypes x 5 head dims.
-    assert_eq!(seen.len(), 6 + 72 + 30);
+    assert_eq!(seen.len(), 6 + 90 + 30);
 }
 
 #[test]

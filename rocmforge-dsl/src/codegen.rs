@@ -91,20 +91,17 @@ pub fn render_spec(kernel: &Kernel, spec: &Spec) -> Result<String, CodegenError>
             let lw = Lowered::new(kernel, spec);
             ctx.insert("warp", &spec.warp.unwrap_or(32));
             ctx.insert("row_threads", &kernel.row_threads(spec));
+            // No minimum residency: capping registers at 64 (1024 resident threads) made
+            // ptxas spill and halved fused add + RMSNorm on the H100 (benches/RESULTS.md).
+            ctx.insert("min_blocks", &1);
             ctx.insert("items", &kernel.row_items(spec));
             ctx.insert("align_expr", &align_expr(kernel));
             ctx.insert("has_reductions", &!lw.reductions.is_empty());
             let last = lw.last_pass();
-            // Tensors read before the last pass stay in registers; the rest stream.
-            let mut cached: Vec<usize> = Vec::new();
-            for p in 0..last {
-                for t in lw.pass_needs(p, last).1 {
-                    if !cached.contains(&t) {
-                        cached.push(t);
-                    }
-                }
-            }
-            cached.sort_unstable();
+            // On the cached path every input is loaded into registers up front, so the
+            // loads of all tensors (weights included) overlap instead of each pass
+            // waiting on its own.
+            let cached: Vec<usize> = lw.inputs.clone();
             ctx.insert("cached", &io_list(kernel, spec, &cached, IoUse::RowLoad));
             ctx.insert("outputs", &io_list(kernel, spec, &lw.outputs, IoUse::RowLoad));
             let mut passes = Vec::new();
@@ -166,8 +163,8 @@ pub fn render_spec(kernel: &Kernel, spec: &Spec) -> Result<String, CodegenError>
             };
             ctx.insert("load_a", &dtype.c_load(la));
             ctx.insert("load_b", &dtype.c_load(lb));
-            ctx.insert("store_a", &dtype.c_store("x1 * cs - x2 * sn"));
-            ctx.insert("store_b", &dtype.c_store("x2 * cs + x1 * sn"));
+            ctx.insert("store_a", &dtype.c_store("x1 * cs[j] - x2 * sn[j]"));
+            ctx.insert("store_b", &dtype.c_store("x2 * cs[j] + x1 * sn[j]"));
             render("rope.hip.tera", &ctx)
         }
     }

@@ -34,8 +34,11 @@ pub const WARP_SIZES: [u32; 2] = [32, 64];
 /// Register-cache depth of the warp-per-row rowwise variant.
 pub const WARP_MODE_ITEMS: u32 = 4;
 
-/// Elements a rowwise workgroup keeps in registers at most, per tensor.
-pub const ROW_CACHE_ELEMENTS: u32 = 16384;
+/// Register-cache depth of the workgroup-per-row rowwise variant: each thread keeps two
+/// 16-byte groups per tensor. Deeper caches cost registers for every row (the depth is a
+/// compile-time bound, the columns are not), which lowered occupancy and bandwidth on
+/// the H100; wider rows use a larger block instead, or re-read.
+pub const BLOCK_MODE_ITEMS: u32 = 2;
 
 /// The kernel symbol of one specialization. Codegen names the `__global__` function
 /// with it and the launcher looks it up with it, so the two cannot disagree.
@@ -121,7 +124,7 @@ impl Kernel {
     pub fn row_items(&self, spec: &Spec) -> u32 {
         match spec.row_mode {
             Some(RowMode::Warp) => WARP_MODE_ITEMS,
-            _ => (ROW_CACHE_ELEMENTS / (spec.block * self.vec_width(spec))).clamp(1, 8),
+            _ => BLOCK_MODE_ITEMS,
         }
     }
 

@@ -18,7 +18,7 @@ pub fn geglu(gate: &[T], up: &[T], out: &mut [T]) {
 }
 
 /// Softmax over each row of `x * scale`, max-subtracted.
-#[gpu_kernel(rowwise(dtype = [f32, f16, bf16], block = [128, 256, 1024]))]
+#[gpu_kernel(rowwise(dtype = [f32, f16, bf16], block = [128, 256, 512, 1024]))]
 pub fn softmax(x: &Rows<T>, out: &mut Rows<T>, scale: f32) {
     let s = x * scale;
     let m = max(s);
@@ -27,13 +27,13 @@ pub fn softmax(x: &Rows<T>, out: &mut Rows<T>, scale: f32) {
 }
 
 /// RMSNorm: `x * rsqrt(mean(x^2) + eps) * w`.
-#[gpu_kernel(rowwise(dtype = [f32, f16, bf16], block = [128, 256, 1024]))]
+#[gpu_kernel(rowwise(dtype = [f32, f16, bf16], block = [128, 256, 512, 1024]))]
 pub fn rmsnorm(x: &Rows<T>, w: &[T], out: &mut Rows<T>, eps: f32) {
     *out = x * rsqrt(mean(x * x) + eps) * w;
 }
 
 /// Fused residual add + RMSNorm: `res += x; out = rmsnorm(res) * w`, one pass.
-#[gpu_kernel(rowwise(dtype = [f32, f16, bf16], block = [128, 256, 1024]))]
+#[gpu_kernel(rowwise(dtype = [f32, f16, bf16], block = [128, 256, 512, 1024]))]
 pub fn add_rmsnorm(x: &Rows<T>, res: &mut Rows<T>, w: &[T], out: &mut Rows<T>, eps: f32) {
     let h = x + res;
     *res = h;

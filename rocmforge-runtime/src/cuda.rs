@@ -3,7 +3,8 @@
 //! Kernels compile at first use with NVRTC (the generated HIP builds as CUDA through
 //! the portability header) and the PTX is cached on disk, keyed by a hash of the
 //! source, the arch and the NVRTC version, written atomically (temp file, rename).
-//! Modules are cached per device and kernel; the map's lock is never held while
+//! Each specialization is its own module (compiled in parallel by `prepare`, or alone
+//! at its first launch). Modules are cached per device and symbol; the map's lock is never held while
 //! compiling or loading: each entry is a `OnceLock` filled outside the lock.
 
 use std::collections::HashMap;
@@ -16,7 +17,7 @@ use cudarc::driver::{result as cu, sys, CudaContext, CudaEvent, CudaModule, Cuda
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 use rocmforge_dsl::codegen::render_source;
 use rocmforge_dsl::interp::HostTensor;
-use rocmforge_dsl::{DType, Kernel};
+use rocmforge_dsl::{DType, Kernel, Spec};
 
 use crate::plan::{ArgValue, DeviceLimits, LaunchError, LaunchPlan, TensorArg};
 
@@ -244,22 +245,45 @@ impl CudaDevice {
         e.record(&self.stream).map_err(drv("cuEventRecord"))
     }
 
-    /// Compiles (or loads from the disk cache) and loads the kernel's module now,
-    /// instead of at its first launch.
-    pub fn prepare(&self, kernel: &Kernel) -> Result<(), CudaError> {
-        self.module(kernel).map(|_| ())
+    /// Compiles (or reads from the disk cache) and loads every specialization of the
+    /// given kernels now, on all cores, instead of one by one at first launch.
+    pub fn prepare(&self, kernels: &[&Kernel]) -> Result<(), CudaError> {
+        let jobs: Vec<(&Kernel, Spec)> =
+            kernels.iter().flat_map(|k| k.specs(self.limits.warp_size).into_iter().map(move |s| (*k, s))).collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(4).min(jobs.len().max(1));
+        let errors: Vec<CudaError> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut errs = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some((k, spec)) = jobs.get(i) else { break };
+                            if let Err(e) = self.module(k, spec) {
+                                errs.push(e);
+                            }
+                        }
+                        errs
+                    })
+                })
+                .collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+        });
+        errors.into_iter().next().map_or(Ok(()), Err)
     }
 
-    fn module(&self, kernel: &Kernel) -> Result<Arc<CudaModule>, CudaError> {
+    fn module(&self, kernel: &Kernel, spec: &Spec) -> Result<Arc<CudaModule>, CudaError> {
+        let symbol = rocmforge_dsl::symbol_name(&kernel.name, spec);
         let cell = {
             let mut map = self.modules.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            Arc::clone(map.entry(kernel.name.clone()).or_default())
+            Arc::clone(map.entry(symbol).or_default())
         };
         // Compiling happens here, outside the map's lock; concurrent callers for the
         // same kernel wait on this cell only.
         let m = cell.get_or_init(|| {
             let t = Instant::now();
-            let m = self.build_module(kernel).map_err(|e| e.to_string());
+            let m = self.build_module(kernel, spec).map_err(|e| e.to_string());
             self.compile_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
             m
         });
@@ -271,8 +295,9 @@ impl CudaDevice {
         })
     }
 
-    fn build_module(&self, kernel: &Kernel) -> Result<Arc<CudaModule>, CudaError> {
-        let src = render_source(kernel, &kernel.specs(self.limits.warp_size)).map_err(|e| CudaError::Compile {
+    fn build_module(&self, kernel: &Kernel, spec: &Spec) -> Result<Arc<CudaModule>, CudaError> {
+        let symbol = rocmforge_dsl::symbol_name(&kernel.name, spec);
+        let src = render_source(kernel, &[*spec]).map_err(|e| CudaError::Compile {
             kernel: kernel.name.clone(),
             arch: self.arch.clone(),
             message: e.to_string(),
@@ -281,7 +306,7 @@ impl CudaDevice {
         let nvrtc_version = nvrtc_version();
         let key = format!("{:016x}", fnv1a(&[src.as_bytes(), self.arch.as_bytes(), nvrtc_version.as_bytes()]));
         let dir = cache_dir();
-        let path = dir.as_ref().map(|d| d.join(format!("{}-{}-{key}.ptx", kernel.name, self.arch)));
+        let path = dir.as_ref().map(|d| d.join(format!("{symbol}-{}-{key}.ptx", self.arch)));
         let cached = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
         let ptx = if let Some(ptx) = cached {
             self.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -320,7 +345,7 @@ impl CudaDevice {
         if plan.kernel != kernel.name {
             return Err(LaunchError::Kernel(format!("plan for `{}` launched as `{}`", plan.kernel, kernel.name)).into());
         }
-        let module = self.module(kernel)?;
+        let module = self.module(kernel, &plan.spec)?;
         let f = module.load_function(&plan.symbol).map_err(drv("cuModuleGetFunction"))?;
         let mut storage: Vec<[u8; 8]> = plan
             .args

@@ -191,14 +191,9 @@ pub fn choose_row_spec(kernel: &Kernel, dtype: Option<DType>, warp: u32, cols: u
     }
     let mut blocks: Vec<Spec> = specs.into_iter().filter(|s| s.row_mode == Some(RowMode::Block)).collect();
     blocks.sort_by_key(|s| s.block);
-    let cached: Vec<&Spec> = blocks.iter().filter(|s| cols <= kernel.row_capacity(s)).collect();
-    if cached.is_empty() {
-        return blocks.last().copied();
-    }
-    // Each thread gets at least two vector groups where possible: fewer, wider
-    // workgroups waste lanes, narrower ones put more loads in flight per thread.
-    let busy = cached.iter().rev().find(|s| u64::from(s.block) * u64::from(kernel.vec_width(s)) * 2 <= cols);
-    Some(**busy.unwrap_or(&cached[0]))
+    // The smallest workgroup whose register cache holds the row: its threads' caches
+    // are (nearly) full, so no lane idles; rows past every cache re-read with the largest.
+    blocks.iter().find(|s| cols <= kernel.row_capacity(s)).or(blocks.last()).copied()
 }
 
 /// Checks arguments and device limits and computes the launch.
@@ -273,10 +268,8 @@ pub fn plan_spec(kernel: &Kernel, limits: &DeviceLimits, args: &[Arg<'_>], force
                 _ => kernel.vec_width(&spec),
             });
             let heads = q_heads.checked_add(k_heads).ok_or_else(|| overflow(kernel, "heads"))?;
-            let work = tokens
-                .checked_mul(heads)
-                .and_then(|x| x.checked_mul(ceil_div(half_rot, pairs)))
-                .ok_or_else(|| overflow(kernel, "rope work items"))?;
+            // One thread per token and group of pairs; it loops over the heads.
+            let work = tokens.checked_mul(ceil_div(half_rot, pairs)).ok_or_else(|| overflow(kernel, "rope work items"))?;
             i64_of("rope work items", work)?;
             values.push(ArgValue::I64(i64_of("tokens", tokens)?));
             values.push(ArgValue::I32(i32_of("q heads", q_heads)?));
