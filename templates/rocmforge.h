@@ -25,15 +25,6 @@
 
 #define RF_DEVICE __device__ __forceinline__
 
-// Threads per block and, on CUDA, the blocks per SM to keep resident (it caps
-// registers). HIP's second argument means waves per execution unit instead, so HIP gets
-// the first only.
-#if defined(RF_CUDA)
-#define RF_LAUNCH_BOUNDS(THREADS, MIN_BLOCKS) __launch_bounds__(THREADS, MIN_BLOCKS)
-#else
-#define RF_LAUNCH_BOUNDS(THREADS, MIN_BLOCKS) __launch_bounds__(THREADS)
-#endif
-
 // A 16-byte aligned group of N elements, loaded and stored as whole 128-bit words.
 template <typename T, int N>
 struct alignas(16) rf_vec {

@@ -91,9 +91,6 @@ pub fn render_spec(kernel: &Kernel, spec: &Spec) -> Result<String, CodegenError>
             let lw = Lowered::new(kernel, spec);
             ctx.insert("warp", &spec.warp.unwrap_or(32));
             ctx.insert("row_threads", &kernel.row_threads(spec));
-            // No minimum residency: capping registers at 64 (1024 resident threads) made
-            // ptxas spill and halved fused add + RMSNorm on the H100 (benches/RESULTS.md).
-            ctx.insert("min_blocks", &1);
             ctx.insert("items", &kernel.row_items(spec));
             ctx.insert("align_expr", &align_expr(kernel));
             ctx.insert("has_reductions", &!lw.reductions.is_empty());
