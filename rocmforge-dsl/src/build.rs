@@ -265,7 +265,20 @@ impl Builder {
                             s.spawn(move || compile_hip(h, t, src.as_deref().unwrap_or(Path::new("")), dir))
                         })
                         .collect();
-                    handles.into_iter().map(|h| h.join().unwrap_or(Err(BuildError::NoCompiler))).collect()
+                    handles
+                        .into_iter()
+                        .zip(&amd_targets)
+                        .map(|(h, t)| {
+                            h.join().unwrap_or_else(|_| {
+                                Err(BuildError::Compile {
+                                    compiler: "hipcc".into(),
+                                    target: t.clone(),
+                                    command: String::new(),
+                                    log: "the compile thread panicked".into(),
+                                })
+                            })
+                        })
+                        .collect()
                 });
                 for r in results {
                     match r {

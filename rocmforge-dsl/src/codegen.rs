@@ -82,9 +82,9 @@ pub fn render_spec(kernel: &Kernel, spec: &Spec) -> Result<String, CodegenError>
         Kind::Elementwise => {
             let lw = Lowered::new(kernel, spec);
             ctx.insert("align_expr", &align_expr(kernel));
-            ctx.insert("inputs", &io_list(kernel, spec, &lw.inputs, IoUse::Elementwise));
-            ctx.insert("outputs", &io_list(kernel, spec, &lw.outputs, IoUse::Elementwise));
-            ctx.insert("element_code", &lw.element_code(kernel, spec, 0, true, 16));
+            ctx.insert("inputs", &io_list(kernel, spec, &lw.inputs));
+            ctx.insert("outputs", &io_list(kernel, spec, &lw.outputs));
+            ctx.insert("element_code", &lw.element_code(kernel, spec, 0, 16));
             render("elementwise.hip.tera", &ctx)
         }
         Kind::Rowwise => {
@@ -97,34 +97,18 @@ pub fn render_spec(kernel: &Kernel, spec: &Spec) -> Result<String, CodegenError>
             let last = lw.last_pass();
             // On the cached path every input is loaded into registers up front, so the
             // loads of all tensors (weights included) overlap instead of each pass
-            // waiting on its own.
-            let cached: Vec<usize> = lw.inputs.clone();
-            ctx.insert("cached", &io_list(kernel, spec, &cached, IoUse::RowLoad));
-            ctx.insert("outputs", &io_list(kernel, spec, &lw.outputs, IoUse::RowLoad));
+            // waiting on its own; the streamed path loads what each pass reads.
+            ctx.insert("inputs", &io_list(kernel, spec, &lw.inputs));
+            ctx.insert("outputs", &io_list(kernel, spec, &lw.outputs));
             let mut passes = Vec::new();
             for p in 0..=last {
                 let reds: Vec<usize> = (0..lw.reductions.len()).filter(|&r| lw.reductions[r].arg_stage == p && p < last).collect();
-                let accs: Vec<String> = reds.iter().map(|&r| format!("acc{r} = {}", lw.reductions[r].op_init())).collect();
-                let reduce: Vec<String> = reds.iter().map(|&r| lw.reductions[r].finish(r)).collect();
-                let (_, used) = lw.pass_needs(p, last);
-                let streamed: Vec<usize> = used.iter().copied().filter(|t| !cached.contains(t)).collect();
-                let cached_groups: Vec<IoCtx> = used
-                    .iter()
-                    .map(|&t| {
-                        let mut io = io_list(kernel, spec, &[t], IoUse::RowLoad).remove(0);
-                        io.group = if cached.contains(&t) { format!("c_{}[it]", io.name) } else { format!("l_{}", io.name) };
-                        io
-                    })
-                    .collect();
                 passes.push(PassCtx {
                     last: p == last,
-                    accs,
-                    reduce,
-                    element_code: lw.element_code(kernel, spec, p, p == last, 28),
-                    cached_loads: io_list(kernel, spec, &streamed, IoUse::RowLoad),
-                    cached_groups,
-                    stream_loads: io_list(kernel, spec, &used, IoUse::RowLoad),
-                    stream_groups: io_list(kernel, spec, &used, IoUse::RowStreamed),
+                    accs: reds.iter().map(|&r| format!("acc{r} = {}", lw.reductions[r].op_init())).collect(),
+                    reduce: reds.iter().map(|&r| lw.reductions[r].finish(r)).collect(),
+                    element_code: lw.element_code(kernel, spec, p, 28),
+                    reads: io_list(kernel, spec, &lw.pass_needs(p).1),
                 });
             }
             ctx.insert("passes", &passes);
@@ -173,44 +157,29 @@ struct PassCtx {
     accs: Vec<String>,
     reduce: Vec<String>,
     element_code: String,
-    cached_loads: Vec<IoCtx>,
-    cached_groups: Vec<IoCtx>,
-    stream_loads: Vec<IoCtx>,
-    stream_groups: Vec<IoCtx>,
+    /// Tensors this pass reads.
+    reads: Vec<IoCtx>,
 }
 
 #[derive(serde::Serialize)]
 struct IoCtx {
     name: String,
     storage: &'static str,
+    /// Start of the tensor's current row (`Rows<T>`) or of the tensor (`[T]`).
     ptr: String,
-    group: String,
 }
 
-#[derive(Clone, Copy)]
-enum IoUse {
-    Elementwise,
-    RowLoad,
-    RowStreamed,
-}
-
-fn io_list(kernel: &Kernel, spec: &Spec, params: &[usize], use_: IoUse) -> Vec<IoCtx> {
+fn io_list(kernel: &Kernel, spec: &Spec, params: &[usize]) -> Vec<IoCtx> {
     params
         .iter()
         .map(|&i| {
             let p = &kernel.params[i];
-            let rows = matches!(p.ty, ParamTy::Tensor { layout: Layout::Rows, .. });
-            let ptr = match use_ {
-                IoUse::Elementwise => format!("p_{}", p.name),
-                _ if rows => format!("p_{} + roff", p.name),
+            let ptr = match p.ty {
+                ParamTy::Tensor { layout: Layout::Rows, .. } => format!("p_{} + roff", p.name),
                 _ => format!("p_{}", p.name),
             };
-            let group = match use_ {
-                IoUse::RowStreamed => format!("l_{}", p.name),
-                IoUse::Elementwise | IoUse::RowLoad => String::new(),
-            };
             let storage = kernel.param_dtype(i, spec).map(|d| d.c_storage()).unwrap_or("float");
-            IoCtx { name: p.name.clone(), storage, ptr, group }
+            IoCtx { name: p.name.clone(), storage, ptr }
         })
         .collect()
 }
@@ -368,9 +337,9 @@ impl Lowered {
     }
 
     /// The `let`s and tensors pass `pass` reads (sorted, deduplicated).
-    fn pass_needs(&self, pass: usize, last: usize) -> (Vec<usize>, Vec<usize>) {
+    fn pass_needs(&self, pass: usize) -> (Vec<usize>, Vec<usize>) {
         let mut roots: Vec<Deps> = Vec::new();
-        if pass == last {
+        if pass == self.last_pass() {
             roots.extend(self.stores.iter().map(|s| s.3.clone()));
         } else {
             roots.extend(self.reductions.iter().filter(|r| r.arg_stage == pass).map(|r| r.deps.clone()));
@@ -455,10 +424,10 @@ impl Lowered {
 
     /// The code for element `j` of a group in pass `pass`: the values it reads, the
     /// `let`s it needs, then its accumulations (or, in the last pass, its stores).
-    fn element_code(&self, k: &Kernel, spec: &Spec, pass: usize, last: bool, indent: usize) -> String {
+    fn element_code(&self, k: &Kernel, spec: &Spec, pass: usize, indent: usize) -> String {
         let pad = " ".repeat(indent);
-        let last_pass = if last { pass } else { self.last_pass() };
-        let (lets, tensors) = self.pass_needs(pass, last_pass);
+        let last = pass == self.last_pass();
+        let (lets, tensors) = self.pass_needs(pass);
         let mut lines = Vec::new();
         for &i in &tensors {
             let p = &k.params[i];

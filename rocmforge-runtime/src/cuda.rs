@@ -4,7 +4,7 @@
 //! the portability header) and the PTX is cached on disk, keyed by a hash of the
 //! source, the arch and the NVRTC version, written atomically (temp file, rename).
 //! Each specialization is its own module (compiled in parallel by `prepare`, or alone
-//! at its first launch). Modules are cached per device and symbol; the map's lock is never held while
+//! at its first launch). Its loaded function is cached per device and symbol; the map's lock is never held while
 //! compiling or loading: each entry is a `OnceLock` filled outside the lock.
 
 use std::collections::HashMap;
@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use cudarc::driver::{result as cu, sys, CudaContext, CudaEvent, CudaModule, CudaStream, DriverError};
+use cudarc::driver::{result as cu, sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream, DriverError};
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 use rocmforge_dsl::codegen::render_source;
 use rocmforge_dsl::interp::HostTensor;
@@ -76,8 +76,9 @@ fn drv(call: &'static str) -> impl FnOnce(DriverError) -> CudaError {
     move |source| CudaError::Driver { call, source }
 }
 
-/// A module compiled and loaded at most once; the error text if that failed.
-type ModuleCell = Arc<OnceLock<Result<Arc<CudaModule>, String>>>;
+/// A specialization's function, compiled and loaded at most once; the error text if
+/// that failed.
+type FunctionCell = Arc<OnceLock<Result<CudaFunction, String>>>;
 
 /// One NVIDIA GPU with its context, default stream and module cache.
 pub struct CudaDevice {
@@ -87,7 +88,7 @@ pub struct CudaDevice {
     arch: String,
     limits: DeviceLimits,
     total_mem: usize,
-    modules: Mutex<HashMap<String, ModuleCell>>,
+    functions: Mutex<HashMap<String, FunctionCell>>,
     compile_nanos: AtomicU64,
     compiles: AtomicU64,
     cache_hits: AtomicU64,
@@ -132,7 +133,7 @@ impl CudaDevice {
             arch: format!("sm_{major}{minor}"),
             limits,
             total_mem,
-            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
             compile_nanos: AtomicU64::new(0),
             compiles: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
@@ -260,7 +261,7 @@ impl CudaDevice {
                         loop {
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             let Some((k, spec)) = jobs.get(i) else { break };
-                            if let Err(e) = self.module(k, spec) {
+                            if let Err(e) = self.function(k, spec, &rocmforge_dsl::symbol_name(&k.name, spec)) {
                                 errs.push(e);
                             }
                         }
@@ -273,17 +274,21 @@ impl CudaDevice {
         errors.into_iter().next().map_or(Ok(()), Err)
     }
 
-    fn module(&self, kernel: &Kernel, spec: &Spec) -> Result<Arc<CudaModule>, CudaError> {
-        let symbol = rocmforge_dsl::symbol_name(&kernel.name, spec);
+    /// The loaded function of `spec` (whose symbol is `symbol`); a map lookup once it
+    /// is loaded, since launches call this every time.
+    fn function(&self, kernel: &Kernel, spec: &Spec, symbol: &str) -> Result<CudaFunction, CudaError> {
         let cell = {
-            let mut map = self.modules.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            Arc::clone(map.entry(symbol).or_default())
+            let mut map = self.functions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match map.get(symbol) {
+                Some(c) => Arc::clone(c),
+                None => Arc::clone(map.entry(symbol.to_string()).or_default()),
+            }
         };
         // Compiling happens here, outside the map's lock; concurrent callers for the
         // same kernel wait on this cell only.
         let m = cell.get_or_init(|| {
             let t = Instant::now();
-            let m = self.build_module(kernel, spec).map_err(|e| e.to_string());
+            let m = self.build_function(kernel, spec, symbol).map_err(|e| e.to_string());
             self.compile_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
             m
         });
@@ -295,8 +300,7 @@ impl CudaDevice {
         })
     }
 
-    fn build_module(&self, kernel: &Kernel, spec: &Spec) -> Result<Arc<CudaModule>, CudaError> {
-        let symbol = rocmforge_dsl::symbol_name(&kernel.name, spec);
+    fn build_function(&self, kernel: &Kernel, spec: &Spec, symbol: &str) -> Result<CudaFunction, CudaError> {
         let src = render_source(kernel, &[*spec]).map_err(|e| CudaError::Compile {
             kernel: kernel.name.clone(),
             arch: self.arch.clone(),
@@ -335,7 +339,8 @@ impl CudaDevice {
             }
             ptx
         };
-        self.ctx.load_module(ptx).map_err(drv("cuModuleLoadData"))
+        let module: Arc<CudaModule> = self.ctx.load_module(ptx).map_err(drv("cuModuleLoadData"))?;
+        module.load_function(symbol).map_err(drv("cuModuleGetFunction"))
     }
 
     /// Launches a planned kernel on the device's stream. The plan must come from this
@@ -345,8 +350,7 @@ impl CudaDevice {
         if plan.kernel != kernel.name {
             return Err(LaunchError::Kernel(format!("plan for `{}` launched as `{}`", plan.kernel, kernel.name)).into());
         }
-        let module = self.module(kernel, &plan.spec)?;
-        let f = module.load_function(&plan.symbol).map_err(drv("cuModuleGetFunction"))?;
+        let f = self.function(kernel, &plan.spec, &plan.symbol)?;
         let mut storage: Vec<[u8; 8]> = plan
             .args
             .iter()

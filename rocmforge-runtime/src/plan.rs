@@ -239,19 +239,19 @@ pub fn plan_spec(kernel: &Kernel, limits: &DeviceLimits, args: &[Arg<'_>], force
     let i32_of = |what: &'static str, v: u64| -> Result<i32, LaunchError> {
         i32::try_from(v).map_err(|_| LaunchError::Limit { kernel: kernel.name.clone(), what, value: v, limit: i32::MAX as u64 })
     };
-    let (spec, blocks_needed) = match (kernel.kind, dims) {
+    // `items`: threads needed (elementwise, rope) or rows (rowwise, one per row owner).
+    let (spec, items) = match (kernel.kind, dims) {
         (Kind::Elementwise, Dims::Elementwise { n }) => {
             let spec = kernel.specs(warp).into_iter().find(|s| s.dtype == dtype).ok_or_else(|| missing(kernel, dtype))?;
             let groups = ceil_div(n, u64::from(kernel.vec_width(&spec)));
             values.push(ArgValue::I64(i64_of("elements", n)?));
-            (spec, ceil_div(groups, u64::from(spec.block)))
+            (spec, groups)
         }
         (Kind::Rowwise, Dims::Rowwise { rows, cols }) => {
             let spec = choose_row_spec(kernel, dtype, warp, cols).ok_or_else(|| missing(kernel, dtype))?;
-            let rows_per_block = u64::from(spec.block / kernel.row_threads(&spec));
             values.push(ArgValue::I64(i64_of("rows", rows)?));
             values.push(ArgValue::I64(i64_of("columns", cols)?));
-            (spec, ceil_div(rows, rows_per_block))
+            (spec, rows)
         }
         (Kind::Rope(_), Dims::Rope { tokens, q_heads, k_heads, head_dim, half_rot }) => {
             let spec =
@@ -276,7 +276,7 @@ pub fn plan_spec(kernel: &Kernel, limits: &DeviceLimits, args: &[Arg<'_>], force
             values.push(ArgValue::I32(i32_of("k heads", k_heads)?));
             i32_of("q + k heads", heads)?;
             values.push(ArgValue::I32(i32_of("rotary pairs", half_rot)?));
-            (spec, ceil_div(work, u64::from(spec.block)))
+            (spec, work)
         }
         _ => return Err(LaunchError::Kernel(format!("kernel `{}`: kind and problem size disagree", kernel.name))),
     };
@@ -290,11 +290,11 @@ pub fn plan_spec(kernel: &Kernel, limits: &DeviceLimits, args: &[Arg<'_>], force
             f
         }
     };
-    let blocks_needed = match (kernel.kind, dims) {
-        (Kind::Rowwise, Dims::Rowwise { rows, .. }) => ceil_div(rows, u64::from(spec.block / kernel.row_threads(&spec))),
-        // Elementwise and rope kernels have one block size per dtype (and head dim).
-        _ => blocks_needed,
+    let items_per_block = match kernel.kind {
+        Kind::Rowwise => spec.block / kernel.row_threads(&spec),
+        Kind::Elementwise | Kind::Rope(_) => spec.block,
     };
+    let blocks_needed = ceil_div(items, u64::from(items_per_block));
     limit(kernel, "threads per block", u64::from(spec.block), u64::from(limits.max_threads_per_block))?;
     if spec.block % warp != 0 {
         return Err(LaunchError::Limit {
