@@ -1,46 +1,54 @@
-//! Generates text. With no `--model`, runs the built-in tiny demo model (deterministic
-//! random weights, byte vocabulary) on the CPU, so it works on any machine.
+//! Generates text from a Hugging Face model directory on the CPU, streaming it as it
+//! comes. With no `--model`, runs the built-in tiny demo model (deterministic random
+//! weights, byte vocabulary), so it works on any machine.
+//!
+//! ```text
+//! cargo run --release -p rocmforge-models --example generate
+//! cargo run --release -p rocmforge-models --example generate -- --model DIR --prompt "Hello" --max-tokens 64
+//! cargo run --release -p rocmforge-models --example generate -- --model DIR --chat --prompt "Hi" --output json
+//! ```
 
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line program")]
 
+mod common;
+
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
-use rocmforge_models::demo::{sample, DemoConfig, DemoModel, Rng};
+use common::{ModelArgs, SamplingArgs};
+use rocmforge_models::tokenizer::Message;
+use rocmforge_models::GenerateOptions;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Output {
     /// Stream the text, then the speeds.
     Text,
-    /// One JSON object at the end.
+    /// One JSON object at the end: prompt_ids, generated_ids, text, prefill_tok_s,
+    /// decode_tok_s, finish, model, device, weight_bytes, peak_rss_bytes.
     Json,
 }
 
-/// Generate text with a RocmForge model.
+/// Generate text with a RocmForge model (CPU).
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Args {
-    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
-    /// Without it, the built-in demo model runs.
-    #[arg(long)]
-    model: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// The prompt.
     #[arg(long, default_value = "Once upon a time")]
     prompt: String,
-    /// Tokens to generate.
+    /// Treat the prompt as a user message and apply the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// System message for --chat.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    /// New tokens at most.
     #[arg(long, default_value_t = 32)]
     max_tokens: usize,
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
-    /// Seed for the sampler (and the demo model's weights).
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Device: `cpu` (the only one this build runs models on).
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     output: Output,
@@ -48,17 +56,6 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(dir) = &args.model {
-        eprintln!(
-            "error: loading checkpoints (--model {}) is not available in this build yet; run without --model for the built-in demo model",
-            dir.display()
-        );
-        return ExitCode::from(2);
-    }
-    if args.device != "cpu" {
-        eprintln!("error: device `{}` cannot run models in this build; use --device cpu", args.device);
-        return ExitCode::from(2);
-    }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -68,64 +65,80 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+fn run(args: &Args) -> Result<(), String> {
     let text_out = args.output == Output::Text;
-    let cfg = DemoConfig::default();
-    if text_out {
+    let (model, demo) = common::load(&args.model)?;
+    let cfg = model.transformer.config();
+    if demo && text_out {
         println!(
             "note: no --model given: running the built-in tiny demo model (deterministic random weights, {} layers, hidden {}); its text is meaningless",
             cfg.layers, cfg.hidden
         );
     }
-    let mut model = DemoModel::new(cfg, 0x5eed);
-    let mut rng = Rng::new(args.seed);
-    let prompt_ids: Vec<u32> = args.prompt.bytes().map(u32::from).collect();
+    let prompt_text = if args.chat {
+        let tmpl = model
+            .chat_template
+            .as_ref()
+            .ok_or("--chat: this model has no chat template (tokenizer_config.json's chat_template or chat_template.jinja)")?;
+        let mut msgs = Vec::new();
+        if let Some(s) = &args.system {
+            msgs.push(Message { role: "system".into(), content: s.clone() });
+        }
+        msgs.push(Message { role: "user".into(), content: args.prompt.clone() });
+        tmpl.render(&msgs, true).map_err(|e| e.to_string())?
+    } else {
+        args.prompt.clone()
+    };
+    // A chat rendering carries its own special tokens; a plain prompt gets the tokenizer's.
+    let prompt_ids = model.codec.encode(&prompt_text, !args.chat).map_err(|e| e.to_string())?;
     if prompt_ids.is_empty() {
         return Err("the prompt is empty: pass --prompt TEXT".into());
     }
-    let t0 = Instant::now();
-    let mut logits = Vec::new();
-    for &t in &prompt_ids {
-        logits = model.forward(t)?;
-    }
-    let prefill_s = t0.elapsed().as_secs_f64();
-    let mut generated = Vec::new();
-    let t1 = Instant::now();
+    let opts = GenerateOptions {
+        max_tokens: args.max_tokens,
+        sampling: args.sampling.params(&model),
+        stop: args.sampling.stop.clone(),
+        eos: if args.sampling.ignore_eos { Vec::new() } else { model.eos_ids() },
+    };
     let mut stdout = std::io::stdout();
     if text_out {
-        print!("{}", args.prompt);
+        print!("{}", if args.chat { &prompt_text } else { &args.prompt });
+        let _ = stdout.flush();
     }
-    for step in 0..args.max_tokens {
-        let next = sample(&logits, args.temperature, &mut rng);
-        generated.push(next);
-        if text_out {
-            print!("{}", String::from_utf8_lossy(&[next as u8]).escape_debug());
-            stdout.flush()?;
-        }
-        if step + 1 < args.max_tokens {
-            logits = model.forward(next)?;
-        }
-    }
-    let decode_s = t1.elapsed().as_secs_f64();
-    let prefill_tok_s = prompt_ids.len() as f64 / prefill_s.max(1e-9);
-    let decode_tok_s = generated.len() as f64 / decode_s.max(1e-9);
-    let bytes: Vec<u8> = generated.iter().map(|&t| t as u8).collect();
-    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let g = model
+        .generate(&prompt_ids, &opts, |piece| {
+            if text_out {
+                print!("{piece}");
+                let _ = stdout.flush();
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    let name = model.dir.as_ref().map_or("demo".to_string(), |d| d.display().to_string());
     match args.output {
-        Output::Text => println!(
-            "\n\nprefill: {} tokens, {prefill_tok_s:.1} tok/s; decode: {} tokens, {decode_tok_s:.1} tok/s (cpu)",
-            prompt_ids.len(),
-            generated.len()
-        ),
+        Output::Text => {
+            println!();
+            eprintln!(
+                "\nprefill: {} tokens, {:.1} tok/s; decode: {} tokens, {:.1} tok/s; stopped by {:?} (cpu, {})",
+                g.prompt_ids.len(),
+                g.prefill_tok_s,
+                g.generated_ids.len(),
+                g.decode_tok_s,
+                g.finish,
+                name
+            );
+        }
         Output::Json => {
             let obj = serde_json::json!({
-                "model": "demo",
+                "model": name,
                 "device": "cpu",
-                "prompt_ids": prompt_ids,
-                "generated_ids": generated,
-                "text": text,
-                "prefill_tok_s": prefill_tok_s,
-                "decode_tok_s": decode_tok_s,
+                "prompt_ids": g.prompt_ids,
+                "generated_ids": g.generated_ids,
+                "text": g.text,
+                "finish": g.finish,
+                "prefill_tok_s": g.prefill_tok_s,
+                "decode_tok_s": g.decode_tok_s,
+                "weight_bytes": model.weight_bytes,
+                "peak_rss_bytes": common::peak_rss_bytes(),
             });
             println!("{obj}");
         }

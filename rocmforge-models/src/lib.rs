@@ -1,7 +1,25 @@
 //! The RocmForge standard kernel library and transformer inference.
+//!
+//! - [`kernels`]: the standard `#[gpu_kernel]` declarations (SwiGLU, softmax, RMSNorm, RoPE, ...).
+//! - [`Model`]: a Hugging Face checkpoint directory loaded for generation ([`config`],
+//!   [`weights`], [`tokenizer`]), run by the shared decoder of [`transformer`] over the
+//!   paged cache of [`kv`], sampled by [`sampling`]; [`arch`] lists the architectures.
+//! - [`demo`]: a built-in tiny model with random weights.
 
+pub mod arch;
+pub mod config;
 pub mod demo;
+pub mod error;
 pub mod kernels;
+pub mod kv;
+pub mod model;
+pub mod sampling;
+pub mod tokenizer;
+pub mod transformer;
+pub mod weights;
+
+pub use error::{ModelError, Result};
+pub use model::{Finish, GenerateOptions, Generation, LoadOptions, Model};
 
 /// Kernel sources and ahead-of-time code objects built by `build.rs`.
 pub mod embedded {

@@ -1,0 +1,112 @@
+//! What the `generate` and `chat` examples share: model selection, sampling flags and the
+//! peak-memory reading.
+
+#![allow(dead_code, reason = "each example uses a part")]
+
+use std::path::PathBuf;
+
+use clap::Args;
+use rocmforge_models::sampling::SamplingParams;
+use rocmforge_models::{LoadOptions, Model};
+
+/// Which model to run and where.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Hugging Face model directory (config.json, *.safetensors, tokenizer.json; optional
+    /// tokenizer_config.json with a chat template and generation_config.json). Without it,
+    /// the built-in demo model runs (random weights, byte vocabulary).
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Device to run on: `cpu`. (GPU inference of whole models is not in this build; the
+    /// GPU kernels are checked by the `selftest` example.)
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+/// Sampling flags; each unset flag falls back to the model's generation_config.json, then
+/// to greedy decoding.
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Temperature; 0 is greedy.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Keep only the k most likely tokens (0: off).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass (1: off).
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Drop tokens less likely than this fraction of the top token (0: off).
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    /// Repetition penalty as in HF transformers (1: off).
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    /// Presence penalty, subtracted once from tokens already seen (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub presence_penalty: f32,
+    /// Frequency penalty, subtracted per earlier occurrence (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    /// Seed of the sampler: the same seed, model and flags give the same output.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop when this text appears (repeatable); it is not printed.
+    #[arg(long = "stop", value_name = "TEXT")]
+    pub stop: Vec<String>,
+    /// Keep going past EOS tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+impl SamplingArgs {
+    /// The flags over the model's defaults.
+    pub fn params(&self, model: &Model) -> SamplingParams {
+        let mut p = model.default_sampling();
+        if let Some(t) = self.temperature {
+            p.temperature = t;
+        }
+        if let Some(k) = self.top_k {
+            p.top_k = k;
+        }
+        if let Some(v) = self.top_p {
+            p.top_p = v;
+        }
+        if let Some(v) = self.min_p {
+            p.min_p = v;
+        }
+        if let Some(v) = self.repetition_penalty {
+            p.repetition_penalty = v;
+        }
+        p.presence_penalty = self.presence_penalty;
+        p.frequency_penalty = self.frequency_penalty;
+        p.seed = self.seed;
+        p
+    }
+}
+
+/// Loads the model the flags name; `Ok((model, true))` for the built-in demo.
+pub fn load(args: &ModelArgs) -> Result<(Model, bool), String> {
+    if args.device != "cpu" {
+        return Err(format!(
+            "device `{}` cannot run whole models in this build: only `cpu` can (the GPU forward is not implemented yet); \
+             run the GPU kernel checks with `cargo run --release --features cuda -p rocmforge-models --example selftest`",
+            args.device
+        ));
+    }
+    match &args.model {
+        Some(dir) => {
+            let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            Model::load(dir, LoadOptions { progress }).map(|m| (m, false)).map_err(|e| e.to_string())
+        }
+        None => rocmforge_models::demo::model(0x5eed).map(|m| (m, true)).map_err(|e| e.to_string()),
+    }
+}
+
+/// Peak resident memory of this process in bytes (Linux `VmHWM`), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -1,0 +1,328 @@
+//! The decoder-only transformer shared by every architecture, on the CPU in f32: the
+//! reference for the GPU path and the fallback without a GPU. Matrix products and
+//! attention heads run on all cores through rayon.
+
+use rayon::prelude::*;
+use rocmforge_dsl::rope::inv_freq;
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::kv::{KvPool, KvSeq, KvShape};
+use crate::weights::{Checkpoint, Weight};
+
+/// One decoder layer's weights (HF layout: linear weights are `[out, in]`).
+#[derive(Debug)]
+pub struct LayerWeights {
+    /// input_layernorm.
+    pub attn_norm: Weight,
+    /// q_proj.
+    pub wq: Weight,
+    /// k_proj.
+    pub wk: Weight,
+    /// v_proj.
+    pub wv: Weight,
+    /// o_proj.
+    pub wo: Weight,
+    /// q/k/v/o biases where the architecture has them.
+    pub bq: Option<Weight>,
+    /// k_proj bias.
+    pub bk: Option<Weight>,
+    /// v_proj bias.
+    pub bv: Option<Weight>,
+    /// o_proj bias.
+    pub bo: Option<Weight>,
+    /// Qwen3's per-head q norm.
+    pub q_norm: Option<Weight>,
+    /// Qwen3's per-head k norm.
+    pub k_norm: Option<Weight>,
+    /// post_attention_layernorm.
+    pub mlp_norm: Weight,
+    /// gate_proj.
+    pub w_gate: Weight,
+    /// up_proj.
+    pub w_up: Weight,
+    /// down_proj.
+    pub w_down: Weight,
+    /// MLP biases (gate, up, down) where present.
+    pub mlp_bias: Option<[Weight; 3]>,
+}
+
+/// Which positions' logits a forward returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token's (generation).
+    Last,
+    /// Every fed token's, row-major `[tokens, vocab]` (scoring, tests).
+    All,
+}
+
+/// A loaded decoder-only model.
+#[derive(Debug)]
+pub struct Transformer {
+    cfg: ModelConfig,
+    embed: Weight,
+    layers: Vec<LayerWeights>,
+    norm: Weight,
+    lm_head: Option<Weight>,
+    inv_freq: Vec<f32>,
+    mscale: f32,
+}
+
+impl Transformer {
+    /// Takes every tensor the config asks for from the checkpoint, checking shapes.
+    /// `progress` is called after each tensor with (done, total).
+    pub fn from_checkpoint(cfg: ModelConfig, ck: &Checkpoint, mut progress: impl FnMut(usize, usize)) -> Result<Self> {
+        let (h, q, kv, i) = (cfg.hidden, cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.intermediate);
+        let per_layer =
+            9 + 3 * usize::from(cfg.qkv_bias) + usize::from(cfg.o_bias) + 2 * usize::from(cfg.qk_norm) + 3 * usize::from(cfg.mlp_bias);
+        let total = 2 + usize::from(!cfg.tie_embeddings) + cfg.layers * per_layer;
+        let mut done = 0;
+        let mut get = |name: String, shape: &[usize]| {
+            let w = ck.get(&name, shape);
+            done += 1;
+            progress(done, total);
+            w
+        };
+        let embed = get("model.embed_tokens.weight".into(), &[cfg.vocab, h])?;
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for l in 0..cfg.layers {
+            let p = format!("model.layers.{l}");
+            let a = format!("{p}.self_attn");
+            let m = format!("{p}.mlp");
+            layers.push(LayerWeights {
+                attn_norm: get(format!("{p}.input_layernorm.weight"), &[h])?,
+                wq: get(format!("{a}.q_proj.weight"), &[q, h])?,
+                wk: get(format!("{a}.k_proj.weight"), &[kv, h])?,
+                wv: get(format!("{a}.v_proj.weight"), &[kv, h])?,
+                wo: get(format!("{a}.o_proj.weight"), &[h, q])?,
+                bq: cfg.qkv_bias.then(|| get(format!("{a}.q_proj.bias"), &[q])).transpose()?,
+                bk: cfg.qkv_bias.then(|| get(format!("{a}.k_proj.bias"), &[kv])).transpose()?,
+                bv: cfg.qkv_bias.then(|| get(format!("{a}.v_proj.bias"), &[kv])).transpose()?,
+                bo: cfg.o_bias.then(|| get(format!("{a}.o_proj.bias"), &[h])).transpose()?,
+                q_norm: cfg.qk_norm.then(|| get(format!("{a}.q_norm.weight"), &[cfg.head_dim])).transpose()?,
+                k_norm: cfg.qk_norm.then(|| get(format!("{a}.k_norm.weight"), &[cfg.head_dim])).transpose()?,
+                mlp_norm: get(format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                w_gate: get(format!("{m}.gate_proj.weight"), &[i, h])?,
+                w_up: get(format!("{m}.up_proj.weight"), &[i, h])?,
+                w_down: get(format!("{m}.down_proj.weight"), &[h, i])?,
+                mlp_bias: if cfg.mlp_bias {
+                    Some([
+                        get(format!("{m}.gate_proj.bias"), &[i])?,
+                        get(format!("{m}.up_proj.bias"), &[i])?,
+                        get(format!("{m}.down_proj.bias"), &[h])?,
+                    ])
+                } else {
+                    None
+                },
+            });
+        }
+        let norm = get("model.norm.weight".into(), &[h])?;
+        let lm_head = if cfg.tie_embeddings { None } else { Some(get("lm_head.weight".into(), &[cfg.vocab, h])?) };
+        Self::new(cfg, embed, layers, norm, lm_head)
+    }
+
+    /// Assembles a model from weights already in memory, checking every shape.
+    pub fn new(cfg: ModelConfig, embed: Weight, layers: Vec<LayerWeights>, norm: Weight, lm_head: Option<Weight>) -> Result<Self> {
+        let (h, q, kv, i) = (cfg.hidden, cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.intermediate);
+        let check = |w: &Weight, shape: &[usize], what: &str| {
+            if w.shape() == shape {
+                Ok(())
+            } else {
+                Err(ModelError::Invalid(format!("{what}: shape {:?}, expected {shape:?}", w.shape())))
+            }
+        };
+        check(&embed, &[cfg.vocab, h], "embedding")?;
+        check(&norm, &[h], "final norm")?;
+        if layers.len() != cfg.layers || lm_head.is_none() != cfg.tie_embeddings || cfg.windows.len() != cfg.layers {
+            return Err(ModelError::Invalid("layer count, LM head or window list disagree with the config".into()));
+        }
+        if let Some(w) = &lm_head {
+            check(w, &[cfg.vocab, h], "lm_head")?;
+        }
+        for l in &layers {
+            check(&l.wq, &[q, h], "q_proj")?;
+            check(&l.wk, &[kv, h], "k_proj")?;
+            check(&l.wv, &[kv, h], "v_proj")?;
+            check(&l.wo, &[h, q], "o_proj")?;
+            check(&l.w_gate, &[i, h], "gate_proj")?;
+            check(&l.w_up, &[i, h], "up_proj")?;
+            check(&l.w_down, &[h, i], "down_proj")?;
+            check(&l.attn_norm, &[h], "input_layernorm")?;
+            check(&l.mlp_norm, &[h], "post_attention_layernorm")?;
+        }
+        let (inv_freq, mscale) = inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling);
+        Ok(Transformer { cfg, embed, layers, norm, lm_head, inv_freq, mscale })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// A KV pool for this model holding `tokens` tokens in blocks of `block_size`.
+    pub fn kv_pool(&self, tokens: usize, block_size: usize) -> Result<KvPool> {
+        let shape = KvShape {
+            layers: self.cfg.layers,
+            kv_dim: self.cfg.kv_heads * self.cfg.head_dim,
+            block_size,
+            blocks: tokens.div_ceil(block_size.max(1)).max(1),
+        };
+        Ok(KvPool::new(shape)?)
+    }
+
+    /// Feeds `tokens` at the next positions of `seq`, storing their K/V in `kv`, and returns
+    /// logits (`[vocab]` for [`Logits::Last`], `[tokens, vocab]` for [`Logits::All`]).
+    /// All or nothing: on error neither the cache nor `seq` changes.
+    pub fn forward(&self, kv: &mut KvPool, seq: &mut KvSeq, tokens: &[u32], which: Logits) -> Result<Vec<f32>> {
+        let c = &self.cfg;
+        if tokens.is_empty() {
+            return Err(ModelError::Invalid("forward needs at least one token".into()));
+        }
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= c.vocab) {
+            return Err(ModelError::TokenOutOfRange { id, vocab: c.vocab });
+        }
+        if kv.shape().kv_dim != c.kv_heads * c.head_dim || kv.shape().layers != c.layers {
+            return Err(ModelError::Invalid(format!("KV pool {:?} was not made for this model", kv.shape())));
+        }
+        kv.reserve(seq, tokens.len())?;
+        let (t_n, h, hd) = (tokens.len(), c.hidden, c.head_dim);
+        let (qd, kvd) = (c.heads * hd, c.kv_heads * hd);
+        let start = seq.len();
+        let emb = self.embed.data();
+        let mut x: Vec<f32> = tokens.iter().flat_map(|&t| emb[t as usize * h..(t as usize + 1) * h].iter().copied()).collect();
+        for (li, l) in self.layers.iter().enumerate() {
+            let xn = rmsnorm_rows(&x, l.attn_norm.data(), c.eps);
+            let mut q = linear(&xn, t_n, &l.wq, l.bq.as_ref());
+            let mut k = linear(&xn, t_n, &l.wk, l.bk.as_ref());
+            let v = linear(&xn, t_n, &l.wv, l.bv.as_ref());
+            if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+                q = rmsnorm_rows(&q, qn.data(), c.eps);
+                k = rmsnorm_rows(&k, kn.data(), c.eps);
+            }
+            for t in 0..t_n {
+                let pos = start + t;
+                q[t * qd..(t + 1) * qd].chunks_exact_mut(hd).for_each(|head| self.rope(head, pos));
+                k[t * kvd..(t + 1) * kvd].chunks_exact_mut(hd).for_each(|head| self.rope(head, pos));
+                kv.write(seq, li, pos, &k[t * kvd..(t + 1) * kvd], &v[t * kvd..(t + 1) * kvd])?;
+            }
+            let attn = self.attention(kv, seq, li, &q, start, t_n);
+            let o = linear(&attn, t_n, &l.wo, l.bo.as_ref());
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            let xn = rmsnorm_rows(&x, l.mlp_norm.data(), c.eps);
+            let [bg, bu, bd] = match &l.mlp_bias {
+                Some([g, u, d]) => [Some(g), Some(u), Some(d)],
+                None => [None, None, None],
+            };
+            let mut gate = linear(&xn, t_n, &l.w_gate, bg);
+            let up = linear(&xn, t_n, &l.w_up, bu);
+            gate.iter_mut().zip(&up).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
+            let d = linear(&gate, t_n, &l.w_down, bd);
+            x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
+        }
+        kv.commit(seq, t_n)?;
+        let rows = match which {
+            Logits::Last => &x[(t_n - 1) * h..],
+            Logits::All => &x[..],
+        };
+        let xn = rmsnorm_rows(rows, self.norm.data(), c.eps);
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        Ok(linear(&xn, xn.len() / h, head, None))
+    }
+
+    /// NeoX-style rotation (HF `rotate_half`) of one head at position `pos`.
+    fn rope(&self, x: &mut [f32], pos: usize) {
+        let half = x.len() / 2;
+        for (i, &f) in self.inv_freq.iter().enumerate().take(half) {
+            // HF computes the angle in f32 (`inv_freq @ position_ids`), then cos/sin.
+            let angle = pos as f32 * f;
+            let (s, c) = angle.sin_cos();
+            let (s, c) = (s * self.mscale, c * self.mscale);
+            let (a, b) = (x[i], x[i + half]);
+            x[i] = a * c - b * s;
+            x[i + half] = b * c + a * s;
+        }
+    }
+
+    /// Causal (and windowed) attention of `t_n` queries at positions `start..` over the
+    /// cached keys; GQA maps query head `h` to KV head `h / (heads / kv_heads)`.
+    fn attention(&self, kv: &KvPool, seq: &KvSeq, layer: usize, q: &[f32], start: usize, t_n: usize) -> Vec<f32> {
+        let c = &self.cfg;
+        let (hd, group) = (c.head_dim, c.heads / c.kv_heads);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let window = c.windows[layer];
+        let mut out = vec![0.0f32; t_n * c.heads * hd];
+        out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
+            let (t, head) = (idx / c.heads, idx % c.heads);
+            let pos = start + t;
+            let g = head / group;
+            let qh = &q[idx * hd..(idx + 1) * hd];
+            let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+            let mut scores: Vec<f32> = (lo..=pos)
+                .map(|j| kv.read(seq, layer, j).map_or(f32::NEG_INFINITY, |(k, _)| dot(qh, &k[g * hd..(g + 1) * hd]) * scale))
+                .collect();
+            let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0f32;
+            for s in &mut scores {
+                *s = (*s - m).exp();
+                sum += *s;
+            }
+            for (j, p) in (lo..=pos).zip(&scores) {
+                if let Some((_, v)) = kv.read(seq, layer, j) {
+                    let w = p / sum;
+                    o.iter_mut().zip(&v[g * hd..(g + 1) * hd]).for_each(|(a, b)| *a += w * b);
+                }
+            }
+        });
+        out
+    }
+}
+
+/// RMSNorm of each row of `x` (rows of `w.len()`), as HF: f32 statistics, then the weight.
+pub fn rmsnorm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let n = w.len();
+    let mut out = vec![0.0f32; x.len()];
+    for (row, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let ms = row.iter().map(|v| v * v).sum::<f32>() / n as f32;
+        let r = 1.0 / (ms + eps).sqrt();
+        o.iter_mut().zip(row).zip(w).for_each(|((o, &v), &g)| *o = g * (v * r));
+    }
+    out
+}
+
+/// `y[rows, out] = x[rows, in] @ W[out, in]^T + b`, parallel over output features.
+pub fn linear(x: &[f32], rows: usize, w: &Weight, bias: Option<&Weight>) -> Vec<f32> {
+    let (out, inp) = (w.shape()[0], w.shape()[1]);
+    let wd = w.data();
+    // Columns of y computed as contiguous runs: yt[o][t].
+    let mut yt = vec![0.0f32; out * rows];
+    yt.par_chunks_mut(rows).enumerate().with_min_len(16).for_each(|(o, col)| {
+        let wr = &wd[o * inp..(o + 1) * inp];
+        let b = bias.map_or(0.0, |b| b.data()[o]);
+        for (t, y) in col.iter_mut().enumerate() {
+            *y = dot(&x[t * inp..(t + 1) * inp], wr) + b;
+        }
+    });
+    if rows == 1 {
+        return yt;
+    }
+    let mut y = vec![0.0f32; rows * out];
+    for (o, col) in yt.chunks_exact(rows).enumerate() {
+        for (t, &v) in col.iter().enumerate() {
+            y[t * out + o] = v;
+        }
+    }
+    y
+}
+
+/// Dot product with eight independent accumulators (vectorizes; sums in a fixed order).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}

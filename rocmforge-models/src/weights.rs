@@ -1,0 +1,210 @@
+//! Safetensors checkpoints, single-file or sharded through `model.safetensors.index.json`,
+//! memory-mapped. f32 tensors are used in place from the mapping (no copy); f16 and bf16
+//! tensors are widened to f32 once, at load.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::config::Fields;
+use crate::error::{read_json, ModelError, Result};
+
+/// A weight tensor as f32.
+#[derive(Debug)]
+pub struct Weight {
+    data: WeightData,
+    shape: Vec<usize>,
+}
+
+#[derive(Debug)]
+enum WeightData {
+    /// f32 data in a mapped file; `start..start + 4 * len` is in bounds and 4-byte aligned
+    /// (checked when the weight is made).
+    Mapped {
+        map: Arc<Mmap>,
+        start: usize,
+        len: usize,
+    },
+    Owned(Vec<f32>),
+}
+
+impl Weight {
+    /// A weight from owned values (the demo model, tests).
+    pub fn from_vec(data: Vec<f32>, shape: Vec<usize>) -> Result<Self> {
+        if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) != Some(data.len()) {
+            return Err(ModelError::Invalid(format!("{} values do not fill shape {shape:?}", data.len())));
+        }
+        Ok(Weight { data: WeightData::Owned(data), shape })
+    }
+    /// The values.
+    pub fn data(&self) -> &[f32] {
+        match &self.data {
+            WeightData::Mapped { map, start, len } => {
+                // In bounds and aligned by construction (see `WeightData::Mapped`); an empty
+                // slice would only come from a broken invariant, never from user input.
+                map.get(*start..*start + 4 * *len).and_then(|b| bytemuck::try_cast_slice(b).ok()).unwrap_or(&[])
+            }
+            WeightData::Owned(v) => v,
+        }
+    }
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    /// Whether the data is used in place from the mapped file.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.data, WeightData::Mapped { .. })
+    }
+}
+
+struct Shard {
+    path: PathBuf,
+    map: Arc<Mmap>,
+    /// Byte offset of the data section.
+    data_start: usize,
+}
+
+struct Entry {
+    shard: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    begin: usize,
+    end: usize,
+}
+
+/// The tensors of a checkpoint directory.
+pub struct Checkpoint {
+    shards: Vec<Shard>,
+    entries: HashMap<String, Entry>,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint").field("files", &self.files()).field("tensors", &self.entries.len()).finish()
+    }
+}
+
+impl Checkpoint {
+    /// Maps `DIR/model.safetensors`, or every shard named by `DIR/model.safetensors.index.json`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let files = if index.is_file() {
+            let v = read_json(&index)?;
+            let f = Fields::new(&index, &v, "")?;
+            let map = f.get("weight_map").ok_or_else(|| ModelError::MissingField { path: index.clone(), field: "weight_map".into() })?;
+            let map = map.as_object().ok_or_else(|| f.bad("weight_map", "expected an object of tensor name to file"))?;
+            let mut files: Vec<String> = Vec::new();
+            for (name, file) in map {
+                let file = file.as_str().ok_or_else(|| f.bad("weight_map", format!("`{name}` maps to {file}, not a file name")))?;
+                if file.contains('/') || file.contains('\\') || file == ".." {
+                    return Err(f.bad("weight_map", format!("`{file}` is not a file name in the model directory")));
+                }
+                if !files.iter().any(|x| x == file) {
+                    files.push(file.to_string());
+                }
+            }
+            files.sort();
+            files.into_iter().map(|f| dir.join(f)).collect()
+        } else if single.is_file() {
+            vec![single]
+        } else {
+            return Err(ModelError::MissingFile {
+                path: single,
+                what: "model.safetensors or model.safetensors.index.json (the weights, in safetensors format)",
+            });
+        };
+        let mut shards = Vec::new();
+        let mut entries = HashMap::new();
+        for path in files {
+            let shard = shards.len();
+            let (s, tensors) = map_shard(&path)?;
+            for (name, e) in tensors {
+                if entries.insert(name.clone(), Entry { shard, ..e }).is_some() {
+                    return Err(ModelError::Safetensors {
+                        path: path.clone(),
+                        reason: format!("tensor `{name}` is also in another shard"),
+                    });
+                }
+            }
+            shards.push(s);
+        }
+        Ok(Checkpoint { shards, entries })
+    }
+
+    /// The weight files.
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.shards.iter().map(|s| s.path.clone()).collect()
+    }
+    /// Whether the checkpoint has a tensor.
+    pub fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+    /// Total bytes of tensor data.
+    pub fn data_bytes(&self) -> usize {
+        self.entries.values().map(|e| e.end - e.begin).sum()
+    }
+
+    /// A tensor as f32, checked against the shape the architecture expects.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Weight> {
+        let e = self.entries.get(name).ok_or_else(|| ModelError::MissingTensor { name: name.to_string(), files: self.files() })?;
+        let shard = &self.shards[e.shard];
+        let bad = |reason: String| ModelError::BadTensor { path: shard.path.clone(), name: name.to_string(), reason };
+        if e.shape != shape {
+            return Err(bad(format!("shape {:?}, expected {shape:?}", e.shape)));
+        }
+        let (begin, end) = (shard.data_start + e.begin, shard.data_start + e.end);
+        let bytes = shard.map.get(begin..end).ok_or_else(|| bad("data offsets run past the end of the file".into()))?;
+        let n = bytes.len() / e.dtype.bitsize().max(8) * 8;
+        let data = match e.dtype {
+            Dtype::F32 if cfg!(target_endian = "little") && bytemuck::try_cast_slice::<u8, f32>(bytes).is_ok() => {
+                return Ok(Weight {
+                    data: WeightData::Mapped { map: Arc::clone(&shard.map), start: begin, len: bytes.len() / 4 },
+                    shape: shape.to_vec(),
+                })
+            }
+            Dtype::F32 => widen(bytes, n, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))?,
+            Dtype::F16 => widen(bytes, n, 2, |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())?,
+            Dtype::BF16 => widen(bytes, n, 2, |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())?,
+            other => return Err(bad(format!("dtype {other:?} is not supported (F32, F16, BF16)"))),
+        };
+        Ok(Weight { data: WeightData::Owned(data), shape: shape.to_vec() })
+    }
+}
+
+fn widen(bytes: &[u8], n: usize, size: usize, f: impl Fn(&[u8]) -> f32) -> Result<Vec<f32>> {
+    let mut out = Vec::new();
+    out.try_reserve_exact(n).map_err(|_| ModelError::OutOfMemory { bytes: n * 4, what: "weights" })?;
+    out.extend(bytes.chunks_exact(size).map(f));
+    Ok(out)
+}
+
+fn map_shard(path: &Path) -> Result<(Shard, Vec<(String, Entry)>)> {
+    let file = File::open(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => {
+            ModelError::MissingFile { path: path.to_path_buf(), what: "every shard named in model.safetensors.index.json" }
+        }
+        _ => ModelError::Io { path: path.to_path_buf(), source },
+    })?;
+    // SAFETY: the file is opened read-only and mapped privately; the mapping stays valid as
+    // long as the `Mmap` lives (it is kept in an `Arc` by every weight that borrows from it).
+    // As with every mmap-based loader (candle, safetensors), a checkpoint must not be
+    // truncated or rewritten by another process while it is loaded.
+    let map = unsafe { Mmap::map(&file) }.map_err(|source| ModelError::Io { path: path.to_path_buf(), source })?;
+    let (header, meta) =
+        SafeTensors::read_metadata(&map).map_err(|e| ModelError::Safetensors { path: path.to_path_buf(), reason: e.to_string() })?;
+    let data_start = 8 + header;
+    let entries = meta
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| {
+            let (begin, end) = info.data_offsets;
+            (name, Entry { shard: 0, dtype: info.dtype, shape: info.shape.clone(), begin, end })
+        })
+        .collect();
+    Ok((Shard { path: path.to_path_buf(), map: Arc::new(map), data_start }, entries))
+}

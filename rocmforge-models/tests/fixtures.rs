@@ -1,0 +1,125 @@
+//! The CPU forward against HF transformers on the committed fixtures
+//! (tests/fixtures/models, built by scripts/make_fixtures.py): prompt ids from the
+//! tokenizer, last-position logits (normalized MSE at most 1e-5), per-position argmax and
+//! the 24-token greedy continuation (identical), the chat template's rendering, and the
+//! bf16 copy's argmax agreement (at least 95%).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly")]
+
+use std::path::PathBuf;
+
+use rocmforge_models::sampling::argmax;
+use rocmforge_models::tokenizer::Message;
+use rocmforge_models::transformer::Logits;
+use rocmforge_models::{GenerateOptions, LoadOptions, Model};
+use serde_json::Value;
+
+fn dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models").join(name)
+}
+
+fn reference(name: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(dir(name).join("reference.json")).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+/// sum (a - b)^2 / sum b^2, in f64.
+fn nmse(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a.iter().zip(b).map(|(&x, &y)| (f64::from(x) - y).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    num / den
+}
+
+/// All-position logits of `prompt` through a fresh cache.
+fn logits_all(model: &Model, prompt: &[u32]) -> Vec<f32> {
+    let mut pool = model.kv_pool(prompt.len()).unwrap();
+    let mut seq = pool.new_sequence();
+    let out = model.transformer.forward(&mut pool, &mut seq, prompt, Logits::All).unwrap();
+    pool.release(seq);
+    out
+}
+
+fn check_model(name: &str) {
+    let model = Model::load(&dir(name), LoadOptions::default()).unwrap();
+    let r = reference(name);
+    let vocab = model.transformer.config().vocab;
+    for p in r["prompts"].as_array().unwrap() {
+        let text = p["prompt"].as_str().unwrap();
+        let want_ids = ids(&p["ids"]);
+        let got_ids = model.codec.encode(text, true).unwrap();
+        assert_eq!(got_ids, want_ids, "{name}: tokenization of {text:?}");
+
+        let all = logits_all(&model, &got_ids);
+        let last = &all[(got_ids.len() - 1) * vocab..];
+        let want: Vec<f64> = p["last_logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let e = nmse(last, &want);
+        assert!(e <= 1e-5, "{name}: last-position logits nmse {e:e} for {text:?}");
+        assert!(e > 0.0 || last.iter().any(|&x| x != 0.0), "{name}: logits all zero");
+        let argmax_all: Vec<u32> = all.chunks_exact(vocab).map(argmax).collect();
+        assert_eq!(argmax_all, ids(&p["argmax"]), "{name}: per-position argmax for {text:?}");
+
+        // Greedy continuation through the KV cache, one token at a time.
+        let opts = GenerateOptions { max_tokens: 24, ..GenerateOptions::default() };
+        let g = model.generate(&got_ids, &opts, |_| {}).unwrap();
+        assert_eq!(g.generated_ids, ids(&p["greedy"]), "{name}: greedy continuation of {text:?}");
+    }
+    // The chat template, rendered as transformers rendered it, and its tokens.
+    let chat = &r["chat"];
+    let msgs: Vec<Message> = serde_json::from_value(chat["messages"].clone()).unwrap();
+    let tmpl = model.chat_template.as_ref().expect("fixture has a chat template");
+    let text = tmpl.render(&msgs, true).unwrap();
+    assert_eq!(text, chat["text"].as_str().unwrap(), "{name}: chat template rendering");
+    assert_eq!(model.codec.encode(&text, false).unwrap(), ids(&chat["ids"]), "{name}: chat ids");
+}
+
+#[test]
+fn llama_matches_transformers() {
+    check_model("llama");
+}
+
+#[test]
+fn mistral_matches_transformers() {
+    check_model("mistral");
+}
+
+#[test]
+fn qwen2_matches_transformers() {
+    check_model("qwen2");
+}
+
+#[test]
+fn qwen3_matches_transformers() {
+    check_model("qwen3");
+}
+
+#[test]
+fn bf16_copy_agrees_on_argmax() {
+    let model = Model::load(&dir("llama-bf16"), LoadOptions::default()).unwrap();
+    assert!(!model.transformer.config().dtype.is_none());
+    let f32_ref = reference("llama");
+    let (mut agree, mut total) = (0usize, 0usize);
+    let vocab = model.transformer.config().vocab;
+    for p in f32_ref["prompts"].as_array().unwrap() {
+        let prompt = ids(&p["ids"]);
+        let all = logits_all(&model, &prompt);
+        for (got, want) in all.chunks_exact(vocab).map(argmax).zip(ids(&p["argmax"])) {
+            agree += usize::from(got == want);
+            total += 1;
+        }
+    }
+    assert!(total > 50);
+    assert!(agree * 100 >= total * 95, "bf16 argmax agreement {agree}/{total}");
+}
+
+#[test]
+fn f32_weights_are_mapped_not_copied() {
+    // The f32 fixture is used in place from the mapping; the bf16 one is widened.
+    let ck = rocmforge_models::weights::Checkpoint::open(&dir("llama")).unwrap();
+    assert!(ck.get("model.norm.weight", &[64]).unwrap().is_mapped());
+    let ck = rocmforge_models::weights::Checkpoint::open(&dir("llama-bf16")).unwrap();
+    assert!(!ck.get("model.norm.weight", &[64]).unwrap().is_mapped());
+}
