@@ -12,8 +12,8 @@
 use std::sync::Arc;
 
 use rocmforge::dsl::rope::{inv_freq, RopeScaling};
-use rocmforge::models::demo::Rng;
 use rocmforge::models::kernels;
+use rocmforge::models::sampling::Rng;
 use rocmforge::runtime::cuda::{CudaDevice, DeviceTensor};
 use rocmforge::runtime::{plan, Arg, DType, HostTensor, Kernel};
 

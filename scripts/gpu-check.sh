@@ -29,10 +29,10 @@ else
     grep -E "FAIL|error" "$out/selftest-cold.log" | head -20
     tail -n 1 "$out/selftest-cold.log" "$out/selftest-warm.log"
     cat "$out/bench.log"
-    # Register and spill report of the rowwise and rope kernels (ptxas on the cached PTX).
-    if command -v /usr/local/cuda/bin/ptxas >/dev/null; then
-        for f in "$ROCMFORGE_CACHE_DIR"/rf_rmsnorm_bf16_b*.ptx "$ROCMFORGE_CACHE_DIR"/rf_softmax_f32_b*.ptx "$ROCMFORGE_CACHE_DIR"/rf_rope_neox_bf16_hd128*.ptx "$ROCMFORGE_CACHE_DIR"/rf_swiglu_bf16*.ptx; do
-            /usr/local/cuda/bin/ptxas -arch=sm_90 -v "$f" -o /dev/null 2>&1 | grep -E "Used|spill" | sed "s|^|$(basename "$f" | cut -d- -f1): |"
+    # Register and spill report of the rowwise, rope and swiglu kernels (the cached CUBINs).
+    if command -v /usr/local/cuda/bin/cuobjdump >/dev/null; then
+        for f in "$ROCMFORGE_CACHE_DIR"/rf_rmsnorm_bf16_b*.cubin "$ROCMFORGE_CACHE_DIR"/rf_add_rmsnorm_bf16_b*.cubin "$ROCMFORGE_CACHE_DIR"/rf_softmax_*_b*.cubin "$ROCMFORGE_CACHE_DIR"/rf_rope_neox_bf16_hd128*.cubin "$ROCMFORGE_CACHE_DIR"/rf_swiglu_bf16*.cubin; do
+            /usr/local/cuda/bin/cuobjdump -res-usage "$f" 2>&1 | grep -E "Function|REG" | tr '\n' ' ' | sed "s|^|$(basename "$f" | cut -d- -f1): |"; echo
         done > "$out/ptxas.txt"
         cat "$out/ptxas.txt"
     fi

@@ -11,9 +11,12 @@
 #ifndef ROCMFORGE_H
 #define ROCMFORGE_H
 
-#if defined(__HIP__) || defined(__HIPCC__) || defined(__HIP_PLATFORM_AMD__)
+#if defined(__HIP__) || defined(__HIPCC__) || defined(__HIP_PLATFORM_AMD__) || defined(__HIPCC_RTC__)
+#if !defined(__HIPCC_RTC__)
+// hiprtc builds these in; including them again redefines their types.
 #include <hip/hip_runtime.h>
 #include <hip/hip_fp16.h>
+#endif
 #define RF_SHFL_XOR(v, m, w) __shfl_xor((v), (m), (w))
 #define RF_HIP 1
 #else

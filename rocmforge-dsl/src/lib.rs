@@ -20,4 +20,4 @@ pub mod spec;
 
 pub use dtype::DType;
 pub use ir::Kernel;
-pub use spec::{symbol_name, Spec};
+pub use spec::{launch_symbol, symbol_name, Spec};

@@ -61,6 +61,21 @@ pub fn symbol_name(kernel: &str, spec: &Spec) -> String {
     s
 }
 
+/// Suffix of a rowwise specialization's second kernel, for rows wider than its register
+/// cache (`Kernel::row_capacity`): the launch plan picks it from the column count, so
+/// neither kernel carries the other's code (and registers).
+pub const WIDE_SUFFIX: &str = "_wide";
+
+/// The symbol a rowwise launch of `cols` columns uses: [`symbol_name`], with
+/// [`WIDE_SUFFIX`] past the register cache; other kinds have one symbol per spec.
+pub fn launch_symbol(kernel: &Kernel, spec: &Spec, cols: u64) -> String {
+    let mut s = symbol_name(&kernel.name, spec);
+    if matches!(kernel.kind, crate::ir::Kind::Rowwise) && cols > kernel.row_capacity(spec) {
+        s.push_str(WIDE_SUFFIX);
+    }
+    s
+}
+
 impl Kernel {
     /// Every specialization for a device of the given warp size, in a stable order.
     pub fn specs(&self, warp: u32) -> Vec<Spec> {

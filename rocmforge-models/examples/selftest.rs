@@ -19,8 +19,8 @@ use std::time::Instant;
 use rocmforge_dsl::ir::Kind;
 use rocmforge_dsl::rope::{inv_freq, RopeScaling};
 use rocmforge_dsl::spec::RowMode;
-use rocmforge_models::demo::Rng;
 use rocmforge_models::kernels;
+use rocmforge_models::sampling::Rng;
 use rocmforge_runtime::cuda::{CudaDevice, DeviceTensor};
 use rocmforge_runtime::{plan_spec, Arg, DType, HostArg, HostTensor, Kernel, Spec};
 
@@ -264,10 +264,70 @@ fn main() -> ExitCode {
             }
         }
     }
+    let (cpass, cfail) = concurrency(&ks, seed);
+    pass += cpass;
+    fail += cfail;
     println!("{pass} passed, {fail} failed");
     if fail == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Many threads launching at once on a fresh device whose module cache is empty and
+/// whose disk cache is a new directory: every module is compiled while other threads
+/// look up, compile and launch. Returns (passed, failed) outputs.
+fn concurrency(ks: &[&'static Kernel], seed: u64) -> (usize, usize) {
+    const THREADS: usize = 16;
+    let dir = std::env::temp_dir().join(format!("rocmforge-concurrency-{}", std::process::id()));
+    // Set before any thread of this phase starts; the earlier phase's threads are joined.
+    std::env::set_var("ROCMFORGE_CACHE_DIR", &dir);
+    let dev = match CudaDevice::open(0) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("concurrency: error: {e}");
+            return (0, 1);
+        }
+    };
+    let start = std::sync::Barrier::new(THREADS);
+    let t0 = Instant::now();
+    let results: Vec<(usize, usize)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (dev, start) = (&dev, &start);
+                s.spawn(move || {
+                    let mut rng = Rng::new(seed ^ (t as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                    let (mut pass, mut fail) = (0, 0);
+                    start.wait();
+                    for k in ks {
+                        let specs = k.specs(dev.limits().warp_size);
+                        // Threads share specializations (the same module, wanted at once)
+                        // and differ in others.
+                        let spec = specs[(t / 2) % specs.len()];
+                        let d = spec.dtype.unwrap_or(DType::F32);
+                        for host in shapes(k, &spec, &mut rng).into_iter().take(2) {
+                            match run_case(dev, k, spec, &host) {
+                                Ok(r) => r.iter().for_each(|(_, e)| if *e <= bound(d) { pass += 1 } else { fail += 1 }),
+                                Err(e) => {
+                                    println!("concurrency: thread {t}: {}: {e}", k.name);
+                                    fail += 1;
+                                }
+                            }
+                        }
+                    }
+                    (pass, fail)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or((0, 1))).collect()
+    });
+    let (pass, fail) = results.iter().fold((0, 0), |a, r| (a.0 + r.0, a.1 + r.1));
+    let (_, compiled, hits) = dev.compile_stats();
+    println!(
+        "concurrency: {THREADS} threads launching at once on a fresh device: {pass} outputs passed, {fail} failed, {compiled} modules compiled and {hits} read from the new disk cache, in {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    (pass, fail)
 }

@@ -149,6 +149,26 @@ impl Transformer {
             check(&l.w_down, &[h, i], "down_proj")?;
             check(&l.attn_norm, &[h], "input_layernorm")?;
             check(&l.mlp_norm, &[h], "post_attention_layernorm")?;
+            let opt = |w: &Option<Weight>, want: bool, shape: &[usize], what: &str| match (w, want) {
+                (Some(w), true) => check(w, shape, what),
+                (None, false) => Ok(()),
+                _ => Err(ModelError::Invalid(format!("{what}: present where the config says absent, or the reverse"))),
+            };
+            opt(&l.bq, cfg.qkv_bias, &[q], "q_proj bias")?;
+            opt(&l.bk, cfg.qkv_bias, &[kv], "k_proj bias")?;
+            opt(&l.bv, cfg.qkv_bias, &[kv], "v_proj bias")?;
+            opt(&l.bo, cfg.o_bias, &[h], "o_proj bias")?;
+            opt(&l.q_norm, cfg.qk_norm, &[cfg.head_dim], "q_norm")?;
+            opt(&l.k_norm, cfg.qk_norm, &[cfg.head_dim], "k_norm")?;
+            match (&l.mlp_bias, cfg.mlp_bias) {
+                (Some([g, u, d]), true) => {
+                    check(g, &[i], "gate_proj bias")?;
+                    check(u, &[i], "up_proj bias")?;
+                    check(d, &[h], "down_proj bias")?;
+                }
+                (None, false) => {}
+                _ => return Err(ModelError::Invalid("MLP biases disagree with the config".into())),
+            }
         }
         let (inv_freq, mscale) = inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling);
         Ok(Transformer { cfg, embed, layers, norm, lm_head, inv_freq, mscale })

@@ -99,7 +99,7 @@ fn qwen3_matches_transformers() {
 #[test]
 fn bf16_copy_agrees_on_argmax() {
     let model = Model::load(&dir("llama-bf16"), LoadOptions::default()).unwrap();
-    assert!(!model.transformer.config().dtype.is_none());
+    assert_eq!(model.transformer.config().dtype, Some(rocmforge_models::config::WeightDType::BF16));
     let f32_ref = reference("llama");
     let (mut agree, mut total) = (0usize, 0usize);
     let vocab = model.transformer.config().vocab;
@@ -122,4 +122,52 @@ fn f32_weights_are_mapped_not_copied() {
     assert!(ck.get("model.norm.weight", &[64]).unwrap().is_mapped());
     let ck = rocmforge_models::weights::Checkpoint::open(&dir("llama-bf16")).unwrap();
     assert!(!ck.get("model.norm.weight", &[64]).unwrap().is_mapped());
+}
+
+#[test]
+fn template_exceptions_are_typed_errors() {
+    // The Mistral-style template raises on roles that do not alternate.
+    let model = Model::load(&dir("mistral"), LoadOptions::default()).unwrap();
+    let user = |s: &str| Message { role: "user".into(), content: s.into() };
+    let e = model.chat_template.as_ref().unwrap().render(&[user("a"), user("b")], true).unwrap_err();
+    assert!(e.to_string().contains("Conversation roles must alternate"), "{e}");
+}
+
+#[test]
+fn f16_copy_agrees_on_argmax() {
+    // Write the f32 fixture's tensors as f16 into a fresh directory, then load that.
+    let src = dir("llama");
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+        std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
+    }
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut halves: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in st.tensors() {
+        assert_eq!(view.dtype(), safetensors::Dtype::F32);
+        let data: Vec<u8> = view
+            .data()
+            .chunks_exact(4)
+            .flat_map(|b| half::f16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_le_bytes())
+            .collect();
+        halves.push((name, view.shape().to_vec(), data));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = halves
+        .iter()
+        .map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F16, s.clone(), d).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &tmp.path().join("model.safetensors")).unwrap();
+    let model = Model::load(tmp.path(), LoadOptions::default()).unwrap();
+    let r = reference("llama");
+    let vocab = model.transformer.config().vocab;
+    let (mut agree, mut total) = (0usize, 0usize);
+    for p in r["prompts"].as_array().unwrap() {
+        let all = logits_all(&model, &ids(&p["ids"]));
+        for (got, want) in all.chunks_exact(vocab).map(argmax).zip(ids(&p["argmax"])) {
+            agree += usize::from(got == want);
+            total += 1;
+        }
+    }
+    assert!(agree * 100 >= total * 95, "f16 argmax agreement {agree}/{total}");
 }

@@ -1,24 +1,25 @@
 //! NVIDIA backend through cudarc: the driver and NVRTC are loaded at run time.
 //!
 //! Kernels compile at first use with NVRTC (the generated HIP builds as CUDA through
-//! the portability header) and the PTX is cached on disk, keyed by a hash of the
+//! the portability header) and the CUBIN for the exact arch is cached on disk, keyed by a hash of the
 //! source, the arch and the NVRTC version, written atomically (temp file, rename).
 //! Each specialization is its own module (compiled in parallel by `prepare`, or alone
-//! at its first launch). Its loaded function is cached per device and symbol; the map's lock is never held while
-//! compiling or loading: each entry is a `OnceLock` filled outside the lock.
+//! at its first launch); modules and loaded functions are cached per device in
+//! [`OnceMap`]s, whose lock is never held while compiling or loading.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use cudarc::driver::{result as cu, sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream, DriverError};
-use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
+use cudarc::nvrtc::Ptx;
 use rocmforge_dsl::codegen::render_source;
 use rocmforge_dsl::interp::HostTensor;
 use rocmforge_dsl::{DType, Kernel, Spec};
 
+use crate::cache::OnceMap;
+use crate::diskcache::{cache_dir, entry, write_atomic};
 use crate::plan::{ArgValue, DeviceLimits, LaunchError, LaunchPlan, TensorArg};
 
 /// A failure in the CUDA backend.
@@ -76,10 +77,6 @@ fn drv(call: &'static str) -> impl FnOnce(DriverError) -> CudaError {
     move |source| CudaError::Driver { call, source }
 }
 
-/// A specialization's function, compiled and loaded at most once; the error text if
-/// that failed.
-type FunctionCell = Arc<OnceLock<Result<CudaFunction, String>>>;
-
 /// One NVIDIA GPU with its context, default stream and module cache.
 pub struct CudaDevice {
     ctx: Arc<CudaContext>,
@@ -88,7 +85,13 @@ pub struct CudaDevice {
     arch: String,
     limits: DeviceLimits,
     total_mem: usize,
-    functions: Mutex<HashMap<String, FunctionCell>>,
+    compute_units: u32,
+    ordinal: usize,
+    /// Loaded functions by symbol.
+    functions: OnceMap<Result<CudaFunction, String>>,
+    /// One module per specialization (keyed by its symbol); a rowwise module holds the
+    /// cached-row kernel and its `_wide` sibling.
+    modules: OnceMap<Result<Arc<CudaModule>, String>>,
     compile_nanos: AtomicU64,
     compiles: AtomicU64,
     cache_hits: AtomicU64,
@@ -101,12 +104,19 @@ impl std::fmt::Debug for CudaDevice {
 }
 
 impl CudaDevice {
+    /// NVIDIA GPUs present; an error when the driver library cannot be loaded.
+    pub fn count() -> Result<usize, CudaError> {
+        // cudarc's dynamic loading panics when libcuda is absent: report it as a value.
+        let count = std::panic::catch_unwind(CudaContext::device_count)
+            .map_err(|_| CudaError::NoDevice("the CUDA driver library (libcuda.so) could not be loaded".into()))?
+            .map_err(|e| CudaError::NoDevice(format!("cuDeviceGetCount: {e}")))?;
+        Ok(count.max(0) as usize)
+    }
+
     /// Opens GPU `ordinal`.
     pub fn open(ordinal: usize) -> Result<Arc<Self>, CudaError> {
-        let count = std::panic::catch_unwind(CudaContext::device_count)
-            .map_err(|_| CudaError::NoDevice("the CUDA driver library could not be loaded".into()))?
-            .map_err(|e| CudaError::NoDevice(e.to_string()))?;
-        if ordinal >= count.max(0) as usize {
+        let count = Self::count()?;
+        if ordinal >= count {
             return Err(CudaError::NoDevice(format!("cuda:{ordinal} requested, {count} device(s) present")));
         }
         let ctx = CudaContext::new(ordinal).map_err(drv("cuCtxCreate"))?;
@@ -125,6 +135,7 @@ impl CudaDevice {
         let (major, minor) = ctx.compute_capability().map_err(drv("cuDeviceGetAttribute"))?;
         let name = ctx.name().map_err(drv("cuDeviceGetName"))?;
         let total_mem = ctx.total_mem().map_err(drv("cuDeviceTotalMem"))?;
+        let compute_units = attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
         let stream = ctx.default_stream();
         Ok(Arc::new(CudaDevice {
             ctx,
@@ -133,7 +144,10 @@ impl CudaDevice {
             arch: format!("sm_{major}{minor}"),
             limits,
             total_mem,
-            functions: Mutex::new(HashMap::new()),
+            compute_units,
+            ordinal,
+            functions: OnceMap::new(),
+            modules: OnceMap::new(),
             compile_nanos: AtomicU64::new(0),
             compiles: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
@@ -144,6 +158,10 @@ impl CudaDevice {
     pub fn name(&self) -> &str {
         &self.name
     }
+    /// The CUDA ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
     /// `sm_XY`.
     pub fn arch(&self) -> &str {
         &self.arch
@@ -151,6 +169,10 @@ impl CudaDevice {
     /// Launch limits.
     pub fn limits(&self) -> &DeviceLimits {
         &self.limits
+    }
+    /// Streaming multiprocessors.
+    pub fn compute_units(&self) -> u32 {
+        self.compute_units
     }
     /// Total device memory, bytes.
     pub fn total_memory(&self) -> usize {
@@ -261,7 +283,7 @@ impl CudaDevice {
                         loop {
                             let i = next.fetch_add(1, Ordering::Relaxed);
                             let Some((k, spec)) = jobs.get(i) else { break };
-                            if let Err(e) = self.function(k, spec, &rocmforge_dsl::symbol_name(&k.name, spec)) {
+                            if let Err(e) = self.module(k, spec) {
                                 errs.push(e);
                             }
                         }
@@ -274,25 +296,16 @@ impl CudaDevice {
         errors.into_iter().next().map_or(Ok(()), Err)
     }
 
-    /// The loaded function of `spec` (whose symbol is `symbol`); a map lookup once it
-    /// is loaded, since launches call this every time.
+    /// The loaded function `symbol` of `spec`'s module; a map lookup once it is loaded,
+    /// since launches call this every time.
     fn function(&self, kernel: &Kernel, spec: &Spec, symbol: &str) -> Result<CudaFunction, CudaError> {
-        let cell = {
-            let mut map = self.functions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            match map.get(symbol) {
-                Some(c) => Arc::clone(c),
-                None => Arc::clone(map.entry(symbol.to_string()).or_default()),
-            }
-        };
-        // Compiling happens here, outside the map's lock; concurrent callers for the
-        // same kernel wait on this cell only.
-        let m = cell.get_or_init(|| {
-            let t = Instant::now();
-            let m = self.build_function(kernel, spec, symbol).map_err(|e| e.to_string());
-            self.compile_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            m
+        // Loading happens outside the map's lock; concurrent callers for the same symbol
+        // wait on its cell only.
+        let f = self.functions.get_or_init(symbol, || {
+            let module = self.module(kernel, spec).map_err(|e| e.to_string())?;
+            module.load_function(symbol).map_err(|e| format!("cuModuleGetFunction({symbol}): {e:?}"))
         });
-        m.clone().map_err(|message| CudaError::Compile {
+        f.clone().map_err(|message| CudaError::Compile {
             kernel: kernel.name.clone(),
             arch: self.arch.clone(),
             message,
@@ -300,7 +313,20 @@ impl CudaDevice {
         })
     }
 
-    fn build_function(&self, kernel: &Kernel, spec: &Spec, symbol: &str) -> Result<CudaFunction, CudaError> {
+    /// The module of `spec`: compiled (or read from the disk cache) and loaded once.
+    fn module(&self, kernel: &Kernel, spec: &Spec) -> Result<Arc<CudaModule>, CudaError> {
+        let base = rocmforge_dsl::symbol_name(&kernel.name, spec);
+        // Compiling happens outside the map's lock.
+        let m = self.modules.get_or_init(&base, || {
+            let t = Instant::now();
+            let m = self.build_module(kernel, spec, &base).map_err(|e| e.to_string());
+            self.compile_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            m
+        });
+        m.map_err(|message| CudaError::Compile { kernel: kernel.name.clone(), arch: self.arch.clone(), message, log: String::new() })
+    }
+
+    fn build_module(&self, kernel: &Kernel, spec: &Spec, symbol: &str) -> Result<Arc<CudaModule>, CudaError> {
         let src = render_source(kernel, &[*spec]).map_err(|e| CudaError::Compile {
             kernel: kernel.name.clone(),
             arch: self.arch.clone(),
@@ -308,39 +334,34 @@ impl CudaDevice {
             log: String::new(),
         })?;
         let nvrtc_version = nvrtc_version();
-        let key = format!("{:016x}", fnv1a(&[src.as_bytes(), self.arch.as_bytes(), nvrtc_version.as_bytes()]));
         let dir = cache_dir();
-        let path = dir.as_ref().map(|d| d.join(format!("{symbol}-{}-{key}.ptx", self.arch)));
-        let cached = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok());
-        let ptx = if let Some(ptx) = cached {
+        let path = dir.as_ref().map(|d| entry(d, symbol, &self.arch, &src, &nvrtc_version, "cubin"));
+        let cached = path.as_ref().and_then(|p| std::fs::read(p).ok()).filter(|b| !b.is_empty());
+        let cubin = if let Some(cubin) = cached {
             self.cache_hits.fetch_add(1, Ordering::Relaxed);
-            Ptx::from_src(ptx)
+            cubin
         } else {
             let t = Instant::now();
-            let compute = self.arch.replace("sm_", "compute_");
-            let opts = CompileOptions {
-                include_paths: vec![cuda_include_dir()],
-                options: vec![format!("--gpu-architecture={compute}"), "--std=c++17".into()],
-                ..Default::default()
-            };
-            let ptx = cudarc::nvrtc::compile_ptx_with_opts(&src, opts).map_err(|e| {
-                let log = match &e {
-                    CompileError::CompileError { log, .. } => log.to_string_lossy().into_owned(),
-                    _ => String::new(),
-                };
-                CudaError::Compile { kernel: kernel.name.clone(), arch: self.arch.clone(), message: format!("{e:?}"), log }
+            let cubin = compile_cubin(&src, &self.arch).map_err(|(message, log)| CudaError::Compile {
+                kernel: kernel.name.clone(),
+                arch: self.arch.clone(),
+                message,
+                log,
             })?;
-            tracing::debug!("NVRTC compiled `{}` in {:.3} s", kernel.name, t.elapsed().as_secs_f64());
+            tracing::debug!("NVRTC compiled `{symbol}` in {:.3} s", t.elapsed().as_secs_f64());
             self.compiles.fetch_add(1, Ordering::Relaxed);
             if let (Some(dir), Some(path)) = (dir, path) {
-                if let Err(e) = write_atomic(&dir, &path, &ptx.to_src()) {
+                if let Err(e) = write_atomic(&dir, &path, &cubin) {
                     tracing::warn!("could not write the kernel cache {}: {e}", path.display());
                 }
             }
-            ptx
+            cubin
         };
-        let module: Arc<CudaModule> = self.ctx.load_module(ptx).map_err(drv("cuModuleLoadData"))?;
-        module.load_function(symbol).map_err(drv("cuModuleGetFunction"))
+        // A CUBIN for this exact arch: the driver loads it without a JIT step (PTX would be
+        // JIT-compiled by the driver at load, serialized per context: 17 s for the 81
+        // standard specializations on the H100, against parallel NVRTC threads here).
+        let ptx = Ptx::from_binary(cubin);
+        self.ctx.load_module(ptx).map_err(drv("cuModuleLoadData"))
     }
 
     /// Launches a planned kernel on the device's stream. The plan must come from this
@@ -389,6 +410,18 @@ impl CudaDevice {
 
 /// A tensor in device memory. The only owner of its allocation: not `Clone`, freed in
 /// `Drop`.
+///
+/// The path below is right (this compiles) ...
+///
+/// ```no_run
+/// fn keep(t: rocmforge_runtime::cuda::DeviceTensor) -> rocmforge_runtime::cuda::DeviceTensor { t }
+/// ```
+///
+/// ... and cloning does not compile:
+///
+/// ```compile_fail
+/// fn dup(t: &rocmforge_runtime::cuda::DeviceTensor) -> rocmforge_runtime::cuda::DeviceTensor { t.clone() }
+/// ```
 pub struct DeviceTensor {
     dev: Arc<CudaDevice>,
     ptr: sys::CUdeviceptr,
@@ -435,6 +468,45 @@ impl Drop for DeviceTensor {
     }
 }
 
+/// NVRTC to a CUBIN for `arch` (`sm_90`): (message, compiler log) on failure.
+fn compile_cubin(src: &str, arch: &str) -> Result<Vec<u8>, (String, String)> {
+    use cudarc::nvrtc::{result, sys};
+    let csrc = std::ffi::CString::new(src).map_err(|_| ("kernel source contains a NUL byte".to_string(), String::new()))?;
+    let prog = result::create_program(&csrc, None).map_err(|e| (format!("nvrtcCreateProgram: {e:?}"), String::new()))?;
+    let options = [format!("--gpu-architecture={arch}"), "--std=c++17".to_string(), format!("--include-path={}", cuda_include_dir())];
+    // SAFETY: `prog` was just created from `csrc`, which outlives it, and is destroyed
+    // exactly once below; the size query and the copy use a buffer of the reported size.
+    unsafe {
+        let compiled = result::compile_program(prog, &options);
+        let out = match compiled {
+            Err(e) => {
+                let log = result::get_program_log(prog)
+                    .map(|l| l.iter().map(|&c| c as u8).take_while(|&b| b != 0).collect::<Vec<u8>>())
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                Err((format!("nvrtcCompileProgram: {e:?}"), log))
+            }
+            Ok(()) => {
+                let mut size = 0usize;
+                let r = sys::nvrtcGetCUBINSize(prog, &mut size);
+                if r != sys::nvrtcResult::NVRTC_SUCCESS || size == 0 {
+                    Err((format!("nvrtcGetCUBINSize: {r:?}"), String::new()))
+                } else {
+                    let mut buf = vec![0u8; size];
+                    let r = sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr().cast());
+                    if r == sys::nvrtcResult::NVRTC_SUCCESS {
+                        Ok(buf)
+                    } else {
+                        Err((format!("nvrtcGetCUBIN: {r:?}"), String::new()))
+                    }
+                }
+            }
+        };
+        let _ = result::destroy_program(prog);
+        out
+    }
+}
+
 fn nvrtc_version() -> String {
     let (mut major, mut minor) = (0, 0);
     // SAFETY: nvrtcVersion writes two ints through valid pointers to locals.
@@ -446,30 +518,6 @@ fn nvrtc_version() -> String {
     }
 }
 
-fn fnv1a(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for &b in *p {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// `ROCMFORGE_CACHE_DIR`, else `$XDG_CACHE_HOME/rocmforge`, else `~/.cache/rocmforge`.
-pub fn cache_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("ROCMFORGE_CACHE_DIR") {
-        return Some(PathBuf::from(d));
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return Some(PathBuf::from(d).join("rocmforge"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("rocmforge"))
-}
-
 /// The CUDA include directory NVRTC needs for `cuda_fp16.h`: `$CUDA_HOME/include`,
 /// `$CUDA_PATH/include`, else `/usr/local/cuda/include`.
 pub fn cuda_include_dir() -> String {
@@ -479,11 +527,4 @@ pub fn cuda_include_dir() -> String {
         }
     }
     "/usr/local/cuda/include".to_string()
-}
-
-fn write_atomic(dir: &std::path::Path, path: &std::path::Path, contents: &str) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{}.{}.tmp", std::process::id(), path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()));
-    std::fs::write(&tmp, contents)?;
-    std::fs::rename(&tmp, path)
 }

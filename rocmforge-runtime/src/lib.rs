@@ -1,14 +1,23 @@
-//! The RocmForge runtime: launch planning with checked grid math (this crate's part of
-//! the DSL issue), and the host types the generated launchers use.
+//! The RocmForge runtime: launch planning with checked grid math, devices
+//! ([`Device`]: `cpu`, `cuda:N`, `hip:N`), RAII device memory, run-time compilation with
+//! an on-disk cache, and launches.
 //!
-//! Device backends (HIP, CUDA), RAII memory, streams and the module cache come with the
-//! runtime issue; until then a launcher's product is a [`LaunchPlan`] and the host path
-//! runs the IR interpreter ([`rocmforge_dsl::interp`]).
+//! - [`plan`]: a launcher's arguments to a checked [`LaunchPlan`].
+//! - [`device`]: listing and opening devices; the CPU runs the IR interpreter.
+//! - `cuda` (feature `cuda`): NVIDIA through cudarc, NVRTC to CUBIN.
+//! - `hip` (feature `rocm`): AMD through hip-runtime-sys, AOT code objects or hiprtc.
 
+pub mod cache;
+pub mod device;
+pub mod diskcache;
 pub mod plan;
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "rocm")]
+pub mod hip;
+
+pub use device::{Backend, CpuDevice, Device, DeviceError, DeviceInfo};
 
 pub use plan::{plan, plan_spec, Arg, ArgValue, DeviceLimits, LaunchError, LaunchPlan, TensorArg, TensorDesc};
 pub use rocmforge_dsl as dsl;

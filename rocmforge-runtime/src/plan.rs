@@ -7,7 +7,7 @@
 
 use rocmforge_dsl::args::{resolve, ArgDesc, ArgError, Dims};
 use rocmforge_dsl::ir::{Kernel, Kind, ScalarTy};
-use rocmforge_dsl::spec::{symbol_name, RowMode, Spec};
+use rocmforge_dsl::spec::{launch_symbol, RowMode, Spec};
 use rocmforge_dsl::DType;
 
 /// The limits of a device that launch planning checks against.
@@ -24,6 +24,9 @@ pub struct DeviceLimits {
 }
 
 impl DeviceLimits {
+    /// The host device (the interpreter has no launch limits; plans use these shapes).
+    pub const HOST: DeviceLimits =
+        DeviceLimits { warp_size: 32, max_threads_per_block: 1024, max_grid: [i32::MAX as u32, 65535, 65535], max_shared_bytes: 48 * 1024 };
     /// NVIDIA sm_80/sm_90 limits (A100, H100).
     pub const NVIDIA_SM90: DeviceLimits =
         DeviceLimits { warp_size: 32, max_threads_per_block: 1024, max_grid: [i32::MAX as u32, 65535, 65535], max_shared_bytes: 48 * 1024 };
@@ -57,7 +60,8 @@ pub struct LaunchPlan {
     pub kernel: String,
     /// The specialization chosen.
     pub spec: Spec,
-    /// Its symbol (from [`rocmforge_dsl::symbol_name`]).
+    /// Its symbol (from [`rocmforge_dsl::launch_symbol`]: the spec's symbol, or its wide
+    /// variant for rows past the register cache).
     pub symbol: String,
     /// Workgroups per dimension.
     pub grid: [u32; 3],
@@ -306,9 +310,13 @@ pub fn plan_spec(kernel: &Kernel, limits: &DeviceLimits, args: &[Arg<'_>], force
     }
     // The kernels grid-stride, so clamping to the device's limit stays correct.
     let grid_x = blocks_needed.clamp(1, u64::from(limits.max_grid[0]));
+    let cols = match dims {
+        Dims::Rowwise { cols, .. } => cols,
+        _ => 0,
+    };
     Ok(LaunchPlan {
         kernel: kernel.name.clone(),
-        symbol: symbol_name(&kernel.name, &spec),
+        symbol: launch_symbol(kernel, &spec, cols),
         spec,
         grid: [u32::try_from(grid_x).unwrap_or(u32::MAX), 1, 1],
         block: [spec.block, 1, 1],
