@@ -4,6 +4,7 @@
 //! The CPU device runs kernels through the IR interpreter, the reference semantics;
 //! the GPU backends are compiled in by the `cuda` and `rocm` features.
 
+#[cfg(any(feature = "cuda", feature = "rocm"))]
 use std::sync::Arc;
 
 use rocmforge_dsl::interp::HostArg;
@@ -195,6 +196,7 @@ impl Device {
 
     /// Every device this build can open, GPUs first, the CPU last. A backend whose
     /// driver is missing contributes nothing.
+    #[allow(clippy::vec_init_then_push, reason = "the GPU loops above the push are compiled in by features")]
     pub fn list() -> Vec<DeviceInfo> {
         let mut out = Vec::new();
         #[cfg(feature = "cuda")]

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 /// FNV-1a over several byte strings (each terminated, so ("ab", "c") != ("a", "bc")).
+#[cfg_attr(not(any(feature = "cuda", feature = "rocm", test)), allow(dead_code, reason = "used by the GPU backends"))]
 pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {
@@ -31,6 +32,7 @@ pub fn cache_dir() -> Option<PathBuf> {
 }
 
 /// Writes `contents` to `path` (in `dir`) through a temporary file and a rename.
+#[cfg_attr(not(any(feature = "cuda", feature = "rocm", test)), allow(dead_code, reason = "used by the GPU backends"))]
 pub(crate) fn write_atomic(dir: &Path, path: &Path, contents: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
@@ -44,6 +46,7 @@ pub(crate) fn write_atomic(dir: &Path, path: &Path, contents: &[u8]) -> std::io:
 }
 
 /// The cached file for (`symbol`, `arch`, source, compiler version), with `ext`.
+#[cfg_attr(not(any(feature = "cuda", feature = "rocm", test)), allow(dead_code, reason = "used by the GPU backends"))]
 pub(crate) fn entry(dir: &Path, symbol: &str, arch: &str, src: &str, compiler: &str, ext: &str) -> PathBuf {
     let key = fnv1a(&[src.as_bytes(), arch.as_bytes(), compiler.as_bytes()]);
     dir.join(format!("{symbol}-{arch}-{key:016x}.{ext}"))

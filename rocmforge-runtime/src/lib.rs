@@ -2,7 +2,7 @@
 //! ([`Device`]: `cpu`, `cuda:N`, `hip:N`), RAII device memory, run-time compilation with
 //! an on-disk cache, and launches.
 //!
-//! - [`plan`]: a launcher's arguments to a checked [`LaunchPlan`].
+//! - [`mod@plan`]: a launcher's arguments to a checked [`LaunchPlan`].
 //! - [`device`]: listing and opening devices; the CPU runs the IR interpreter.
 //! - `cuda` (feature `cuda`): NVIDIA through cudarc, NVRTC to CUBIN.
 //! - `hip` (feature `rocm`): AMD through hip-runtime-sys, AOT code objects or hiprtc.
