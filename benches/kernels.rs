@@ -18,7 +18,7 @@ use rocmforge::runtime::cuda::{CudaDevice, DeviceTensor};
 use rocmforge::runtime::{plan, Arg, DType, HostTensor, Kernel};
 
 const WARMUP: usize = 10;
-const ITERS: usize = 60;
+const ITERS: usize = 200;
 const ROTATE_BYTES: usize = 512 << 20;
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -26,21 +26,23 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Median device time of `f(i)` over ITERS runs after WARMUP. Every run's start event,
+/// launch and end event are enqueued back to back without waiting, so the GPU runs them
+/// in sequence while the host works ahead: an interval holds the kernel, not the host's
+/// launch latency (the method of triton's `do_bench`). Callers plan outside `f`.
 fn time_ms(dev: &CudaDevice, mut f: impl FnMut(usize)) -> f64 {
     for i in 0..WARMUP {
         f(i);
     }
     dev.synchronize().unwrap();
-    let mut times = Vec::with_capacity(ITERS);
-    for i in 0..ITERS {
-        let (a, b) = (dev.event().unwrap(), dev.event().unwrap());
-        dev.record(&a).unwrap();
+    let events: Vec<_> = (0..ITERS).map(|_| (dev.event().unwrap(), dev.event().unwrap())).collect();
+    for (i, (a, b)) in events.iter().enumerate() {
+        dev.record(a).unwrap();
         f(i);
-        dev.record(&b).unwrap();
-        b.synchronize().unwrap();
-        times.push(f64::from(a.elapsed_ms(&b).unwrap()));
+        dev.record(b).unwrap();
     }
-    median(times)
+    dev.synchronize().unwrap();
+    median(events.iter().map(|(a, b)| f64::from(a.elapsed_ms(b).unwrap())).collect())
 }
 
 fn random(dev: &Arc<CudaDevice>, d: DType, shape: &[usize], rng: &mut Rng) -> DeviceTensor {
@@ -59,18 +61,20 @@ struct Case {
 /// Runs `k` over `sets` rotating argument sets; `tensors` gives, per set, the tensor
 /// arguments in parameter order, and `scalars` the scalars by parameter index.
 fn bench(dev: &Arc<CudaDevice>, k: &Kernel, sets: &[Vec<DeviceTensor>], scalars: &[(usize, f32)]) -> f64 {
-    time_ms(dev, |i| {
-        let set = &sets[i % sets.len()];
-        let mut ti = set.iter();
-        let args: Vec<Arg<'_>> = (0..k.params.len())
-            .map(|p| match scalars.iter().find(|(j, _)| *j == p) {
-                Some((_, v)) => Arg::F32(*v),
-                None => Arg::Tensor(ti.next().unwrap()),
-            })
-            .collect();
-        let plan = plan(k, dev.limits(), &args).unwrap();
-        dev.launch(k, &plan).unwrap();
-    })
+    let plans: Vec<_> = sets
+        .iter()
+        .map(|set| {
+            let mut ti = set.iter();
+            let args: Vec<Arg<'_>> = (0..k.params.len())
+                .map(|p| match scalars.iter().find(|(j, _)| *j == p) {
+                    Some((_, v)) => Arg::F32(*v),
+                    None => Arg::Tensor(ti.next().unwrap()),
+                })
+                .collect();
+            plan(k, dev.limits(), &args).unwrap()
+        })
+        .collect();
+    time_ms(dev, |i| dev.launch(k, &plans[i % plans.len()]).unwrap())
 }
 
 fn main() {
@@ -180,15 +184,17 @@ fn main() {
         let out = dev.alloc(d, &[r, c]).unwrap();
         let chosen = rocmforge::runtime::plan::choose_row_spec(k, Some(d), dev.limits().warp_size, c as u64);
         for spec in k.specs(dev.limits().warp_size).into_iter().filter(|s| s.dtype == Some(d)) {
-            let ms = time_ms(&dev, |i| {
-                let args: Vec<Arg<'_>> = if k.name == "softmax" {
-                    vec![Arg::Tensor(&x[i % 4]), Arg::Tensor(&out), Arg::F32(0.088)]
-                } else {
-                    vec![Arg::Tensor(&x[i % 4]), Arg::Tensor(&w), Arg::Tensor(&out), Arg::F32(1e-5)]
-                };
-                let p = rocmforge::runtime::plan_spec(k, dev.limits(), &args, Some(spec)).unwrap();
-                dev.launch(k, &p).unwrap();
-            });
+            let plans: Vec<_> = (0..4)
+                .map(|i| {
+                    let args: Vec<Arg<'_>> = if k.name == "softmax" {
+                        vec![Arg::Tensor(&x[i]), Arg::Tensor(&out), Arg::F32(0.088)]
+                    } else {
+                        vec![Arg::Tensor(&x[i]), Arg::Tensor(&w), Arg::Tensor(&out), Arg::F32(1e-5)]
+                    };
+                    rocmforge::runtime::plan_spec(k, dev.limits(), &args, Some(spec)).unwrap()
+                })
+                .collect();
+            let ms = time_ms(&dev, |i| dev.launch(k, &plans[i % 4]).unwrap());
             let gbs = (2 * r * c * d.size()) as f64 / (ms * 1e-3) / 1e9;
             let mark = if Some(spec) == chosen { "*" } else { " " };
             println!(

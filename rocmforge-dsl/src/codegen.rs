@@ -119,6 +119,7 @@ pub fn render_spec(kernel: &Kernel, spec: &Spec) -> Result<String, CodegenError>
                     accs: reds.iter().map(|&r| format!("acc{r} = {}", lw.reductions[r].op_init())).collect(),
                     reduce: reds.iter().map(|&r| lw.reductions[r].finish(r)).collect(),
                     element_code: lw.element_code(kernel, spec, p, 28),
+                    element_code_unmasked: lw.element_code(kernel, spec, p, 24),
                     reads: io_list(kernel, spec, &lw.pass_needs(p).1),
                 });
             }
@@ -168,6 +169,8 @@ struct PassCtx {
     accs: Vec<String>,
     reduce: Vec<String>,
     element_code: String,
+    /// The same, indented for the cached kernel's loop (no bounds check around it).
+    element_code_unmasked: String,
     /// Tensors this pass reads.
     reads: Vec<IoCtx>,
 }

@@ -61,17 +61,22 @@ pub fn symbol_name(kernel: &str, spec: &Spec) -> String {
     s
 }
 
-/// Suffix of a rowwise specialization's second kernel, for rows wider than its register
-/// cache (`Kernel::row_capacity`): the launch plan picks it from the column count, so
-/// neither kernel carries the other's code (and registers).
+/// Suffix of a rowwise specialization's second kernel, for the rows its register-cached
+/// kernel does not take: wider than `Kernel::row_capacity`, not a multiple of the vector
+/// width, or with a tensor not 16-byte aligned. The launch plan picks it, so neither
+/// kernel carries the other's code (and registers).
 pub const WIDE_SUFFIX: &str = "_wide";
 
 /// The symbol a rowwise launch of `cols` columns uses: [`symbol_name`], with
-/// [`WIDE_SUFFIX`] past the register cache; other kinds have one symbol per spec.
-pub fn launch_symbol(kernel: &Kernel, spec: &Spec, cols: u64) -> String {
+/// [`WIDE_SUFFIX`] unless the row fits the register cache in whole 16-byte groups
+/// (`aligned`: every tensor pointer is 16-byte aligned). Other kinds have one symbol.
+pub fn launch_symbol(kernel: &Kernel, spec: &Spec, cols: u64, aligned: bool) -> String {
     let mut s = symbol_name(&kernel.name, spec);
-    if matches!(kernel.kind, crate::ir::Kind::Rowwise) && cols > kernel.row_capacity(spec) {
-        s.push_str(WIDE_SUFFIX);
+    if matches!(kernel.kind, crate::ir::Kind::Rowwise) {
+        let fits = cols <= kernel.row_capacity(spec) && cols % u64::from(kernel.vec_width(spec)) == 0 && aligned;
+        if !fits {
+            s.push_str(WIDE_SUFFIX);
+        }
     }
     s
 }

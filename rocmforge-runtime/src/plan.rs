@@ -314,9 +314,10 @@ pub fn plan_spec(kernel: &Kernel, limits: &DeviceLimits, args: &[Arg<'_>], force
         Dims::Rowwise { cols, .. } => cols,
         _ => 0,
     };
+    let aligned = values.iter().all(|v| !matches!(v, ArgValue::Ptr(p) if p % 16 != 0));
     Ok(LaunchPlan {
         kernel: kernel.name.clone(),
-        symbol: launch_symbol(kernel, &spec, cols),
+        symbol: launch_symbol(kernel, &spec, cols, aligned),
         spec,
         grid: [u32::try_from(grid_x).unwrap_or(u32::MAX), 1, 1],
         block: [spec.block, 1, 1],
