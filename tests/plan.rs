@@ -155,8 +155,8 @@ fn rope_plan_passes_q_and_k_heads() {
     )
     .unwrap();
     assert_eq!(p.symbol, "rf_rope_neox_bf16_hd128_b256");
-    // 64 pairs in groups of 8: 8 threads per token, each looping over the 32 + 8 heads.
-    assert_eq!(p.grid[0] as u64, (4096u64 * 8).div_ceil(256));
+    // 64 pairs in groups of 8 and 32 + 8 heads in groups of 4: 8 x 10 threads per token.
+    assert_eq!(p.grid[0] as u64, (4096u64 * 8 * 10).div_ceil(256));
     assert_eq!(&p.args[5..], &[ArgValue::I64(4096), ArgValue::I32(32), ArgValue::I32(8), ArgValue::I32(64)]);
 }
 

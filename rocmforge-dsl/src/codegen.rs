@@ -142,6 +142,7 @@ pub fn render_spec(kernel: &Kernel, spec: &Spec) -> Result<String, CodegenError>
                 },
             );
             ctx.insert("head_dim", &head_dim);
+            ctx.insert("heads_per_thread", &crate::spec::ROPE_HEADS_PER_THREAD);
             ctx.insert("pairs", &pairs);
             ctx.insert("hd_aligned", &(head_dim as usize * dtype.size()).is_multiple_of(16));
             ctx.insert("storage", dtype.c_storage());

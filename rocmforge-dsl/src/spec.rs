@@ -61,6 +61,9 @@ pub fn symbol_name(kernel: &str, spec: &Spec) -> String {
     s
 }
 
+/// Heads one RoPE thread rotates (its cos/sin are computed once for them).
+pub const ROPE_HEADS_PER_THREAD: u32 = 4;
+
 /// Suffix of a rowwise specialization's second kernel, for the rows its register-cached
 /// kernel does not take: wider than `Kernel::row_capacity`, not a multiple of the vector
 /// width, or with a tensor not 16-byte aligned. The launch plan picks it, so neither
@@ -73,7 +76,7 @@ pub const WIDE_SUFFIX: &str = "_wide";
 pub fn launch_symbol(kernel: &Kernel, spec: &Spec, cols: u64, aligned: bool) -> String {
     let mut s = symbol_name(&kernel.name, spec);
     if matches!(kernel.kind, crate::ir::Kind::Rowwise) {
-        let fits = cols <= kernel.row_capacity(spec) && cols % u64::from(kernel.vec_width(spec)) == 0 && aligned;
+        let fits = cols <= kernel.row_capacity(spec) && cols.is_multiple_of(u64::from(kernel.vec_width(spec))) && aligned;
         if !fits {
             s.push_str(WIDE_SUFFIX);
         }

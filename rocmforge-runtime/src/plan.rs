@@ -272,8 +272,12 @@ pub fn plan_spec(kernel: &Kernel, limits: &DeviceLimits, args: &[Arg<'_>], force
                 _ => kernel.vec_width(&spec),
             });
             let heads = q_heads.checked_add(k_heads).ok_or_else(|| overflow(kernel, "heads"))?;
-            // One thread per token and group of pairs; it loops over the heads.
-            let work = tokens.checked_mul(ceil_div(half_rot, pairs)).ok_or_else(|| overflow(kernel, "rope work items"))?;
+            // One thread per token, group of heads and group of pairs.
+            let head_groups = ceil_div(heads, u64::from(rocmforge_dsl::spec::ROPE_HEADS_PER_THREAD));
+            let work = tokens
+                .checked_mul(ceil_div(half_rot, pairs))
+                .and_then(|w| w.checked_mul(head_groups))
+                .ok_or_else(|| overflow(kernel, "rope work items"))?;
             i64_of("rope work items", work)?;
             values.push(ArgValue::I64(i64_of("tokens", tokens)?));
             values.push(ArgValue::I32(i32_of("q heads", q_heads)?));
