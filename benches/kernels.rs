@@ -207,9 +207,37 @@ fn main() {
         }
     }
     println!();
-    println!("{:<34} {:>10} {:>10} {:>9} {:>8}  peer", "kernel", "MB moved", "median us", "GB/s", "of copy");
+    println!(
+        "{:<34} {:>10} {:>10} {:>9} {:>8} {:>10} {:>8}  peer",
+        "kernel", "MB moved", "median us", "GB/s", "of copy", "copy us", "vs copy"
+    );
     for c in &cases {
         let gbs = c.bytes as f64 / (c.ms * 1e-3) / 1e9;
-        println!("{:<34} {:>10.1} {:>10.1} {:>9.0} {:>8.2}  {}", c.name, c.bytes as f64 / 1e6, c.ms * 1e3, gbs, gbs / copy_gbs, c.peer);
+        let same = same_size_copy_us(&dev, c.bytes);
+        println!(
+            "{:<34} {:>10.1} {:>10.1} {:>9.0} {:>8.2} {:>10.1} {:>8.2}  {}",
+            c.name,
+            c.bytes as f64 / 1e6,
+            c.ms * 1e3,
+            gbs,
+            gbs / copy_gbs,
+            same,
+            same / (c.ms * 1e3),
+            c.peer
+        );
     }
+    println!(
+        "\n(same-size copy: a device-to-device copy moving the kernel's bytes, half read and half written, \
+         timed the same way: the fastest any kernel of that traffic can be; `vs copy` = its time / the kernel's)"
+    );
+}
+
+/// Median microseconds of a device-to-device copy moving `bytes` in all (half read, half
+/// written), over 4 rotating buffer pairs: the floor for any kernel of that traffic,
+/// launch ramp and tail included.
+fn same_size_copy_us(dev: &Arc<CudaDevice>, bytes: usize) -> f64 {
+    let n = (bytes / 2).div_ceil(4);
+    let src: Vec<DeviceTensor> = (0..4).map(|_| dev.alloc(DType::F32, &[n]).unwrap()).collect();
+    let mut dst: Vec<DeviceTensor> = (0..4).map(|_| dev.alloc(DType::F32, &[n]).unwrap()).collect();
+    time_ms(dev, |i| dev.copy(&src[i % 4], &mut dst[i % 4]).unwrap()) * 1e3
 }
