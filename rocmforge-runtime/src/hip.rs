@@ -240,6 +240,32 @@ impl HipDevice {
         })
     }
 
+    /// Device-to-device copy of `src` into `dst` (same byte size).
+    pub fn copy(&self, src: &HipTensor, dst: &mut HipTensor) -> Result<(), HipError> {
+        if src.bytes != dst.bytes {
+            return Err(HipError::SizeMismatch { what: "device copy", host: src.bytes, device: dst.bytes });
+        }
+        self.bind()?;
+        // SAFETY: both allocations hold `src.bytes` bytes and are distinct (`&mut dst`).
+        check("hipMemcpy(DtoD)", unsafe { hip::hipMemcpy(dst.ptr, src.ptr, src.bytes, hip::hipMemcpyKind::hipMemcpyDeviceToDevice) })
+    }
+
+    /// Fills a tensor with all-ones bytes: NaN in f32, f16 and bf16.
+    pub fn poison(&self, d: &mut HipTensor) -> Result<(), HipError> {
+        self.bind()?;
+        // SAFETY: writes exactly the allocation's bytes.
+        check("hipMemset", unsafe { hip::hipMemset(d.ptr, 0xff, d.bytes) })
+    }
+
+    /// A timing event (recorded on the null stream, which launches use).
+    pub fn event(&self) -> Result<HipEvent, HipError> {
+        self.bind()?;
+        let mut e: hip::hipEvent_t = std::ptr::null_mut();
+        // SAFETY: writes one handle, owned by the returned HipEvent and destroyed in its Drop.
+        check("hipEventCreate", unsafe { hip::hipEventCreate(&mut e) })?;
+        Ok(HipEvent(e))
+    }
+
     /// Waits for all work on the device.
     pub fn synchronize(&self) -> Result<(), HipError> {
         self.bind()?;
@@ -495,5 +521,34 @@ impl Drop for HipTensor {
         if r != hip::hipError_t::hipSuccess {
             tracing::warn!("hipFree failed: {r:?}");
         }
+    }
+}
+
+/// A HIP event: record it on the stream, then read the time between two.
+#[derive(Debug)]
+pub struct HipEvent(hip::hipEvent_t);
+
+impl HipEvent {
+    /// Records the event on the null stream.
+    pub fn record(&self) -> Result<(), HipError> {
+        // SAFETY: the handle is live (destroyed only in Drop).
+        check("hipEventRecord", unsafe { hip::hipEventRecord(self.0, std::ptr::null_mut()) })
+    }
+    /// Milliseconds from `self` to `later`, after waiting for `later`.
+    pub fn elapsed_ms(&self, later: &HipEvent) -> Result<f32, HipError> {
+        let mut ms = 0f32;
+        // SAFETY: both handles are live; writes one float.
+        unsafe {
+            check("hipEventSynchronize", hip::hipEventSynchronize(later.0))?;
+            check("hipEventElapsedTime", hip::hipEventElapsedTime(&mut ms, self.0, later.0))?;
+        }
+        Ok(ms)
+    }
+}
+
+impl Drop for HipEvent {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from hipEventCreate and is destroyed once, here.
+        let _ = unsafe { hip::hipEventDestroy(self.0) };
     }
 }
