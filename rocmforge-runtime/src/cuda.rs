@@ -20,7 +20,7 @@ use rocmforge_dsl::{DType, Kernel, Spec};
 
 use crate::cache::OnceMap;
 use crate::diskcache::{cache_dir, entry, write_atomic};
-use crate::plan::{ArgValue, DeviceLimits, LaunchError, LaunchPlan, TensorArg};
+use crate::plan::{DeviceLimits, LaunchError, LaunchPlan, TensorArg};
 
 /// A failure in the CUDA backend.
 #[derive(Debug, thiserror::Error)]
@@ -372,21 +372,7 @@ impl CudaDevice {
             return Err(LaunchError::Kernel(format!("plan for `{}` launched as `{}`", plan.kernel, kernel.name)).into());
         }
         let f = self.function(kernel, &plan.spec, &plan.symbol)?;
-        let mut storage: Vec<[u8; 8]> = plan
-            .args
-            .iter()
-            .map(|a| {
-                let mut b = [0u8; 8];
-                match a {
-                    ArgValue::Ptr(p) => b.copy_from_slice(&p.to_ne_bytes()),
-                    ArgValue::I64(v) => b.copy_from_slice(&v.to_ne_bytes()),
-                    ArgValue::F32(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
-                    ArgValue::I32(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
-                    ArgValue::U32(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
-                }
-                b
-            })
-            .collect();
+        let mut storage = plan.param_slots();
         let mut params: Vec<*mut std::ffi::c_void> = storage.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
         self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
         // SAFETY: the plan was checked against this kernel's declaration: one parameter

@@ -242,36 +242,50 @@ impl Device {
         match self {
             Device::Cpu(c) => c.info(),
             #[cfg(feature = "cuda")]
-            Device::Cuda(d) => {
-                let (free, total) = d.memory_info().unwrap_or((0, d.total_memory()));
-                DeviceInfo {
-                    id: format!("cuda:{}", d.ordinal()),
-                    backend: Backend::Cuda,
-                    name: d.name().to_string(),
-                    arch: d.arch().to_string(),
-                    warp_size: d.limits().warp_size,
-                    compute_units: d.compute_units(),
-                    memory_total: total as u64,
-                    memory_free: free as u64,
-                    limits: *d.limits(),
-                }
-            }
+            Device::Cuda(d) => gpu_info(
+                format!("cuda:{}", d.ordinal()),
+                Backend::Cuda,
+                d.name(),
+                d.arch(),
+                d.compute_units(),
+                *d.limits(),
+                d.memory_info().unwrap_or((0, d.total_memory())),
+            ),
             #[cfg(feature = "rocm")]
-            Device::Hip(d) => {
-                let (free, total) = d.memory_info().unwrap_or((0, d.total_memory()));
-                DeviceInfo {
-                    id: format!("hip:{}", d.ordinal()),
-                    backend: Backend::Hip,
-                    name: d.name().to_string(),
-                    arch: d.arch().to_string(),
-                    warp_size: d.limits().warp_size,
-                    compute_units: d.compute_units(),
-                    memory_total: total as u64,
-                    memory_free: free as u64,
-                    limits: *d.limits(),
-                }
-            }
+            Device::Hip(d) => gpu_info(
+                format!("hip:{}", d.ordinal()),
+                Backend::Hip,
+                d.name(),
+                d.arch(),
+                d.compute_units(),
+                *d.limits(),
+                d.memory_info().unwrap_or((0, d.total_memory())),
+            ),
         }
+    }
+}
+
+/// A GPU's description from its backend's properties and (free, total) memory.
+#[cfg(any(feature = "cuda", feature = "rocm"))]
+fn gpu_info(
+    id: String,
+    backend: Backend,
+    name: &str,
+    arch: &str,
+    compute_units: u32,
+    limits: DeviceLimits,
+    mem: (usize, usize),
+) -> DeviceInfo {
+    DeviceInfo {
+        id,
+        backend,
+        name: name.to_string(),
+        arch: arch.to_string(),
+        warp_size: limits.warp_size,
+        compute_units,
+        memory_total: mem.1 as u64,
+        memory_free: mem.0 as u64,
+        limits,
     }
 }
 

@@ -14,7 +14,7 @@ use rocmforge_dsl::{DType, Kernel, Spec};
 
 use crate::cache::OnceMap;
 use crate::diskcache::{cache_dir, entry, write_atomic};
-use crate::plan::{ArgValue, DeviceLimits, LaunchError, LaunchPlan};
+use crate::plan::{DeviceLimits, LaunchError, LaunchPlan};
 
 /// Errors of the AMD backend; each names the failing call.
 #[derive(Debug, thiserror::Error)]
@@ -308,21 +308,7 @@ impl HipDevice {
         }
         self.bind()?;
         let f = self.function(kernel, &plan.spec, &plan.symbol)?;
-        let mut storage: Vec<[u8; 8]> = plan
-            .args
-            .iter()
-            .map(|a| {
-                let mut b = [0u8; 8];
-                match a {
-                    ArgValue::Ptr(p) => b.copy_from_slice(&p.to_ne_bytes()),
-                    ArgValue::I64(v) => b.copy_from_slice(&v.to_ne_bytes()),
-                    ArgValue::F32(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
-                    ArgValue::I32(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
-                    ArgValue::U32(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
-                }
-                b
-            })
-            .collect();
+        let mut storage = plan.param_slots();
         let mut params: Vec<*mut c_void> = storage.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
         // SAFETY: as for the CUDA backend: one 8-byte slot per kernel parameter in order,
         // each holding the value in the width the generated signature declares; grid and

@@ -75,6 +75,29 @@ pub struct LaunchPlan {
     pub dims: Dims,
 }
 
+impl LaunchPlan {
+    /// The kernel parameters as the driver's `void**` launch API wants them: one 8-byte
+    /// slot per parameter, in order, each holding the value in the width the generated
+    /// signature declares (pointers and `long long` 8 bytes; float, int, unsigned the
+    /// first 4).
+    pub fn param_slots(&self) -> Vec<[u8; 8]> {
+        self.args
+            .iter()
+            .map(|a| {
+                let mut b = [0u8; 8];
+                match a {
+                    ArgValue::Ptr(p) => b.copy_from_slice(&p.to_ne_bytes()),
+                    ArgValue::I64(v) => b.copy_from_slice(&v.to_ne_bytes()),
+                    ArgValue::F32(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
+                    ArgValue::I32(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
+                    ArgValue::U32(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
+                }
+                b
+            })
+            .collect()
+    }
+}
+
 /// A tensor as a launcher sees it: dtype, shape and device address.
 pub trait TensorArg {
     /// Element type.
