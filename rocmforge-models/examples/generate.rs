@@ -55,14 +55,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit(run(&Args::parse()))
 }
 
 fn run(args: &Args) -> Result<(), String> {
@@ -102,7 +95,7 @@ fn run(args: &Args) -> Result<(), String> {
     };
     let mut stdout = std::io::stdout();
     if text_out {
-        print!("{}", if args.chat { &prompt_text } else { &args.prompt });
+        print!("{prompt_text}");
         let _ = stdout.flush();
     }
     let g = model

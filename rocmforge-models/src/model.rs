@@ -42,7 +42,10 @@ impl Model {
     /// memory-mapped), tokenizer.json, the chat template and generation_config.json.
     pub fn load(dir: &Path, opts: LoadOptions) -> Result<Self> {
         if !dir.is_dir() {
-            return Err(ModelError::MissingFile { path: dir.to_path_buf(), what: "to be a directory (a Hugging Face model directory)" });
+            return Err(ModelError::MissingFile {
+                path: dir.to_path_buf(),
+                what: "config.json, the safetensors weights and tokenizer.json in a directory",
+            });
         }
         let cfg = ModelConfig::from_dir(dir)?;
         let codec = TextCodec::from_dir(dir)?;

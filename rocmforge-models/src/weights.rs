@@ -159,7 +159,6 @@ impl Checkpoint {
         }
         let (begin, end) = (shard.data_start + e.begin, shard.data_start + e.end);
         let bytes = shard.map.get(begin..end).ok_or_else(|| bad("data offsets run past the end of the file".into()))?;
-        let n = bytes.len() / e.dtype.bitsize().max(8) * 8;
         let data = match e.dtype {
             Dtype::F32 if cfg!(target_endian = "little") && bytemuck::try_cast_slice::<u8, f32>(bytes).is_ok() => {
                 return Ok(Weight {
@@ -167,16 +166,17 @@ impl Checkpoint {
                     shape: shape.to_vec(),
                 })
             }
-            Dtype::F32 => widen(bytes, n, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))?,
-            Dtype::F16 => widen(bytes, n, 2, |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())?,
-            Dtype::BF16 => widen(bytes, n, 2, |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())?,
+            Dtype::F32 => widen(bytes, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))?,
+            Dtype::F16 => widen(bytes, 2, |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())?,
+            Dtype::BF16 => widen(bytes, 2, |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())?,
             other => return Err(bad(format!("dtype {other:?} is not supported (F32, F16, BF16)"))),
         };
         Ok(Weight { data: WeightData::Owned(data), shape: shape.to_vec() })
     }
 }
 
-fn widen(bytes: &[u8], n: usize, size: usize, f: impl Fn(&[u8]) -> f32) -> Result<Vec<f32>> {
+fn widen(bytes: &[u8], size: usize, f: impl Fn(&[u8]) -> f32) -> Result<Vec<f32>> {
+    let n = bytes.len() / size;
     let mut out = Vec::new();
     out.try_reserve_exact(n).map_err(|_| ModelError::OutOfMemory { bytes: n * 4, what: "weights" })?;
     out.extend(bytes.chunks_exact(size).map(f));

@@ -195,7 +195,7 @@ impl CudaDevice {
 
     /// Allocates an uninitialized tensor.
     pub fn alloc(self: &Arc<Self>, dtype: DType, shape: &[usize]) -> Result<DeviceTensor, CudaError> {
-        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).and_then(|n| n.checked_mul(dtype.size()));
+        let n = crate::plan::byte_size(dtype, shape);
         let Some(bytes) = n else {
             return Err(CudaError::OutOfMemory { requested: usize::MAX, free: 0, total: self.total_mem });
         };

@@ -159,18 +159,10 @@ impl Device {
     /// Opens a device by name: `cpu`, `cuda:N` (or `cuda`), `hip:N` (or `hip`).
     pub fn open(name: &str) -> Result<Device, DeviceError> {
         let (backend, ordinal) = parse(name)?;
-        let unavailable = |reason: String| DeviceError::Unavailable { name: name.to_string(), reason };
-        let _ = (&unavailable, ordinal);
         match backend {
             Backend::Cpu => Ok(Device::Cpu(CpuDevice)),
-            #[cfg(feature = "cuda")]
-            Backend::Cuda => crate::cuda::CudaDevice::open(ordinal).map(Device::Cuda).map_err(|e| unavailable(e.to_string())),
-            #[cfg(not(feature = "cuda"))]
-            Backend::Cuda => Err(DeviceError::NotCompiled { name: name.to_string(), feature: "cuda" }),
-            #[cfg(feature = "rocm")]
-            Backend::Hip => crate::hip::HipDevice::open(ordinal, &[]).map(Device::Hip).map_err(|e| unavailable(e.to_string())),
-            #[cfg(not(feature = "rocm"))]
-            Backend::Hip => Err(DeviceError::NotCompiled { name: name.to_string(), feature: "rocm" }),
+            Backend::Cuda => open_cuda(name, ordinal),
+            Backend::Hip => open_hip(name, ordinal),
         }
     }
 
@@ -263,6 +255,30 @@ impl Device {
             ),
         }
     }
+}
+
+#[cfg(feature = "cuda")]
+fn open_cuda(name: &str, ordinal: usize) -> Result<Device, DeviceError> {
+    crate::cuda::CudaDevice::open(ordinal)
+        .map(Device::Cuda)
+        .map_err(|e| DeviceError::Unavailable { name: name.to_string(), reason: e.to_string() })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_cuda(name: &str, _ordinal: usize) -> Result<Device, DeviceError> {
+    Err(DeviceError::NotCompiled { name: name.to_string(), feature: "cuda" })
+}
+
+#[cfg(feature = "rocm")]
+fn open_hip(name: &str, ordinal: usize) -> Result<Device, DeviceError> {
+    crate::hip::HipDevice::open(ordinal, &[])
+        .map(Device::Hip)
+        .map_err(|e| DeviceError::Unavailable { name: name.to_string(), reason: e.to_string() })
+}
+
+#[cfg(not(feature = "rocm"))]
+fn open_hip(name: &str, _ordinal: usize) -> Result<Device, DeviceError> {
+    Err(DeviceError::NotCompiled { name: name.to_string(), feature: "rocm" })
 }
 
 /// A GPU's description from its backend's properties and (free, total) memory.

@@ -3,10 +3,12 @@
 //! to a temporary file and renamed into place so that a concurrent process never reads a
 //! half-written file.
 
+// Only the GPU backends write kernels; a CPU-only build keeps the (tested) helpers.
+#![cfg_attr(not(any(feature = "cuda", feature = "rocm")), allow(dead_code, reason = "used by the GPU backends"))]
+
 use std::path::{Path, PathBuf};
 
 /// FNV-1a over several byte strings (each terminated, so ("ab", "c") != ("a", "bc")).
-#[cfg_attr(not(any(feature = "cuda", feature = "rocm", test)), allow(dead_code, reason = "used by the GPU backends"))]
 pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {
@@ -32,7 +34,6 @@ pub fn cache_dir() -> Option<PathBuf> {
 }
 
 /// Writes `contents` to `path` (in `dir`) through a temporary file and a rename.
-#[cfg_attr(not(any(feature = "cuda", feature = "rocm", test)), allow(dead_code, reason = "used by the GPU backends"))]
 pub(crate) fn write_atomic(dir: &Path, path: &Path, contents: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
@@ -46,7 +47,6 @@ pub(crate) fn write_atomic(dir: &Path, path: &Path, contents: &[u8]) -> std::io:
 }
 
 /// The cached file for (`symbol`, `arch`, source, compiler version), with `ext`.
-#[cfg_attr(not(any(feature = "cuda", feature = "rocm", test)), allow(dead_code, reason = "used by the GPU backends"))]
 pub(crate) fn entry(dir: &Path, symbol: &str, arch: &str, src: &str, compiler: &str, ext: &str) -> PathBuf {
     let key = fnv1a(&[src.as_bytes(), arch.as_bytes(), compiler.as_bytes()]);
     dir.join(format!("{symbol}-{arch}-{key:016x}.{ext}"))

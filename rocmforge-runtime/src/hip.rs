@@ -5,7 +5,7 @@
 //! typed error; hiprtc compiles without a GPU, which the tests use.
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use hip_runtime_sys as hip;
 use rocmforge_dsl::codegen::render_source;
@@ -94,7 +94,7 @@ pub struct HipDevice {
     total_mem: usize,
     limits: DeviceLimits,
     aot: Option<&'static [u8]>,
-    aot_module: OnceMap<Result<usize, String>>,
+    aot_module: OnceLock<Result<usize, String>>,
     modules: OnceMap<Result<usize, String>>,
     functions: OnceMap<Result<usize, String>>,
 }
@@ -149,7 +149,7 @@ impl HipDevice {
             total_mem: p.totalGlobalMem,
             limits,
             aot,
-            aot_module: OnceMap::new(),
+            aot_module: OnceLock::new(),
             modules: OnceMap::new(),
             functions: OnceMap::new(),
         }))
@@ -194,7 +194,7 @@ impl HipDevice {
 
     /// Allocates an uninitialized tensor.
     pub fn alloc(self: &Arc<Self>, dtype: DType, shape: &[usize]) -> Result<HipTensor, HipError> {
-        let bytes = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).and_then(|n| n.checked_mul(dtype.size()));
+        let bytes = crate::plan::byte_size(dtype, shape);
         let Some(bytes) = bytes else {
             return Err(HipError::OutOfMemory { requested: usize::MAX, free: 0, total: self.total_mem });
         };
@@ -278,7 +278,7 @@ impl HipDevice {
     fn function(&self, kernel: &Kernel, spec: &Spec, symbol: &str) -> Result<hip::hipFunction_t, HipError> {
         let f = self.functions.get_or_init(symbol, || {
             let module = match self.aot {
-                Some(bytes) => self.aot_module.get_or_init("aot", || load_module(bytes).map_err(|e| e.to_string()))?,
+                Some(bytes) => self.aot_module.get_or_init(|| load_module(bytes).map_err(|e| e.to_string())).clone()?,
                 None => self.module(kernel, spec).map_err(|e| e.to_string())?,
             };
             get_function(module, symbol).map_err(|e| e.to_string())

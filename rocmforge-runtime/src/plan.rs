@@ -119,6 +119,11 @@ pub struct TensorDesc {
     pub ptr: u64,
 }
 
+/// Bytes of a `dtype` tensor of `shape`; `None` when the size overflows `usize`.
+pub fn byte_size(dtype: DType, shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(dtype.size(), |a, &d| a.checked_mul(d))
+}
+
 impl TensorDesc {
     /// A description at address `ptr`.
     pub fn new(dtype: DType, shape: &[usize], ptr: u64) -> Self {
