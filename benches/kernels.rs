@@ -17,39 +17,8 @@ use rocmforge::models::sampling::Rng;
 use rocmforge::runtime::cuda::{CudaDevice, DeviceTensor};
 use rocmforge::runtime::{plan, Arg, DType, HostTensor, Kernel};
 
-const WARMUP: usize = 10;
-const ITERS: usize = 200;
-const ROTATE_BYTES: usize = 512 << 20;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Median device time of `f(i)` over ITERS runs after WARMUP. Every run's start event,
-/// launch and end event are enqueued back to back without waiting, so the GPU runs them
-/// in sequence while the host works ahead: an interval holds the kernel, not the host's
-/// launch latency (the method of triton's `do_bench`). Callers plan outside `f`.
-fn time_ms(dev: &CudaDevice, mut f: impl FnMut(usize)) -> f64 {
-    for i in 0..WARMUP {
-        f(i);
-    }
-    dev.synchronize().unwrap();
-    let events: Vec<_> = (0..ITERS).map(|_| (dev.event().unwrap(), dev.event().unwrap())).collect();
-    for (i, (a, b)) in events.iter().enumerate() {
-        dev.record(a).unwrap();
-        f(i);
-        dev.record(b).unwrap();
-    }
-    dev.synchronize().unwrap();
-    median(events.iter().map(|(a, b)| f64::from(a.elapsed_ms(b).unwrap())).collect())
-}
-
-fn random(dev: &Arc<CudaDevice>, d: DType, shape: &[usize], rng: &mut Rng) -> DeviceTensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
-    dev.upload(&HostTensor::from_f32(d, shape, &v).unwrap()).unwrap()
-}
+mod common;
+use common::{random, same_size_copy_us, time_ms, ROTATE_BYTES};
 
 struct Case {
     name: String,
@@ -83,20 +52,7 @@ fn main() {
     dev.prepare(&kernels::all().unwrap()).expect("compile kernels");
     let mut rng = Rng::new(7);
 
-    let copy_bytes = 1usize << 30;
-    let src = random(&dev, DType::F32, &[copy_bytes / 4], &mut rng);
-    let mut dst = dev.alloc(DType::F32, &[copy_bytes / 4]).unwrap();
-    // Bring the clocks up before measuring anything: about a second of copies.
-    let t = std::time::Instant::now();
-    while t.elapsed().as_secs_f64() < 1.0 {
-        dev.copy(&src, &mut dst).unwrap();
-        dev.synchronize().unwrap();
-    }
-    let copy_ms = time_ms(&dev, |_| dev.copy(&src, &mut dst).unwrap());
-    let copy_gbs = 2.0 * copy_bytes as f64 / (copy_ms * 1e-3) / 1e9;
-    drop((src, dst));
-    println!("device-to-device copy, read + written: {copy_gbs:.0} GB/s (1 GiB, median of {ITERS})\n");
-
+    let copy_gbs = common::copy_bandwidth(&dev, &mut rng);
     let mut cases = Vec::new();
     let (r, c) = (4096usize, 4096usize);
     for d in [DType::BF16, DType::F16] {
@@ -232,12 +188,3 @@ fn main() {
     );
 }
 
-/// Median microseconds of a device-to-device copy moving `bytes` in all (half read, half
-/// written), over 4 rotating buffer pairs: the floor for any kernel of that traffic,
-/// launch ramp and tail included.
-fn same_size_copy_us(dev: &Arc<CudaDevice>, bytes: usize) -> f64 {
-    let n = (bytes / 2).div_ceil(4);
-    let src: Vec<DeviceTensor> = (0..4).map(|_| dev.alloc(DType::F32, &[n]).unwrap()).collect();
-    let mut dst: Vec<DeviceTensor> = (0..4).map(|_| dev.alloc(DType::F32, &[n]).unwrap()).collect();
-    time_ms(dev, |i| dev.copy(&src[i % 4], &mut dst[i % 4]).unwrap()) * 1e3
-}

@@ -14,7 +14,13 @@ for l in sys.stdin:
     m=json.loads(l)
     if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="kernels" and m.get("executable"): print(m["executable"])' | tail -n1)
     cp "$bench" .gpu/bench-kernels
-    strip .gpu/selftest .gpu/bench-kernels
+    abench=$(cargo bench -p rocmforge --features cuda --bench attention --no-run --message-format=json 2>/dev/null \
+        | python3 -c 'import sys,json
+for l in sys.stdin:
+    m=json.loads(l)
+    if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="attention" and m.get("executable"): print(m["executable"])' | tail -n1)
+    cp "$abench" .gpu/bench-attention
+    strip .gpu/selftest .gpu/bench-kernels .gpu/bench-attention
     ls -la .gpu
 else
     out=${OUT:-gpu-logs}
@@ -23,15 +29,22 @@ else
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
     set +e
     .gpu/selftest > "$out/selftest-cold.log" 2>&1; echo "selftest (cold cache) exit $?"
-    .gpu/selftest > "$out/selftest-warm.log" 2>&1; echo "selftest (warm cache) exit $?"
-    .gpu/bench-kernels > "$out/bench.log" 2>&1; echo "bench exit $?"
-    grep -E "^(device|seed|modules)" "$out/selftest-cold.log" "$out/selftest-warm.log"
+    if [ "${2:-all}" != attention ]; then
+        .gpu/selftest > "$out/selftest-warm.log" 2>&1; echo "selftest (warm cache) exit $?"
+    fi
+    if [ "${2:-all}" != attention ]; then
+        .gpu/bench-kernels > "$out/bench.log" 2>&1; echo "bench exit $?"
+    fi
+    .gpu/bench-attention > "$out/bench-attention.log" 2>&1; echo "attention bench exit $?"
+    python3 benches/attention_peer.py > "$out/attention-peer.log" 2>&1; echo "attention peer exit $?"
+    grep -E "^(device|seed|modules)" "$out/selftest-cold.log" "$out/selftest-warm.log" 2>/dev/null
     grep -E "FAIL|error" "$out/selftest-cold.log" | head -20
-    tail -n 1 "$out/selftest-cold.log" "$out/selftest-warm.log"
-    cat "$out/bench.log"
+    tail -n 1 "$out/selftest-cold.log" "$out/selftest-warm.log" 2>/dev/null
+    cat "$out/bench.log" 2>/dev/null
+    cat "$out/bench-attention.log" "$out/attention-peer.log"
     # Register and spill report of the rowwise, rope and swiglu kernels (the cached CUBINs).
     if command -v /usr/local/cuda/bin/cuobjdump >/dev/null; then
-        for f in "$ROCMFORGE_CACHE_DIR"/rf_rmsnorm_bf16_b*.cubin "$ROCMFORGE_CACHE_DIR"/rf_add_rmsnorm_bf16_b*.cubin "$ROCMFORGE_CACHE_DIR"/rf_softmax_*_b*.cubin "$ROCMFORGE_CACHE_DIR"/rf_rope_neox_bf16_hd128*.cubin "$ROCMFORGE_CACHE_DIR"/rf_swiglu_bf16*.cubin; do
+        for f in "$ROCMFORGE_CACHE_DIR"/rf_rmsnorm_bf16_b*.cubin "$ROCMFORGE_CACHE_DIR"/rf_add_rmsnorm_bf16_b*.cubin "$ROCMFORGE_CACHE_DIR"/rf_softmax_*_b*.cubin "$ROCMFORGE_CACHE_DIR"/rf_rope_neox_bf16_hd128*.cubin "$ROCMFORGE_CACHE_DIR"/rf_swiglu_bf16*.cubin "$ROCMFORGE_CACHE_DIR"/rf_attention_causal_bf16_hd*.cubin; do
             /usr/local/cuda/bin/cuobjdump -res-usage "$f" 2>&1 | grep -E "Function|REG" | tr '\n' ' ' | sed "s|^|$(basename "$f" | cut -d- -f1): |"; echo
         done > "$out/ptxas.txt"
         cat "$out/ptxas.txt"

@@ -141,4 +141,122 @@ RF_DEVICE void rf_store_group(const rf_vec<T, N>& g, T* p, long long c, long lon
     }
 }
 
+
+// ---- Attention helpers ---------------------------------------------------------------
+
+RF_DEVICE int rf_mini(int a, int b) { return a < b ? a : b; }
+RF_DEVICE long long rf_minll(long long a, long long b) { return a < b ? a : b; }
+RF_DEVICE long long rf_maxll(long long a, long long b) { return a > b ? a : b; }
+
+// Copies 16 bytes global -> shared, asynchronously where the target has cp.async
+// (sm_80+); `valid == false` writes zeros instead (positions past a sequence).
+#if defined(RF_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+RF_DEVICE unsigned int rf_smem_addr(const void* p) {
+    unsigned long long a;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
+    return (unsigned int)a;
+}
+#endif
+RF_DEVICE void rf_cp_async16(void* smem, const void* gmem, bool valid) {
+#if defined(RF_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const unsigned int s = rf_smem_addr(smem);
+    const int bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
+#else
+    typedef rf_vec<unsigned int, 4> chunk;
+    chunk c;
+    if (valid) {
+        c = *reinterpret_cast<const chunk*>(gmem);
+    } else {
+        c.v[0] = c.v[1] = c.v[2] = c.v[3] = 0u;
+    }
+    *reinterpret_cast<chunk*>(smem) = c;
+#endif
+}
+RF_DEVICE void rf_cp_async_commit() {
+#if defined(RF_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+// Waits until at most N committed groups are still in flight.
+template <int N>
+RF_DEVICE void rf_cp_async_wait() {
+#if defined(RF_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+// A load that bypasses L1, for data another workgroup wrote during this launch.
+RF_DEVICE float rf_load_cg(const float* p) {
+#if defined(RF_CUDA)
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+    return v;
+#else
+    return *(const volatile float*)p;
+#endif
+}
+
+// Device-wide ordering and a counter for the last-workgroup-combines protocol.
+RF_DEVICE void rf_threadfence() {
+#if defined(RF_CUDA)
+    asm volatile("membar.gl;" ::: "memory");
+#else
+    __threadfence();
+#endif
+}
+RF_DEVICE unsigned int rf_atomic_add(unsigned int* p, unsigned int v) {
+#if defined(RF_CUDA)
+    unsigned int old;
+    asm volatile("atom.add.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
+    return old;
+#else
+    return atomicAdd(p, v);
+#endif
+}
+
+#if defined(RF_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+// Matrix-core fragments (mma.sync m16n8k16, f32 accumulate) and their loads.
+RF_DEVICE void rf_ldmatrix_x4(unsigned int (&r)[4], const void* smem) {
+    const unsigned int s = rf_smem_addr(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+RF_DEVICE void rf_ldmatrix_x4_trans(unsigned int (&r)[4], const void* smem) {
+    const unsigned int s = rf_smem_addr(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(s));
+}
+// d += a * b for one 16x8 tile; IS_BF16 picks bf16 inputs, else f16.
+template <bool IS_BF16>
+RF_DEVICE void rf_mma16816(float (&d)[4], const unsigned int (&a)[4], unsigned int b0, unsigned int b1) {
+    if (IS_BF16) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+            "{%0, %1, %2, %3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    } else {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+            "{%0, %1, %2, %3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+}
+// Two f32 as one register of two 16-bit values, the first in the low half.
+template <bool IS_BF16>
+RF_DEVICE unsigned int rf_pack2(float lo, float hi) {
+    unsigned int r;
+    if (IS_BF16) {
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    } else {
+        asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    }
+    return r;
+}
+#endif
+
 #endif  // ROCMFORGE_H

@@ -31,8 +31,8 @@ fn standard_kernels_hip() {
         }
     }
     // 2 elementwise x 3 dtypes, 3 rowwise x 3 dtypes x (4 blocks + warp-per-row) x 2 warps,
-    // 2 rope x 3 dtypes x 5 head dims.
-    assert_eq!(seen.len(), 6 + 90 + 30);
+    // 2 rope x 3 dtypes x 5 head dims, attention: 2 x 3 dtypes x 5 head dims + 3 x 2 x 2.
+    assert_eq!(seen.len(), 6 + 90 + 30 + 42);
 }
 
 #[test]

@@ -33,6 +33,24 @@ pub enum Dims {
         /// Columns (the last dimension).
         cols: u64,
     },
+    /// Attention sizes.
+    Attention {
+        /// Sequences in the batch (`len(cu_q) - 1`).
+        batch: u64,
+        /// Query tokens of all sequences (`q.shape[0]`).
+        total_q: u64,
+        /// Query heads.
+        heads: u64,
+        /// Key/value heads (divides `heads`).
+        kv_heads: u64,
+        /// Elements per head.
+        head_dim: u64,
+        /// Paged K/V: `(pages, page_size, max_pages per sequence)`; `None` when K/V are
+        /// contiguous `[total_kv, kv_heads, head_dim]` with `cu_k`.
+        paged: Option<(u64, u64, u64)>,
+        /// Rows of K/V (`total_kv`, or `pages * page_size`).
+        kv_rows: u64,
+    },
     /// Rotary embedding sizes.
     Rope {
         /// Tokens (the first dimension of q and k).
@@ -157,8 +175,17 @@ fn numel(kernel: &str, param: &str, shape: &[usize]) -> Result<u64, ArgError> {
 /// kernel is generic) and the problem size.
 pub fn resolve(kernel: &Kernel, args: &[ArgDesc<'_>]) -> Result<(Option<DType>, Dims), ArgError> {
     let kname = kernel.name.as_str();
-    if args.len() != kernel.params.len() {
-        return Err(ArgError::Count { kernel: kname.into(), expected: kernel.params.len(), got: args.len() });
+    // Attention takes its sequence index tensors after the declared parameters:
+    // cu_q and cu_k (contiguous K/V), or cu_q, block_table and kv_lens (paged).
+    let declared = kernel.params.len();
+    let (args, index) = if kernel.kind == Kind::Attention && (args.len() == declared + 2 || args.len() == declared + 3) {
+        args.split_at(declared)
+    } else {
+        (args, &[][..])
+    };
+    if args.len() != declared {
+        let expected = if kernel.kind == Kind::Attention { declared + 2 } else { declared };
+        return Err(ArgError::Count { kernel: kname.into(), expected, got: args.len() });
     }
     let mut generic: Option<(DType, &str)> = None;
     for (p, a) in kernel.params.iter().zip(args) {
@@ -293,6 +320,7 @@ pub fn resolve(kernel: &Kernel, args: &[ArgDesc<'_>]) -> Result<(Option<DType>, 
             }
             Dims::Rowwise { rows, cols }
         }
+        Kind::Attention => attention_dims(kname, &tensors, index)?,
         Kind::Rope(_) => {
             let [(qn, _, q), (kn, _, k), (pn, _, pos), (fname, _, freq)] = tensors[..] else {
                 return Err(ArgError::Count { kernel: kname.into(), expected: 5, got: args.len() });
@@ -345,4 +373,109 @@ fn describe(a: &ArgDesc<'_>) -> String {
         ArgDesc::Tensor { dtype, shape } => format!("a {dtype} tensor of shape {shape:?}"),
         ArgDesc::Scalar(s) => format!("a {} scalar", s.ty().name()),
     }
+}
+
+fn i32_vector<'a>(kname: &str, name: &str, a: &ArgDesc<'a>, len: Option<u64>, what: &str) -> Result<&'a [usize], ArgError> {
+    match *a {
+        ArgDesc::Tensor { dtype: DType::I32, shape } => {
+            let n = numel(kname, name, shape)?;
+            if let Some(want) = len {
+                if n != want {
+                    return Err(ArgError::Shape { kernel: kname.into(), param: name.into(), expected: what.into(), got: shape.to_vec() });
+                }
+            }
+            Ok(shape)
+        }
+        ArgDesc::Tensor { dtype, .. } => Err(ArgError::DType {
+            kernel: kname.into(),
+            param: name.into(),
+            expected: "i32".into(),
+            got: dtype,
+            hint: String::new(),
+        }),
+        other => Err(ArgError::Kind { kernel: kname.into(), param: name.into(), expected: format!("an i32 tensor ({what})"), got: describe(&other) }),
+    }
+}
+
+/// Shapes of an attention launch: q/out `[total_q, heads, d]`, k/v `[total_kv, kv_heads,
+/// d]` or `[pages, page_size, kv_heads, d]`, and the index tensors after them.
+fn attention_dims(kname: &str, tensors: &[(&str, Layout, &[usize])], index: &[ArgDesc<'_>]) -> Result<Dims, ArgError> {
+    let [(qn, _, q), (kn, _, k), (vn, _, v), (on, _, o)] = tensors[..] else {
+        return Err(ArgError::Count { kernel: kname.into(), expected: 4, got: tensors.len() });
+    };
+    if q.len() != 3 {
+        return Err(ArgError::Rank {
+            kernel: kname.into(),
+            param: qn.into(),
+            layout: "Heads<T>",
+            expected: "3 ([tokens, heads, head_dim])",
+            got: q.to_vec(),
+        });
+    }
+    numel(kname, qn, q)?;
+    if o != q {
+        return Err(ArgError::Shape { kernel: kname.into(), param: on.into(), expected: format!("{q:?}, the shape of `{qn}`"), got: o.to_vec() });
+    }
+    let paged = match k.len() {
+        3 => false,
+        4 => true,
+        _ => {
+            return Err(ArgError::Rank {
+                kernel: kname.into(),
+                param: kn.into(),
+                layout: "Heads<T>",
+                expected: "3 ([tokens, kv_heads, head_dim]) or 4 (paged: [pages, page_size, kv_heads, head_dim])",
+                got: k.to_vec(),
+            })
+        }
+    };
+    numel(kname, kn, k)?;
+    if v != k {
+        return Err(ArgError::Shape { kernel: kname.into(), param: vn.into(), expected: format!("{k:?}, the shape of `{kn}`"), got: v.to_vec() });
+    }
+    let (kv_heads, d) = (k[k.len() - 2] as u64, k[k.len() - 1] as u64);
+    let (heads, hd) = (q[1] as u64, q[2] as u64);
+    if d != hd || heads % kv_heads != 0 {
+        let mut want = k.to_vec();
+        let n = want.len();
+        want[n - 1] = q[2];
+        return Err(ArgError::Shape {
+            kernel: kname.into(),
+            param: kn.into(),
+            expected: format!("head_dim {hd} like `{qn}` and a number of kv heads that divides its {heads} heads (shape like {want:?})"),
+            got: k.to_vec(),
+        });
+    }
+    let want_index = if paged { 3 } else { 2 };
+    if index.len() != want_index {
+        let names = if paged { "cu_q, block_table and kv_lens" } else { "cu_q and cu_k" };
+        return Err(ArgError::Kind {
+            kernel: kname.into(),
+            param: kn.into(),
+            expected: format!("{} K/V, with the index tensors {names} after the declared parameters", if paged { "paged" } else { "contiguous" }),
+            got: format!("{} index tensors", index.len()),
+        });
+    }
+    let cu_q = i32_vector(kname, "cu_q", &index[0], None, "")?;
+    let batch = numel(kname, "cu_q", cu_q)?.saturating_sub(1);
+    if batch == 0 {
+        return Err(ArgError::Shape { kernel: kname.into(), param: "cu_q".into(), expected: "batch + 1 >= 2 offsets".into(), got: cu_q.to_vec() });
+    }
+    let (paged, kv_rows) = if paged {
+        let bt = i32_vector(kname, "block_table", &index[1], None, "")?;
+        if bt.len() != 2 || bt[0] as u64 != batch {
+            return Err(ArgError::Shape {
+                kernel: kname.into(),
+                param: "block_table".into(),
+                expected: format!("[{batch}, max_pages] (one row per sequence)"),
+                got: bt.to_vec(),
+            });
+        }
+        i32_vector(kname, "kv_lens", &index[2], Some(batch), &format!("{batch} lengths, one per sequence"))?;
+        (Some((k[0] as u64, k[1] as u64, bt[1] as u64)), k[0] as u64 * k[1] as u64)
+    } else {
+        i32_vector(kname, "cu_k", &index[1], Some(batch + 1), &format!("{} offsets (batch + 1, like cu_q)", batch + 1))?;
+        (None, k[0] as u64)
+    };
+    Ok(Dims::Attention { batch, total_q: q[0] as u64, heads, kv_heads, head_dim: hd, paged, kv_rows })
 }

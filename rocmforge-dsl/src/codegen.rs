@@ -11,7 +11,8 @@ use crate::spec::{symbol_name, RowMode, Spec};
 /// The portability header every translation unit starts with.
 pub const PORTABILITY_HEADER: &str = include_str!("../../templates/rocmforge.h");
 
-const TEMPLATES: [(&str, &str); 3] = [
+const TEMPLATES: [(&str, &str); 4] = [
+    ("attention.hip.tera", include_str!("../../templates/attention.hip.tera")),
     ("elementwise.hip.tera", include_str!("../../templates/elementwise.hip.tera")),
     ("rowwise.hip.tera", include_str!("../../templates/rowwise.hip.tera")),
     ("rope.hip.tera", include_str!("../../templates/rope.hip.tera")),
@@ -161,7 +162,72 @@ pub fn render_spec(kernel: &Kernel, spec: &Spec) -> Result<String, CodegenError>
             ctx.insert("store_b", &dtype.c_store("x2 * cs[j] + x1 * sn[j]"));
             render("rope.hip.tera", &ctx)
         }
+        Kind::Attention => {
+            attention_ctx(kernel, spec, &mut ctx);
+            render("attention.hip.tera", &ctx)
+        }
     }
+}
+
+/// The attention template's values: tile sizes, the modifiers as lambdas, the band.
+fn attention_ctx(kernel: &Kernel, spec: &Spec, ctx: &mut tera::Context) {
+    use crate::spec::{decode_chunk, prefill_tiles, DECODE_ROWS};
+    let dtype = kernel.param_dtype(0, spec).unwrap_or(crate::DType::F32);
+    let name = |i: usize| format!("p_{}", kernel.params[i].name);
+    let (bq, bkv) = prefill_tiles(kernel, spec);
+    let head_dim = spec.head_dim.unwrap_or(16);
+    ctx.insert("head_dim", &head_dim);
+    ctx.insert("block_q", &bq);
+    ctx.insert("block_kv", &bkv);
+    ctx.insert("chunk", &decode_chunk(spec, dtype.size() as u32));
+    ctx.insert("rows", &DECODE_ROWS);
+    ctx.insert("mma", &matches!(dtype, crate::DType::F16 | crate::DType::BF16));
+    ctx.insert("is_bf16", &(dtype == crate::DType::BF16));
+    ctx.insert("storage", dtype.c_storage());
+    for (key, i) in [("q", 0), ("k", 1), ("v", 2), ("out", 3)] {
+        ctx.insert(key, &name(i));
+    }
+    ctx.insert("scale", &format!("s_{}", kernel.params[4].name));
+    ctx.insert("load_q", &dtype.c_load(&format!("{}[((long long)(q_start + i) * heads + h) * D + c]", name(0))));
+    ctx.insert("load_kg", &dtype.c_load("kg.v[j]"));
+    ctx.insert("load_vg", &dtype.c_load("vg.v[j]"));
+    ctx.insert("store_o", &dtype.c_store("acc[it][j] * inv"));
+    ctx.insert("store_o2", &dtype.c_store("acc2[j] * inv"));
+    let mut mods = Vec::new();
+    let mask = kernel.mask.as_ref().map(|m| crate::attn::cpp(kernel, m));
+    let score = kernel.score_mod.as_ref().map(|m| crate::attn::cpp(kernel, m));
+    if let Some(m) = &mask {
+        mods.push(format!(
+            "    const auto rf_visible = [&](int q_pos, int kv_pos, int head, int kv_head, int batch) -> bool {{ return {m}; }};"
+        ));
+    }
+    if let Some(sc) = &score {
+        mods.push(format!(
+            "    const auto rf_score = [&](float score, int q_pos, int kv_pos, int head, int kv_head, int batch) -> float {{ return {sc}; }};"
+        ));
+    }
+    ctx.insert("modifiers", &mods.join("\n"));
+    ctx.insert("mask_code", &mask.unwrap_or_default());
+    ctx.insert("score_code", &score.unwrap_or_default());
+    let band = crate::attn::band(kernel);
+    let hi = band.d_max.as_ref().map(|e| crate::attn::cpp(kernel, e)).unwrap_or_default();
+    let lo = band.d_min.as_ref().map(|e| crate::attn::cpp(kernel, e)).unwrap_or_default();
+    let mut full = vec!["kv0 + BKV <= kv_len".to_string()];
+    if kernel.mask.is_some() {
+        if band.opaque {
+            full = vec!["false".to_string()];
+        } else {
+            if !hi.is_empty() {
+                full.push(format!("(long long)(kv0 + BKV - 1) - qp_first <= (long long)({hi})"));
+            }
+            if !lo.is_empty() {
+                full.push(format!("(long long)kv0 - qp_last >= (long long)({lo})"));
+            }
+        }
+    }
+    ctx.insert("full_test", &full.join(" && "));
+    ctx.insert("band_hi", &hi);
+    ctx.insert("band_lo", &lo);
 }
 
 #[derive(serde::Serialize)]
@@ -287,7 +353,7 @@ impl Deps {
             match e {
                 Expr::Tensor(i) => d.tensors.push(*i),
                 Expr::Local(i) => d.lets.push(*i),
-                Expr::Reduce(..) | Expr::Float(_) | Expr::Int(_) | Expr::Scalar(_) => {}
+                Expr::Reduce(..) | Expr::Float(_) | Expr::Int(_) | Expr::Scalar(_) | Expr::Var(_) => {}
                 Expr::Unary(_, a) | Expr::Cast(_, a) => walk(a, d),
                 Expr::Binary(_, a, b) => {
                     walk(a, d);
@@ -389,6 +455,7 @@ impl Lowered {
             Expr::Tensor(i) => (format!("v_{}", k.params[*i].name), 0),
             Expr::Scalar(i) => (format!("s_{}", k.params[*i].name), 0),
             Expr::Local(i) => (format!("l{i}_{}", k.lets[*i].name), let_stage.get(*i).copied().unwrap_or(0)),
+            Expr::Var(v) => (v.name().to_string(), 0),
             Expr::Unary(op, a) => {
                 let (a, s) = self.expr(k, a, let_stage);
                 let o = match op {
@@ -467,7 +534,7 @@ impl Lowered {
     }
 }
 
-fn float_lit(v: f64) -> String {
+pub(crate) fn float_lit(v: f64) -> String {
     let f = v as f32;
     if f.is_finite() {
         format!("{f:?}f")

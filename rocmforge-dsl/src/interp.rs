@@ -216,6 +216,9 @@ pub fn run(kernel: &Kernel, args: &mut [HostArg]) -> Result<(), ArgError> {
     match (kernel.kind, dims) {
         (Kind::Elementwise, Dims::Elementwise { n }) => run_rows(kernel, args, 1, n as usize),
         (Kind::Rowwise, Dims::Rowwise { rows, cols }) => run_rows(kernel, args, rows as usize, cols as usize),
+        (Kind::Attention, Dims::Attention { heads, kv_heads, head_dim, paged, .. }) => {
+            run_attention(kernel, args, [heads as usize, kv_heads as usize], head_dim as usize, paged)
+        }
         (Kind::Rope(layout), Dims::Rope { tokens, q_heads, k_heads, head_dim, half_rot }) => {
             run_rope(args, layout, tokens as usize, [q_heads as usize, k_heads as usize], head_dim as usize, half_rot as usize)
         }
@@ -290,6 +293,7 @@ impl RowCx<'_> {
                 RowVal::Row((0..self.cols).map(|c| t.get(base + c)).collect())
             }
             Expr::Local(i) => self.lets[*i].clone(),
+            Expr::Var(_) => RowVal::Uniform(Val::F(f32::NAN)),
             Expr::Unary(op, a) => {
                 let a = self.eval(a);
                 match op {
@@ -438,6 +442,167 @@ fn run_rope(args: &mut [HostArg], layout: RopeLayout, tokens: usize, heads: [usi
                     x.set(i2, Val::F(x2 * cs + x1 * sn));
                 }
             }
+        }
+    }
+}
+
+/// The values an attention modifier sees.
+struct AttnEnv<'a> {
+    args: &'a [HostArg],
+    vars: [i32; 5],
+    score: f32,
+}
+
+fn eval_attn(e: &Expr, env: &AttnEnv<'_>) -> Val {
+    let go = |a: &Expr| eval_attn(a, env);
+    match e {
+        Expr::Float(v) => Val::F(*v as f32),
+        Expr::Int(v) => Val::I(*v as i32),
+        Expr::Scalar(i) => match &env.args[*i] {
+            HostArg::F32(v) => Val::F(*v),
+            HostArg::I32(v) => Val::I(*v),
+            HostArg::U32(v) => Val::U(*v),
+            HostArg::Tensor(_) => Val::F(f32::NAN),
+        },
+        Expr::Var(v) => match v {
+            AttnVar::QPos => Val::I(env.vars[0]),
+            AttnVar::KvPos => Val::I(env.vars[1]),
+            AttnVar::Head => Val::I(env.vars[2]),
+            AttnVar::KvHead => Val::I(env.vars[3]),
+            AttnVar::Batch => Val::I(env.vars[4]),
+            AttnVar::Score => Val::F(env.score),
+        },
+        Expr::Unary(UnOp::Neg, a) => Val::F(-go(a).as_f32()),
+        Expr::Unary(UnOp::Not, a) => Val::B(!go(a).as_bool()),
+        Expr::Binary(op, a, b) => {
+            let (a, b) = (go(a), go(b));
+            match (op, a, b) {
+                // i32 arithmetic wraps like the GPU's (C's `int` with two's complement).
+                (BinOp::Add, Val::I(x), Val::I(y)) => Val::I(x.wrapping_add(y)),
+                (BinOp::Sub, Val::I(x), Val::I(y)) => Val::I(x.wrapping_sub(y)),
+                (BinOp::Mul, Val::I(x), Val::I(y)) => Val::I(x.wrapping_mul(y)),
+                (BinOp::Div, Val::I(x), Val::I(y)) => Val::I(if y == 0 { 0 } else { x.wrapping_div(y) }),
+                _ => binary(*op, a, b),
+            }
+        }
+        Expr::Call(f, xs) => {
+            let xs: Vec<Val> = xs.iter().map(go).collect();
+            Val::F(intrinsic(*f, &xs))
+        }
+        Expr::Select(c, a, b) => {
+            if go(c).as_bool() {
+                go(a)
+            } else {
+                go(b)
+            }
+        }
+        Expr::Cast(to, a) => {
+            let a = go(a);
+            match to {
+                CastTo::F32 => Val::F(a.as_f32()),
+                CastTo::I32 => Val::I(a.as_i64() as i32),
+                CastTo::U32 => Val::U(a.as_i64() as u32),
+                CastTo::F16 => Val::F(DType::F16.round_f32(a.as_f32())),
+                CastTo::BF16 => Val::F(DType::BF16.round_f32(a.as_f32())),
+            }
+        }
+        Expr::Local(_) | Expr::Tensor(_) | Expr::Reduce(..) => Val::F(f32::NAN),
+    }
+}
+
+/// Attention on the host: scores in f64 from the stored (rounded) inputs, the modifiers
+/// in f32 as on the GPU, the output rounded to the tensor's dtype.
+fn run_attention(kernel: &Kernel, args: &mut [HostArg], [heads, kv_heads]: [usize; 2], d: usize, paged: Option<(u64, u64, u64)>) {
+    let n = kernel.params.len();
+    let ints = |a: &HostArg| -> Vec<i32> { a.tensor().map(|t| t.to_f32_vec().iter().map(|&x| x as i32).collect()).unwrap_or_default() };
+    let cu_q = ints(&args[n]);
+    let (cu_k, table, lens) = match paged {
+        None => (ints(&args[n + 1]), Vec::new(), Vec::new()),
+        Some(_) => (Vec::new(), ints(&args[n + 1]), ints(&args[n + 2])),
+    };
+    let floats = |i: usize| args[i].tensor().map(HostTensor::to_f32_vec).unwrap_or_default();
+    let (q, k, v) = (floats(0), floats(1), floats(2));
+    let scale = match args[4] {
+        HostArg::F32(s) => s,
+        _ => return,
+    };
+    let group = heads / kv_heads.max(1);
+    let total_q = q.len() / (heads * d).max(1);
+    // Rows no sequence covers keep their values, as on the GPU.
+    let mut out = floats(3);
+    for b in 0..cu_q.len().saturating_sub(1) {
+        let (q0, q1) = (cu_q[b].max(0) as usize, (cu_q[b + 1].max(0) as usize).min(total_q));
+        if q1 <= q0 {
+            continue;
+        }
+        let q_len = q1 - q0;
+        let kv_len = match paged {
+            None => (cu_k[b + 1] - cu_k[b]).max(0) as usize,
+            Some(_) => lens[b].max(0) as usize,
+        };
+        // The first element of K/V row `pos` of this sequence, or None (a bad page).
+        let row = |pos: usize, kvh: usize| -> Option<usize> {
+            let r = match paged {
+                None => cu_k[b] as usize + pos,
+                Some((pages, page_size, max_pages)) => {
+                    let page = table[b * max_pages as usize + pos / page_size as usize];
+                    if page < 0 || page as u64 >= pages {
+                        return None;
+                    }
+                    page as usize * page_size as usize + pos % page_size as usize
+                }
+            };
+            Some((r * kv_heads + kvh) * d)
+        };
+        for h in 0..heads {
+            let kvh = h / group.max(1);
+            for i in 0..q_len {
+                let q_pos = (kv_len as i64 - q_len as i64 + i as i64) as i32;
+                let qrow = &q[((q0 + i) * heads + h) * d..][..d];
+                let mut scores = vec![f64::NEG_INFINITY; kv_len];
+                for (pos, s) in scores.iter_mut().enumerate() {
+                    let dot: f64 = match row(pos, kvh) {
+                        Some(o) => qrow.iter().zip(&k[o..o + d]).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum(),
+                        None => 0.0,
+                    };
+                    let mut env = AttnEnv { args, vars: [q_pos, pos as i32, h as i32, kvh as i32, b as i32], score: (dot * f64::from(scale)) as f32 };
+                    if let Some(m) = &kernel.score_mod {
+                        env.score = eval_attn(m, &env).as_f32();
+                    }
+                    let visible = kernel.mask.as_ref().is_none_or(|m| eval_attn(m, &env).as_bool());
+                    if visible {
+                        *s = f64::from(env.score);
+                    }
+                }
+                let m = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let o = &mut out[((q0 + i) * heads + h) * d..][..d];
+                if m == f64::NEG_INFINITY {
+                    o.fill(0.0);
+                    continue;
+                }
+                let mut sum = 0.0;
+                let mut acc = vec![0.0f64; d];
+                for (pos, &s) in scores.iter().enumerate() {
+                    let p = (s - m).exp();
+                    if p == 0.0 {
+                        continue;
+                    }
+                    sum += p;
+                    if let Some(r) = row(pos, kvh) {
+                        for (a, &x) in acc.iter_mut().zip(&v[r..r + d]) {
+                            *a += p * f64::from(x);
+                        }
+                    }
+                }
+                for (o, a) in o.iter_mut().zip(acc) {
+                    *o = (a / sum) as f32;
+                }
+            }
+        }
+    }
+    if let HostArg::Tensor(t) = &mut args[3] {
+        for (i, x) in out.into_iter().enumerate() {
+            t.set(i, Val::F(x));
         }
     }
 }

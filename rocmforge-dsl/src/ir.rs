@@ -21,6 +21,10 @@ pub struct Kernel {
     pub lets: Vec<Let>,
     /// Output stores, one per written tensor, in source order.
     pub stores: Vec<Store>,
+    /// Attention: the `mask!(...)` condition (true keeps a score), with lets inlined.
+    pub mask: Option<Expr>,
+    /// Attention: the `score!(...)` modifier of `score` (after scaling), lets inlined.
+    pub score_mod: Option<Expr>,
 }
 
 /// The template family of a kernel.
@@ -32,6 +36,9 @@ pub enum Kind {
     Rowwise,
     /// Rotary position embedding over `[tokens, heads, head_dim]` for q and k.
     Rope(RopeLayout),
+    /// Scaled dot-product attention (prefill tiles on matrix cores, split-KV decode,
+    /// paged KV), with FlexAttention-style `mask!` and `score!` modifiers.
+    Attention,
 }
 
 impl Kind {
@@ -41,6 +48,7 @@ impl Kind {
             Kind::Elementwise => "elementwise",
             Kind::Rowwise => "rowwise",
             Kind::Rope(_) => "rope",
+            Kind::Attention => "attention",
         }
     }
 }
@@ -61,8 +69,12 @@ pub struct Options {
     pub dtypes: Vec<DType>,
     /// Workgroup sizes to specialize for.
     pub blocks: Vec<u32>,
-    /// Head dims to specialize for (rope).
+    /// Head dims to specialize for (rope, attention).
     pub head_dims: Vec<u32>,
+    /// Query rows per prefill workgroup (attention): 64 or 128.
+    pub block_q: u32,
+    /// Key/value rows per prefill tile (attention): 32 or 64.
+    pub block_kv: u32,
     /// Print the expansion and the generated HIP at compile time.
     pub debug: bool,
 }
@@ -443,13 +455,58 @@ pub enum Expr {
     Select(Box<Expr>, Box<Expr>, Box<Expr>),
     /// `e as T`
     Cast(CastTo, Box<Expr>),
+    /// A built-in variable of the attention modifiers.
+    Var(AttnVar),
+}
+
+/// The variables an attention kernel's `mask!` and `score!` see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttnVar {
+    /// Position of the query token in its sequence (i32). With a cache, queries are the
+    /// last `q_len` of `kv_len` positions: `q_pos = kv_len - q_len + i`.
+    QPos,
+    /// Position of the key/value token (i32), `0..kv_len`.
+    KvPos,
+    /// Query head (i32).
+    Head,
+    /// Key/value head (i32): `head / (heads / kv_heads)`.
+    KvHead,
+    /// Sequence index in the batch (i32).
+    Batch,
+    /// The scaled score `scale * q . k` (f32); only in `score!`.
+    Score,
+}
+
+impl AttnVar {
+    /// Every variable with its name.
+    pub const ALL: [(AttnVar, &'static str); 6] = [
+        (AttnVar::QPos, "q_pos"),
+        (AttnVar::KvPos, "kv_pos"),
+        (AttnVar::Head, "head"),
+        (AttnVar::KvHead, "kv_head"),
+        (AttnVar::Batch, "batch"),
+        (AttnVar::Score, "score"),
+    ];
+
+    /// The name in declarations and in the generated C++.
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(v, _)| *v == self).map_or("?", |(_, n)| n)
+    }
+
+    /// Its value type.
+    pub const fn ty(self) -> Ty {
+        match self {
+            AttnVar::Score => Ty::F32,
+            _ => Ty::I32,
+        }
+    }
 }
 
 impl Expr {
     /// Calls `f` on every sub-expression, children first.
     pub fn visit(&self, f: &mut impl FnMut(&Expr)) {
         match self {
-            Expr::Float(_) | Expr::Int(_) | Expr::Tensor(_) | Expr::Scalar(_) | Expr::Local(_) => {}
+            Expr::Float(_) | Expr::Int(_) | Expr::Tensor(_) | Expr::Scalar(_) | Expr::Local(_) | Expr::Var(_) => {}
             Expr::Unary(_, a) | Expr::Reduce(_, a) | Expr::Cast(_, a) => a.visit(f),
             Expr::Binary(_, a, b) => {
                 a.visit(f);
@@ -463,6 +520,15 @@ impl Expr {
             }
         }
         f(self);
+    }
+}
+
+impl Expr {
+    /// Whether the expression reads attention variable `v`.
+    pub fn uses(&self, v: AttnVar) -> bool {
+        let mut found = false;
+        self.visit(&mut |e| found |= *e == Expr::Var(v));
+        found
     }
 }
 

@@ -5,10 +5,12 @@
 //! - [`codegen`]: HIP C++ from the tera templates in `templates/`.
 //! - [`args`]: argument checking shared by the launcher and the interpreter.
 //! - [`interp`]: the CPU interpreter, the reference semantics.
+//! - [`attn`]: attention modifiers: their C++ and the visible band they imply.
 //! - [`rope`]: rotary frequency tables (default, linear, llama3, YaRN).
 //! - [`build`]: the build.rs helper (hipcc / nvcc ahead of time).
 
 pub mod args;
+pub mod attn;
 pub mod build;
 pub mod codegen;
 pub mod dtype;

@@ -15,8 +15,9 @@ use syn::{Meta, Token};
 
 use crate::dtype::DType;
 use crate::ir::*;
+use crate::spec::ATTENTION_BLOCK;
 
-const ALLOWED_KINDS: &str = "elementwise, rowwise, rope";
+const ALLOWED_KINDS: &str = "elementwise, rowwise, rope, attention";
 const ALLOWED_PARAM_TYPES: &str =
     "&[T], &mut [T], &Rows<T>, &mut Rows<T>, &Heads<T>, &mut Heads<T>, f32, i32, u32 (T: f32, f16, bf16, i32, u32, or the generic T)";
 const ALLOWED_FLOAT_DTYPES: &str = "f32, f16, bf16";
@@ -65,7 +66,8 @@ impl Cx {
 }
 
 fn parse_attr(cx: &mut Cx, attr: TokenStream, item: &syn::ItemFn) -> (Kind, Options) {
-    let mut options = Options { dtypes: Vec::new(), blocks: Vec::new(), head_dims: Vec::new(), debug: false };
+    let mut options =
+        Options { dtypes: Vec::new(), blocks: Vec::new(), head_dims: Vec::new(), block_q: 128, block_kv: 64, debug: false };
     let metas = match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(attr) {
         Ok(m) => m,
         Err(e) => {
@@ -90,6 +92,7 @@ fn parse_attr(cx: &mut Cx, attr: TokenStream, item: &syn::ItemFn) -> (Kind, Opti
         "elementwise" => Kind::Elementwise,
         "rowwise" => Kind::Rowwise,
         "rope" => Kind::Rope(RopeLayout::Neox),
+        "attention" => Kind::Attention,
         _ => {
             cx.error(kind_meta.path(), format!("unknown kernel kind `{}`; allowed: {ALLOWED_KINDS}", kind_meta.path().to_token_stream()));
             return (Kind::Elementwise, options);
@@ -113,6 +116,7 @@ fn parse_attr(cx: &mut Cx, attr: TokenStream, item: &syn::ItemFn) -> (Kind, Opti
         Kind::Elementwise => &["dtype", "block", "debug"],
         Kind::Rowwise => &["dtype", "block", "debug"],
         Kind::Rope(_) => &["layout", "dtype", "head_dim", "block", "debug"],
+        Kind::Attention => &["dtype", "head_dim", "block_q", "block_kv", "debug"],
     };
     let mut seen = Vec::new();
     for meta in &nested {
@@ -174,6 +178,39 @@ fn parse_attr(cx: &mut Cx, attr: TokenStream, item: &syn::ItemFn) -> (Kind, Opti
                     cx.error(&nv.value, format!("`{kind_name}` takes one block size, e.g. `block = 256`"));
                 }
             }
+            "head_dim" if kind == Kind::Attention => {
+                for v in values {
+                    if let Some(h) = int_value(cx, v) {
+                        if h % 16 != 0 || !(16..=256).contains(&h) {
+                            cx.error(
+                                v,
+                                format!("head_dim {h} is not supported by attention: it must be a multiple of 16 from 16 to 256 (the matrix-core tile depth), e.g. 64, 80, 96, 128, 256"),
+                            );
+                        } else if options.head_dims.contains(&(h as u32)) {
+                            cx.error(v, format!("head_dim {h} listed twice"));
+                        } else {
+                            options.head_dims.push(h as u32);
+                        }
+                    }
+                }
+            }
+            "block_q" | "block_kv" => {
+                let allowed: &[u64] = if name == "block_q" { &[64, 128] } else { &[32, 64] };
+                match values.as_slice() {
+                    [v] => {
+                        if let Some(b) = int_value(cx, v) {
+                            if !allowed.contains(&b) {
+                                cx.error(v, format!("{name} = {b} is not supported; allowed: {allowed:?}"));
+                            } else if name == "block_q" {
+                                options.block_q = b as u32;
+                            } else {
+                                options.block_kv = b as u32;
+                            }
+                        }
+                    }
+                    _ => cx.error(&nv.value, format!("`{name}` takes one value, one of {allowed:?}")),
+                }
+            }
             "head_dim" => {
                 for v in values {
                     if let Some(h) = int_value(cx, v) {
@@ -207,7 +244,11 @@ fn parse_attr(cx: &mut Cx, attr: TokenStream, item: &syn::ItemFn) -> (Kind, Opti
         options.blocks = match kind {
             Kind::Rowwise => vec![256, 1024],
             Kind::Elementwise | Kind::Rope(_) => vec![256],
+            Kind::Attention => vec![ATTENTION_BLOCK],
         };
+    }
+    if kind == Kind::Attention && options.head_dims.is_empty() && !seen.iter().any(|s| s == "head_dim") {
+        cx.error(kind_meta, "attention needs `head_dim = [...]`: the head dims to specialize for (multiples of 16, e.g. [64, 128])");
     }
     if matches!(kind, Kind::Rope(_)) && options.head_dims.is_empty() && !seen.iter().any(|s| s == "head_dim") {
         cx.error(kind_meta, "rope needs `head_dim = [...]`: the head dims to specialize for (even, e.g. [64, 128])");
@@ -304,7 +345,12 @@ fn parse_fn(cx: &mut Cx, kind: Kind, options: Options, item: &syn::ItemFn) -> Ke
 
     let mut body = Body { kind, params: &params, param_index, lets: Vec::new(), let_rows: Vec::new(), assigned: Vec::new() };
     let mut stores: Vec<Store> = Vec::new();
-    if matches!(kind, Kind::Rope(_)) {
+    let mut mods = AttnMods::default();
+    if kind == Kind::Attention {
+        for stmt in &item.block.stmts {
+            parse_attention_stmt(cx, &mut body, &mut mods, stmt);
+        }
+    } else if matches!(kind, Kind::Rope(_)) {
         if let Some(first) = item.block.stmts.first() {
             cx.error(first, "a rope kernel's body must be empty: the rotation is fixed by the kind; frequency scaling comes in through `inv_freq` and `mscale`");
         }
@@ -327,7 +373,81 @@ fn parse_fn(cx: &mut Cx, kind: Kind, options: Options, item: &syn::ItemFn) -> Ke
         }
     }
     let lets = body.lets;
-    Kernel { name: sig.ident.to_string(), kind, options, params, lets, stores }
+    let inline = |e: Option<Expr>| e.map(|e| inline_lets(&e, &lets));
+    let (mask, score_mod) = (inline(mods.mask), inline(mods.score));
+    Kernel { name: sig.ident.to_string(), kind, options, params, lets, stores, mask, score_mod }
+}
+
+#[derive(Default)]
+struct AttnMods {
+    mask: Option<Expr>,
+    score: Option<Expr>,
+}
+
+/// `e` with every `let` reference replaced by its value (attention modifiers are
+/// evaluated per score, where a flat expression is what codegen and analysis want).
+fn inline_lets(e: &Expr, lets: &[Let]) -> Expr {
+    let go = |a: &Expr| Box::new(inline_lets(a, lets));
+    match e {
+        Expr::Local(i) => lets.get(*i).map_or(Expr::Float(f64::NAN), |l| inline_lets(&l.value, lets)),
+        Expr::Unary(op, a) => Expr::Unary(*op, go(a)),
+        Expr::Binary(op, a, b) => Expr::Binary(*op, go(a), go(b)),
+        Expr::Call(f, args) => Expr::Call(*f, args.iter().map(|a| inline_lets(a, lets)).collect()),
+        Expr::Reduce(op, a) => Expr::Reduce(*op, go(a)),
+        Expr::Select(c, a, b) => Expr::Select(go(c), go(a), go(b)),
+        Expr::Cast(t, a) => Expr::Cast(*t, go(a)),
+        other => other.clone(),
+    }
+}
+
+const ATTENTION_STMTS: &str = "allowed in an attention body: `let name = expr;`, `mask!(condition);` (true keeps the score) and `score!(expr);` (the new score), over q_pos, kv_pos, head, kv_head, batch, score and the scalar parameters";
+
+fn parse_attention_stmt(cx: &mut Cx, body: &mut Body<'_>, mods: &mut AttnMods, stmt: &syn::Stmt) {
+    let mac = match stmt {
+        syn::Stmt::Macro(m) => &m.mac,
+        syn::Stmt::Expr(syn::Expr::Macro(m), _) => &m.mac,
+        syn::Stmt::Local(_) => {
+            let mut none = Vec::new();
+            parse_stmt(cx, body, &mut none, stmt);
+            return;
+        }
+        other => {
+            cx.error(other, format!("unsupported statement; {ATTENTION_STMTS}"));
+            return;
+        }
+    };
+    let which = mac.path.get_ident().map(|i| i.to_string()).unwrap_or_default();
+    let expr: syn::Expr = match mac.parse_body() {
+        Ok(e) => e,
+        Err(e) => {
+            cx.error_at(e.span(), format!("{e}; `{which}!` takes one expression"));
+            return;
+        }
+    };
+    let Some((e, t)) = parse_expr(cx, body, &expr) else { return };
+    match which.as_str() {
+        "mask" => {
+            if t.ty != Ty::Bool {
+                cx.error(&expr, format!("`mask!` takes a condition (a comparison), found {}", t.ty.name()));
+            } else if inline_lets(&e, &body.lets).uses(AttnVar::Score) {
+                cx.error(&expr, "`mask!` cannot read `score`: it decides which positions are visible before scores exist; change scores with `score!`");
+            } else if mods.mask.is_some() {
+                cx.error(&mac.path, "`mask!` given twice; combine the conditions with `&&`");
+            } else {
+                mods.mask = Some(e);
+            }
+        }
+        "score" => {
+            if t.ty != Ty::F32 {
+                cx.error(&expr, format!("`score!` takes the new score (f32), found {}; convert with `as f32`", t.ty.name()));
+            } else if mods.score.is_some() {
+                cx.error(&mac.path, "`score!` given twice; compose the changes in one expression");
+            } else {
+                mods.score = Some(e);
+            }
+        }
+        _ => cx.error(&mac.path, format!("unknown macro `{which}!`; {ATTENTION_STMTS}")),
+    }
 }
 
 fn check_param_layouts(cx: &mut Cx, kind: Kind, params: &[Param], sig: &syn::Signature) {
@@ -369,6 +489,25 @@ fn check_param_layouts(cx: &mut Cx, kind: Kind, params: &[Param], sig: &syn::Sig
             }
             if !any_rows {
                 cx.error(&sig.ident, "a rowwise kernel needs at least one `Rows<T>` tensor: it fixes the rows and columns");
+            }
+        }
+        Kind::Attention => {
+            let t = |mutable| ParamTy::Tensor { dtype: DTypeRef::Generic, layout: Layout::Heads, mutable };
+            let shape_ok = params.len() >= 5
+                && params[..3].iter().all(|p| p.ty == t(false))
+                && params[3].ty == t(true)
+                && params[4].ty == ParamTy::Scalar(ScalarTy::F32)
+                && params[5..].iter().all(|p| !p.ty.is_tensor());
+            if !shape_ok {
+                cx.error(
+                    &sig.inputs,
+                    "an attention kernel takes `(q: &Heads<T>, k: &Heads<T>, v: &Heads<T>, out: &mut Heads<T>, scale: f32, ...)`, then only scalars (f32, i32, u32) for its modifiers; k and v are [tokens, kv_heads, head_dim] or paged [pages, page_size, kv_heads, head_dim]",
+                );
+            }
+            for (i, p) in params.iter().enumerate() {
+                if AttnVar::ALL.iter().any(|(_, n)| *n == p.name) {
+                    cx.error_at(span_of(i), format!("`{}` names a built-in attention variable; choose another parameter name", p.name));
+                }
             }
         }
         Kind::Rope(_) => {
@@ -589,6 +728,11 @@ fn parse_expr(cx: &mut Cx, body: &Body<'_>, e: &syn::Expr) -> Option<(Expr, Type
             if let Some(i) = body.lets.iter().rposition(|l| l.name == name) {
                 return Some((Expr::Local(i), Typed { ty: body.lets[i].ty, row: body.let_rows[i], int_lit: None }));
             }
+            if body.kind == Kind::Attention {
+                if let Some((v, _)) = AttnVar::ALL.iter().find(|(_, n)| *n == name) {
+                    return Some((Expr::Var(*v), Typed { ty: v.ty(), row: false, int_lit: None }));
+                }
+            }
             match body.param_index.get(&name) {
                 Some(&i) => match body.params[i].ty {
                     ParamTy::Scalar(s) => Some((Expr::Scalar(i), Typed { ty: s.ty(), row: false, int_lit: None })),
@@ -701,12 +845,17 @@ fn parse_expr(cx: &mut Cx, body: &Body<'_>, e: &syn::Expr) -> Option<(Expr, Type
             if op.is_comparison() {
                 return Some((Expr::Binary(op, Box::new(le), Box::new(re)), Typed { ty: Ty::Bool, row, int_lit: None }));
             }
-            if ty != Ty::F32 {
+            // Positions are integers: attention modifiers do i32 arithmetic on them.
+            let int_ok = body.kind == Kind::Attention && ty == Ty::I32;
+            if ty != Ty::F32 && !int_ok {
                 cx.error(
                     b,
                     format!("dtype mismatch: arithmetic on {} is not supported, the DSL computes in f32; convert with `as f32`", ty.name()),
                 );
                 return None;
+            }
+            if int_ok {
+                return Some((Expr::Binary(op, Box::new(le), Box::new(re)), Typed { ty: Ty::I32, row, int_lit: None }));
             }
             Some((Expr::Binary(op, Box::new(le), Box::new(re)), f32_of(row)))
         }

@@ -61,6 +61,43 @@ pub fn symbol_name(kernel: &str, spec: &Spec) -> String {
     s
 }
 
+/// Threads of an attention workgroup (prefill: four warps of 32 on the matrix cores;
+/// decode: 128 threads on any warp size).
+pub const ATTENTION_BLOCK: u32 = 128;
+
+/// Suffix of an attention specialization's split-KV decode kernel (also the portable
+/// prefill where the device has no matrix-core path).
+pub const DECODE_SUFFIX: &str = "_decode";
+
+/// Suffix of an attention specialization's kernel that writes new K/V into a paged cache.
+pub const KV_STORE_SUFFIX: &str = "_kvstore";
+
+/// Query rows one decode workgroup holds (heads of a GQA group x query tokens).
+pub const DECODE_ROWS: u32 = 8;
+
+/// Prefill tile sizes of one attention specialization: `(block_q, block_kv)`. Head dims
+/// past 128 use 64 x 32 tiles: a warp's output accumulators (16 rows x head_dim) and
+/// the shared K/V tiles would not fit otherwise.
+pub fn prefill_tiles(kernel: &Kernel, spec: &Spec) -> (u32, u32) {
+    match spec.head_dim {
+        Some(h) if h > 128 => (64, 32),
+        _ => (kernel.options.block_q, kernel.options.block_kv),
+    }
+}
+
+/// Shared bytes of a prefill workgroup: the Q tile and two stages of K and V tiles,
+/// rows padded by 8 elements (16 bytes) so ldmatrix reads hit distinct banks.
+pub fn prefill_shared_bytes(kernel: &Kernel, spec: &Spec) -> u32 {
+    let (bq, bkv) = prefill_tiles(kernel, spec);
+    let ld = spec.head_dim.unwrap_or(16) + 8;
+    (bq + 4 * bkv) * ld * 2
+}
+
+/// Key/value positions a decode workgroup stages per step: about 8 KiB of K per stage.
+pub fn decode_chunk(spec: &Spec, elem_bytes: u32) -> u32 {
+    (8192 / (spec.head_dim.unwrap_or(16) * elem_bytes)).clamp(8, 64)
+}
+
 /// Heads one RoPE thread rotates (its cos/sin are computed once for them).
 pub const ROPE_HEADS_PER_THREAD: u32 = 4;
 
@@ -99,7 +136,7 @@ impl Kernel {
                     }
                     out.push(Spec { dtype, block: 4 * warp, warp: Some(warp), head_dim: None, row_mode: Some(RowMode::Warp) });
                 }
-                Kind::Rope(_) => {
+                Kind::Rope(_) | Kind::Attention => {
                     for &h in &self.options.head_dims {
                         out.push(Spec { dtype, block: self.options.blocks[0], warp: None, head_dim: Some(h), row_mode: None });
                     }

@@ -111,6 +111,46 @@ fn launcher(kernel: &Kernel, args: &TokenStream, func: &syn::ItemFn) -> TokenStr
         }
     }
     let kind = kernel.kind.name();
+    let planners = if kernel.kind == rocmforge_dsl::ir::Kind::Attention {
+        quote! {
+            /// Checks the arguments against the declaration and the device limits and
+            /// returns the launch. `seqs` places the sequences: query offsets, contiguous
+            /// or paged K/V, and the longest query and key/value runs. Up to 8 queries
+            /// per sequence run the split-KV decode kernel, longer runs the prefill.
+            pub fn plan(
+                limits: &#rt::DeviceLimits,
+                #(#params,)*
+                seqs: &#rt::AttnSeqs<'_>,
+            ) -> ::core::result::Result<#rt::LaunchPlan, #rt::LaunchError> {
+                #rt::plan_attention(kernel()?, limits, &[#(#arg_exprs),*], seqs)
+            }
+
+            /// Plans writing new K/V rows `[tokens, kv_heads, head_dim]` into paged caches
+            /// `[pages, page_size, kv_heads, head_dim]` at `slots` (i32, one per token:
+            /// `page * page_size + offset`; negative slots are skipped).
+            pub fn plan_kv_store(
+                limits: &#rt::DeviceLimits,
+                k_new: &dyn #rt::TensorArg,
+                v_new: &dyn #rt::TensorArg,
+                k_cache: &mut dyn #rt::TensorArg,
+                v_cache: &mut dyn #rt::TensorArg,
+                slots: &dyn #rt::TensorArg,
+            ) -> ::core::result::Result<#rt::LaunchPlan, #rt::LaunchError> {
+                #rt::plan_kv_store(kernel()?, limits, k_new, v_new, &*k_cache, &*v_cache, slots)
+            }
+        }
+    } else {
+        quote! {
+            /// Checks the arguments against the declaration and the device limits and
+            /// returns the launch: symbol, grid, block, shared bytes, ordered arguments.
+            pub fn plan(
+                limits: &#rt::DeviceLimits,
+                #(#params),*
+            ) -> ::core::result::Result<#rt::LaunchPlan, #rt::LaunchError> {
+                #rt::plan(kernel()?, limits, &[#(#arg_exprs),*])
+            }
+        }
+    };
     let summary = format!("Launcher of the `{kind}` kernel `{}` declared with `#[gpu_kernel]`.", kernel.name);
     quote! {
         #(#docs)*
@@ -132,14 +172,7 @@ fn launcher(kernel: &Kernel, args: &TokenStream, func: &syn::ItemFn) -> TokenStr
                     .map_err(|e| #rt::LaunchError::Kernel(::core::clone::Clone::clone(e)))
             }
 
-            /// Checks the arguments against the declaration and the device limits and
-            /// returns the launch: symbol, grid, block, shared bytes, ordered arguments.
-            pub fn plan(
-                limits: &#rt::DeviceLimits,
-                #(#params),*
-            ) -> ::core::result::Result<#rt::LaunchPlan, #rt::LaunchError> {
-                #rt::plan(kernel()?, limits, &[#(#arg_exprs),*])
-            }
+            #planners
 
             /// Runs the kernel on the host with the IR interpreter, in place.
             pub fn run_host(

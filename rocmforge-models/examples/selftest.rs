@@ -22,7 +22,10 @@ use rocmforge_dsl::spec::RowMode;
 use rocmforge_models::kernels;
 use rocmforge_models::sampling::Rng;
 use rocmforge_runtime::cuda::{CudaDevice, DeviceTensor};
-use rocmforge_runtime::{plan_spec, Arg, DType, HostArg, HostTensor, Kernel, Spec};
+use rocmforge_runtime::{plan_attention_with, plan_spec, Arg, AttnSeqs, DType, HostArg, HostTensor, Kernel, KvIndex, Spec};
+
+#[path = "../../tests/common/attn_ref.rs"]
+mod attn_ref;
 
 fn bound(d: DType) -> f64 {
     match d {
@@ -44,6 +47,8 @@ fn shapes(k: &Kernel, spec: &Spec, rng: &mut Rng) -> Vec<Vec<HostArg>> {
     };
     let mut out = Vec::new();
     match k.kind {
+        // Attention has its own cases (`attention_cases`), with sequence layouts.
+        Kind::Attention => {}
         Kind::Elementwise => {
             for n in [1usize, 3, 4097, 300_001] {
                 out.push(vec![t(rng, &[n], 6.0), t(rng, &[n], 3.0), t(rng, &[n], 1.0)]);
@@ -230,6 +235,14 @@ fn main() -> ExitCode {
     );
     let (mut pass, mut fail) = (0usize, 0usize);
     for k in &ks {
+        if k.kind == Kind::Attention {
+            for spec in k.specs(dev.limits().warp_size) {
+                let (p, f) = attention_cases(&dev, k, spec, &mut rng);
+                pass += p;
+                fail += f;
+            }
+            continue;
+        }
         for spec in k.specs(dev.limits().warp_size) {
             let d = spec.dtype.unwrap_or(DType::F32);
             for host in shapes(k, &spec, &mut rng) {
@@ -273,6 +286,188 @@ fn main() -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Attention bounds on the nMSE against the f64 reference (the 5e-4 for bf16
+/// and 1e-5 for f32). P is rounded to the input dtype before P V on the matrix cores,
+/// and the output is rounded: f16 has an 8x finer mantissa than bf16, so 1e-4 for it.
+fn attention_bound(d: DType) -> f64 {
+    match d {
+        DType::BF16 => 5e-4,
+        DType::F16 => 1e-4,
+        _ => 1e-5,
+    }
+}
+
+/// Every attention case of one specialization on the GPU, against the f64 reference:
+/// prefill (odd lengths, GQA 1/4/8, over a paged cache), decode (1 and 4 queries,
+/// scattered pages of 16 and 32, lengths 1 to 4097, splits), each long case also
+/// through the portable kernel, and the paged K/V store. Returns (passed, failed).
+fn attention_cases(dev: &Arc<CudaDevice>, k: &Kernel, spec: Spec, rng: &mut Rng) -> (usize, usize) {
+    use attn_ref::{build, variant_of, Problem};
+    let d = spec.dtype.unwrap_or(DType::F32);
+    let hd = spec.head_dim.unwrap_or(64) as usize;
+    let extra = match k.name.as_str() {
+        "attention_window" => Some(HostArg::I32(37)),
+        "attention_softcap" => Some(HostArg::F32(5.0)),
+        "attention_alibi" => Some(HostArg::F32(-1.0)),
+        _ => None,
+    };
+    let sval = match extra {
+        Some(HostArg::I32(v)) => v as f32,
+        Some(HostArg::F32(v)) => v,
+        _ => 0.0,
+    };
+    let Some(var) = variant_of(&k.name, sval) else { return (0, 1) };
+    let p = |heads, kv_heads, q_lens: &[usize], kv_lens: &[usize]| Problem { heads, kv_heads, d: hd, q_lens: q_lens.to_vec(), kv_lens: kv_lens.to_vec() };
+    let mut cases: Vec<(Problem, Option<usize>)> = vec![
+        (p(8, 2, &[1, 17, 300], &[1, 17, 300]), None),
+        (p(8, 1, &[129], &[129]), None),
+        (p(4, 4, &[64, 65], &[64, 65]), Some(16)),
+        (p(8, 2, &[100, 37], &[300, 37]), Some(16)),
+        (p(8, 1, &[1, 1, 1, 1], &[1, 17, 1000, 4097]), Some(32)),
+        (p(8, 2, &[4, 4], &[4, 700]), Some(16)),
+        (p(8, 2, &[1], &[4097]), None),
+    ];
+    if d == DType::BF16 && hd == 128 && matches!(k.name.as_str(), "attention_causal" | "attention") {
+        cases.push((p(2, 1, &[1000, 4097], &[1000, 4097]), None));
+    }
+    let (mut pass, mut fail) = (0, 0);
+    let scale = 1.0 / (hd as f32).sqrt();
+    for (prob, page) in &cases {
+        let mut scalars = vec![HostArg::F32(scale)];
+        scalars.extend(extra.clone());
+        let case = build(prob, d, *page, &scalars, 2.0, &mut || rng.next_f32());
+        let want = case.reference(prob, f64::from(scale), var);
+        let long = case.max_q > 8;
+        // Long runs: the planner's choice (matrix cores where it can), then the
+        // portable kernel forced; short runs: the decode kernel.
+        let modes: &[Option<bool>] = if long { &[None, Some(true)] } else { &[None] };
+        for &mode in modes {
+            let label = format!(
+                "{} {}q={:?} kv={:?} h={}/{}",
+                if mode == Some(true) { "portable" } else { "auto" },
+                page.map(|ps| format!("paged{ps} ")).unwrap_or_default(),
+                prob.q_lens,
+                prob.kv_lens,
+                prob.heads,
+                prob.kv_heads
+            );
+            let sym = rocmforge_dsl::symbol_name(&k.name, &spec);
+            match run_attention(dev, k, &case, mode) {
+                Ok((symbol, got)) => {
+                    let e = attn_ref::nmse(&got, &want);
+                    let ok = e <= attention_bound(d);
+                    if ok {
+                        pass += 1;
+                    } else {
+                        fail += 1;
+                    }
+                    println!(
+                        "{:<17} {:<32} {:<6} {:<44} {:>10.2e} {:>8.0e}  {}",
+                        k.name,
+                        symbol,
+                        d,
+                        label,
+                        e,
+                        attention_bound(d),
+                        if ok { "pass" } else { "FAIL" }
+                    );
+                }
+                Err(e) => {
+                    fail += 1;
+                    println!("{:<17} {:<32} {:<6} {:<44} error: {e}", k.name, sym, d, label);
+                }
+            }
+        }
+    }
+    match kv_store_case(dev, k, d, hd, rng) {
+        Ok(true) => pass += 1,
+        Ok(false) => {
+            fail += 1;
+            println!("{:<17} kv store {d} hd{hd}: FAIL (cache contents differ)", k.name);
+        }
+        Err(e) => {
+            fail += 1;
+            println!("{:<17} kv store {d} hd{hd}: error: {e}", k.name);
+        }
+    }
+    (pass, fail)
+}
+
+fn run_attention(dev: &Arc<CudaDevice>, k: &Kernel, case: &attn_ref::Case, mode: Option<bool>) -> Result<(String, Vec<f32>), Box<dyn std::error::Error>> {
+    let mut tensors = Vec::new();
+    for h in &case.host {
+        if let HostArg::Tensor(t) = h {
+            tensors.push(Some(dev.upload(t)?));
+        } else {
+            tensors.push(None);
+        }
+    }
+    let n = k.params.len();
+    let args: Vec<Arg<'_>> = case.host[..n]
+        .iter()
+        .zip(&tensors)
+        .map(|(h, t)| match (h, t) {
+            (_, Some(t)) => Arg::Tensor(t),
+            (HostArg::F32(v), None) => Arg::F32(*v),
+            (HostArg::I32(v), None) => Arg::I32(*v),
+            (HostArg::U32(v), None) => Arg::U32(*v),
+            (HostArg::Tensor(_), None) => Arg::F32(f32::NAN),
+        })
+        .collect();
+    let idx: Vec<&DeviceTensor> = tensors[n..].iter().flatten().collect();
+    let kv = match idx.len() {
+        2 => KvIndex::Contiguous { cu_k: idx[1] },
+        _ => KvIndex::Paged { block_table: idx[1], kv_lens: idx[2] },
+    };
+    let seqs = AttnSeqs { cu_q: idx[0], kv, max_q: case.max_q, max_kv: case.max_kv };
+    let plan = plan_attention_with(k, dev.limits(), &args, &seqs, mode)?;
+    dev.launch(k, &plan)?;
+    dev.synchronize()?;
+    let out = tensors[3].as_ref().ok_or("no output tensor")?;
+    Ok((plan.symbol.clone(), dev.download(out)?.to_f32_vec()))
+}
+
+/// New K/V rows written through scattered slots (one skipped with -1) into a cache
+/// poisoned with NaN; the written slots must hold exactly the rows, the rest stay NaN.
+fn kv_store_case(dev: &Arc<CudaDevice>, k: &Kernel, d: DType, hd: usize, rng: &mut Rng) -> Result<bool, Box<dyn std::error::Error>> {
+    let (tokens, kvh, pages, ps) = (37usize, 2usize, 8usize, 16usize);
+    let rand = |rng: &mut Rng, n: usize| -> Vec<f32> { (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect() };
+    let kn = HostTensor::from_f32(d, &[tokens, kvh, hd], &rand(rng, tokens * kvh * hd)).ok_or("shape")?;
+    let vn = HostTensor::from_f32(d, &[tokens, kvh, hd], &rand(rng, tokens * kvh * hd)).ok_or("shape")?;
+    let mut order: Vec<i32> = (0..(pages * ps) as i32).collect();
+    for i in (1..order.len()).rev() {
+        let j = ((rng.next_f32() * (i + 1) as f32) as usize).min(i);
+        order.swap(i, j);
+    }
+    let mut slots: Vec<i32> = order[..tokens].to_vec();
+    slots[5] = -1;
+    let st = HostTensor::from_i32(&[tokens], slots.clone()).ok_or("shape")?;
+    let (kn_d, vn_d, st_d) = (dev.upload(&kn)?, dev.upload(&vn)?, dev.upload(&st)?);
+    let mut kc = dev.alloc(d, &[pages, ps, kvh, hd])?;
+    let mut vc = dev.alloc(d, &[pages, ps, kvh, hd])?;
+    dev.poison(&mut kc)?;
+    dev.poison(&mut vc)?;
+    let plan = rocmforge_runtime::plan_kv_store(k, dev.limits(), &kn_d, &vn_d, &kc, &vc, &st_d)?;
+    dev.launch(k, &plan)?;
+    let (kc_h, vc_h) = (dev.download(&kc)?.to_f32_vec(), dev.download(&vc)?.to_f32_vec());
+    let (kn_h, vn_h) = (kn.to_f32_vec(), vn.to_f32_vec());
+    let row = kvh * hd;
+    let mut written = vec![false; pages * ps];
+    for (t, &s) in slots.iter().enumerate() {
+        if s < 0 {
+            continue;
+        }
+        written[s as usize] = true;
+        let (c, n) = (&kc_h[s as usize * row..][..row], &kn_h[t * row..][..row]);
+        let (cv, nv) = (&vc_h[s as usize * row..][..row], &vn_h[t * row..][..row]);
+        if c.iter().zip(n).any(|(a, b)| a.to_bits() != b.to_bits()) || cv.iter().zip(nv).any(|(a, b)| a.to_bits() != b.to_bits()) {
+            return Ok(false);
+        }
+    }
+    let untouched = written.iter().enumerate().filter(|(_, w)| !**w).all(|(s, _)| kc_h[s * row..][..row].iter().all(|x| x.is_nan()));
+    Ok(untouched)
 }
 
 /// Many threads launching at once on a fresh device whose module cache is empty and

@@ -48,6 +48,38 @@ pub fn rope_neox(q: &mut Heads<T>, k: &mut Heads<T>, pos: &[i32], inv_freq: &[f3
 #[gpu_kernel(rope(layout = gptj, dtype = [f32, f16, bf16], head_dim = [64, 80, 96, 128, 256]))]
 pub fn rope_gptj(q: &mut Heads<T>, k: &mut Heads<T>, pos: &[i32], inv_freq: &[f32], mscale: f32) {}
 
+/// Scaled dot-product attention, every position visible (encoders, cross-attention).
+#[gpu_kernel(attention(dtype = [f32, f16, bf16], head_dim = [64, 80, 96, 128, 256]))]
+pub fn attention(q: &Heads<T>, k: &Heads<T>, v: &Heads<T>, out: &mut Heads<T>, scale: f32) {}
+
+/// Causal attention (decoder self-attention): a query sees its position and earlier ones.
+#[gpu_kernel(attention(dtype = [f32, f16, bf16], head_dim = [64, 80, 96, 128, 256]))]
+pub fn attention_causal(q: &Heads<T>, k: &Heads<T>, v: &Heads<T>, out: &mut Heads<T>, scale: f32) {
+    mask!(kv_pos <= q_pos);
+}
+
+/// Causal attention over a sliding window of `window` positions (Mistral, Qwen2 layers).
+#[gpu_kernel(attention(dtype = [f16, bf16], head_dim = [64, 128]))]
+pub fn attention_window(q: &Heads<T>, k: &Heads<T>, v: &Heads<T>, out: &mut Heads<T>, scale: f32, window: i32) {
+    mask!(kv_pos <= q_pos && q_pos - kv_pos < window);
+}
+
+/// Causal attention with a logit soft cap `cap * tanh(score / cap)` (Gemma 2).
+#[gpu_kernel(attention(dtype = [f16, bf16], head_dim = [128, 256]))]
+pub fn attention_softcap(q: &Heads<T>, k: &Heads<T>, v: &Heads<T>, out: &mut Heads<T>, scale: f32, cap: f32) {
+    score!(cap * tanh(score / cap));
+    mask!(kv_pos <= q_pos);
+}
+
+/// Causal attention with ALiBi: head `h` subtracts `2^(alibi_exp * (h + 1)) * distance`
+/// (`alibi_exp = -8 / heads` for a power-of-two head count, as in BLOOM and MPT).
+#[gpu_kernel(attention(dtype = [f16, bf16], head_dim = [64, 128]))]
+pub fn attention_alibi(q: &Heads<T>, k: &Heads<T>, v: &Heads<T>, out: &mut Heads<T>, scale: f32, alibi_exp: f32) {
+    let slope = pow(2.0, alibi_exp * ((head + 1) as f32));
+    score!(score - slope * ((q_pos - kv_pos) as f32));
+    mask!(kv_pos <= q_pos);
+}
+
 /// The IR of every standard kernel, for tests, snapshots and the self-check.
 pub fn all() -> Result<Vec<&'static rocmforge_runtime::Kernel>, rocmforge_runtime::LaunchError> {
     Ok(vec![
@@ -58,5 +90,10 @@ pub fn all() -> Result<Vec<&'static rocmforge_runtime::Kernel>, rocmforge_runtim
         add_rmsnorm::kernel()?,
         rope_neox::kernel()?,
         rope_gptj::kernel()?,
+        attention::kernel()?,
+        attention_causal::kernel()?,
+        attention_window::kernel()?,
+        attention_softcap::kernel()?,
+        attention_alibi::kernel()?,
     ])
 }

@@ -95,6 +95,16 @@ pub struct CudaDevice {
     compile_nanos: AtomicU64,
     compiles: AtomicU64,
     cache_hits: AtomicU64,
+    /// Zeroed scratch for kernels that ask for it (split-KV attention), grown on demand.
+    /// Launches are ordered on the one stream, so one buffer serves them all.
+    workspace: std::sync::Mutex<Workspace>,
+}
+
+/// A device allocation owned by its [`CudaDevice`] (freed in the device's Drop).
+#[derive(Debug, Default)]
+struct Workspace {
+    ptr: sys::CUdeviceptr,
+    bytes: usize,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -130,9 +140,13 @@ impl CudaDevice {
                 attr(A::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y)? as u32,
                 attr(A::CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Z)? as u32,
             ],
-            max_shared_bytes: attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK)? as u32,
+            // With the opt-in (cuFuncSetAttribute at launch) a workgroup may use this much.
+            max_shared_bytes: attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as u32,
+            compute_units: attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32,
+            mma: false,
         };
         let (major, minor) = ctx.compute_capability().map_err(drv("cuDeviceGetAttribute"))?;
+        let limits = DeviceLimits { mma: major >= 8, ..limits };
         let name = ctx.name().map_err(drv("cuDeviceGetName"))?;
         let total_mem = ctx.total_mem().map_err(drv("cuDeviceTotalMem"))?;
         let compute_units = attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
@@ -151,6 +165,7 @@ impl CudaDevice {
             compile_nanos: AtomicU64::new(0),
             compiles: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
+            workspace: std::sync::Mutex::new(Workspace::default()),
         }))
     }
 
@@ -372,9 +387,36 @@ impl CudaDevice {
             return Err(LaunchError::Kernel(format!("plan for `{}` launched as `{}`", plan.kernel, kernel.name)).into());
         }
         let f = self.function(kernel, &plan.spec, &plan.symbol)?;
-        let mut storage = plan.param_slots();
-        let mut params: Vec<*mut std::ffi::c_void> = storage.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
         self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+        let mut storage = plan.param_slots();
+        // Held until the launch is queued: the next launch that grows the buffer waits.
+        let mut ws = self.workspace.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if plan.workspace_bytes > 0 {
+            let need = usize::try_from(plan.workspace_bytes).map_err(|_| CudaError::OutOfMemory {
+                requested: usize::MAX,
+                free: 0,
+                total: self.total_mem,
+            })?;
+            if ws.bytes < need {
+                self.grow_workspace(&mut ws, need)?;
+            }
+            if let Some(last) = storage.last_mut() {
+                *last = ws.ptr.to_ne_bytes();
+            }
+        }
+        if plan.shared_bytes > 48 * 1024 {
+            // SAFETY: `f` is a loaded function of this context; the value is within the
+            // device's opt-in limit (checked by the plan).
+            unsafe {
+                cu::function::set_function_attribute(
+                    f.cu_function(),
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    plan.shared_bytes as i32,
+                )
+            }
+            .map_err(drv("cuFuncSetAttribute"))?;
+        }
+        let mut params: Vec<*mut std::ffi::c_void> = storage.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
         // SAFETY: the plan was checked against this kernel's declaration: one parameter
         // slot per kernel parameter in order, each 8-byte slot holding the value in the
         // width the generated signature declares (pointers and long long: 8 bytes;
@@ -391,6 +433,47 @@ impl CudaDevice {
             )
         }
         .map_err(drv("cuLaunchKernel"))
+    }
+
+    /// Replaces the workspace with a zeroed one of at least `need` bytes.
+    fn grow_workspace(&self, ws: &mut Workspace, need: usize) -> Result<(), CudaError> {
+        // Queued launches may still use the old buffer.
+        self.synchronize()?;
+        if ws.bytes > 0 {
+            // SAFETY: `ws.ptr` came from cuMemAlloc below and is freed once, here, after
+            // the stream drained; it is replaced before the lock is released.
+            unsafe { cu::free_sync(ws.ptr) }.map_err(drv("cuMemFree"))?;
+            *ws = Workspace::default();
+        }
+        let bytes = need.next_power_of_two();
+        // SAFETY: the context is current; the pointer is owned by the device's workspace
+        // and freed in `grow_workspace` or the device's Drop.
+        let ptr = match unsafe { cu::malloc_sync(bytes) } {
+            Ok(p) => p,
+            Err(e) if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
+                let (free, total) = self.memory_info().unwrap_or((0, self.total_mem));
+                return Err(CudaError::OutOfMemory { requested: bytes, free, total });
+            }
+            Err(e) => return Err(CudaError::Driver { call: "cuMemAlloc", source: e }),
+        };
+        *ws = Workspace { ptr, bytes };
+        // SAFETY: writes exactly the new allocation's bytes.
+        unsafe { cu::memset_d8_sync(ptr, 0, bytes) }.map_err(drv("cuMemsetD8"))
+    }
+}
+
+impl Drop for CudaDevice {
+    fn drop(&mut self) {
+        let ws = self.workspace.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if ws.bytes > 0 {
+            let _ = self.stream.synchronize();
+            let _ = self.ctx.bind_to_thread();
+            // SAFETY: the workspace pointer came from cuMemAlloc, is owned only by this
+            // device, and is freed exactly once, here.
+            if let Err(e) = unsafe { cu::free_sync(ws.ptr) } {
+                tracing::error!("cuMemFree (workspace) failed: {e}");
+            }
+        }
     }
 }
 

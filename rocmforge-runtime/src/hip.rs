@@ -97,6 +97,10 @@ pub struct HipDevice {
     aot_module: OnceLock<Result<usize, String>>,
     modules: OnceMap<Result<usize, String>>,
     functions: OnceMap<Result<usize, String>>,
+    /// Zeroed scratch for kernels that ask for it (split-KV attention): (address,
+    /// bytes), owned by the device, grown on demand, freed in Drop. Launches are ordered
+    /// on the null stream, so one buffer serves them all.
+    workspace: std::sync::Mutex<(usize, usize)>,
 }
 
 impl std::fmt::Debug for HipDevice {
@@ -139,6 +143,9 @@ impl HipDevice {
             max_threads_per_block: p.maxThreadsPerBlock.max(1) as u32,
             max_grid: [p.maxGridSize[0].max(1) as u32, p.maxGridSize[1].max(1) as u32, p.maxGridSize[2].max(1) as u32],
             max_shared_bytes: u32::try_from(p.sharedMemPerBlock).unwrap_or(u32::MAX),
+            compute_units: p.multiProcessorCount.max(1) as u32,
+            // No MFMA/WMMA attention prefill yet: the portable kernel runs.
+            mma: false,
         };
         let aot = code_objects.iter().find(|(t, _)| *t == arch).map(|(_, b)| *b);
         Ok(Arc::new(HipDevice {
@@ -152,6 +159,7 @@ impl HipDevice {
             aot_module: OnceLock::new(),
             modules: OnceMap::new(),
             functions: OnceMap::new(),
+            workspace: std::sync::Mutex::new((0, 0)),
         }))
     }
 
@@ -309,6 +317,36 @@ impl HipDevice {
         self.bind()?;
         let f = self.function(kernel, &plan.spec, &plan.symbol)?;
         let mut storage = plan.param_slots();
+        // Held until the launch is queued, so a launch that grows the buffer waits.
+        let mut ws = self.workspace.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if plan.workspace_bytes > 0 {
+            let need = usize::try_from(plan.workspace_bytes).unwrap_or(usize::MAX);
+            if ws.1 < need {
+                self.synchronize()?;
+                if ws.1 > 0 {
+                    // SAFETY: the address came from hipMalloc below, owned by this device;
+                    // queued work finished (synchronize above). Replaced right after.
+                    check("hipFree", unsafe { hip::hipFree(ws.0 as *mut c_void) })?;
+                    *ws = (0, 0);
+                }
+                let bytes = need.next_power_of_two();
+                let mut ptr: *mut c_void = std::ptr::null_mut();
+                // SAFETY: writes one pointer; the allocation is owned by this device's
+                // workspace and freed here on growth or in Drop.
+                let r = unsafe { hip::hipMalloc(&mut ptr, bytes) };
+                if r == hip::hipError_t::hipErrorOutOfMemory {
+                    let (free, total) = self.memory_info().unwrap_or((0, self.total_mem));
+                    return Err(HipError::OutOfMemory { requested: bytes, free, total });
+                }
+                check("hipMalloc", r)?;
+                *ws = (ptr as usize, bytes);
+                // SAFETY: writes exactly the new allocation's bytes.
+                check("hipMemset", unsafe { hip::hipMemset(ptr, 0, bytes) })?;
+            }
+            if let Some(last) = storage.last_mut() {
+                *last = (ws.0 as u64).to_ne_bytes();
+            }
+        }
         let mut params: Vec<*mut c_void> = storage.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
         // SAFETY: as for the CUDA backend: one 8-byte slot per kernel parameter in order,
         // each holding the value in the width the generated signature declares; grid and
@@ -329,6 +367,20 @@ impl HipDevice {
                 std::ptr::null_mut(),
             )
         })
+    }
+}
+
+impl Drop for HipDevice {
+    fn drop(&mut self) {
+        let ws = *self.workspace.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if ws.1 > 0 && self.synchronize().is_ok() {
+            // SAFETY: the workspace came from hipMalloc, is owned only by this device and
+            // is freed exactly once, here, after its work finished.
+            let r = unsafe { hip::hipFree(ws.0 as *mut c_void) };
+            if r != hip::hipError_t::hipSuccess {
+                tracing::warn!("hipFree (workspace) failed: {r:?}");
+            }
+        }
     }
 }
 

@@ -19,23 +19,28 @@ pub struct DeviceLimits {
     pub max_threads_per_block: u32,
     /// Most workgroups per grid dimension.
     pub max_grid: [u32; 3],
-    /// Shared memory per workgroup, bytes.
+    /// Shared memory one workgroup may use, bytes (with the opt-in past 48 KiB on NVIDIA).
     pub max_shared_bytes: u32,
+    /// Multiprocessors (NVIDIA SMs, AMD CUs): split-KV decode sizes its grid to them.
+    pub compute_units: u32,
+    /// NVIDIA `mma.sync` (sm_80 and newer): attention prefill runs on the matrix cores;
+    /// elsewhere it runs the portable kernel.
+    pub mma: bool,
 }
 
 impl DeviceLimits {
     /// The host device (the interpreter has no launch limits; plans use these shapes).
     pub const HOST: DeviceLimits =
-        DeviceLimits { warp_size: 32, max_threads_per_block: 1024, max_grid: [i32::MAX as u32, 65535, 65535], max_shared_bytes: 48 * 1024 };
+        DeviceLimits { warp_size: 32, max_threads_per_block: 1024, max_grid: [i32::MAX as u32, 65535, 65535], max_shared_bytes: 48 * 1024, compute_units: 1, mma: false };
     /// NVIDIA sm_80/sm_90 limits (A100, H100).
     pub const NVIDIA_SM90: DeviceLimits =
-        DeviceLimits { warp_size: 32, max_threads_per_block: 1024, max_grid: [i32::MAX as u32, 65535, 65535], max_shared_bytes: 48 * 1024 };
+        DeviceLimits { warp_size: 32, max_threads_per_block: 1024, max_grid: [i32::MAX as u32, 65535, 65535], max_shared_bytes: 227 * 1024, compute_units: 132, mma: true };
     /// AMD CDNA (gfx90a, gfx94x): wave64.
     pub const AMD_CDNA: DeviceLimits =
-        DeviceLimits { warp_size: 64, max_threads_per_block: 1024, max_grid: [i32::MAX as u32, 65535, 65535], max_shared_bytes: 64 * 1024 };
+        DeviceLimits { warp_size: 64, max_threads_per_block: 1024, max_grid: [i32::MAX as u32, 65535, 65535], max_shared_bytes: 64 * 1024, compute_units: 104, mma: false };
     /// AMD RDNA (gfx10xx, gfx11xx, gfx12xx): wave32.
     pub const AMD_RDNA: DeviceLimits =
-        DeviceLimits { warp_size: 32, max_threads_per_block: 1024, max_grid: [i32::MAX as u32, 65535, 65535], max_shared_bytes: 64 * 1024 };
+        DeviceLimits { warp_size: 32, max_threads_per_block: 1024, max_grid: [i32::MAX as u32, 65535, 65535], max_shared_bytes: 64 * 1024, compute_units: 48, mma: false };
 }
 
 /// One kernel argument as passed to the launch API.
@@ -73,6 +78,10 @@ pub struct LaunchPlan {
     pub args: Vec<ArgValue>,
     /// The problem size the plan covers.
     pub dims: Dims,
+    /// Zero-initialized scratch the kernel needs (split-KV attention), bytes. The device
+    /// passes its workspace, kept between launches, as the last argument; the kernel
+    /// leaves it zeroed again.
+    pub workspace_bytes: u64,
 }
 
 impl LaunchPlan {
@@ -314,6 +323,12 @@ pub fn plan_spec(kernel: &Kernel, limits: &DeviceLimits, args: &[Arg<'_>], force
             values.push(ArgValue::I32(i32_of("rotary pairs", half_rot)?));
             (spec, work)
         }
+        (Kind::Attention, _) => {
+            return Err(LaunchError::Kernel(format!(
+                "kernel `{}` is attention: plan it with its launcher's `plan(..., seqs)` (plan_attention), which takes the sequence layout",
+                kernel.name
+            )))
+        }
         _ => return Err(LaunchError::Kernel(format!("kernel `{}`: kind and problem size disagree", kernel.name))),
     };
     let spec = match force {
@@ -328,7 +343,7 @@ pub fn plan_spec(kernel: &Kernel, limits: &DeviceLimits, args: &[Arg<'_>], force
     };
     let items_per_block = match kernel.kind {
         Kind::Rowwise => spec.block / kernel.row_threads(&spec),
-        Kind::Elementwise | Kind::Rope(_) => spec.block,
+        Kind::Elementwise | Kind::Rope(_) | Kind::Attention => spec.block,
     };
     let blocks_needed = ceil_div(items, u64::from(items_per_block));
     limit(kernel, "threads per block", u64::from(spec.block), u64::from(limits.max_threads_per_block))?;
@@ -356,6 +371,7 @@ pub fn plan_spec(kernel: &Kernel, limits: &DeviceLimits, args: &[Arg<'_>], force
         shared_bytes: 0,
         args: values,
         dims,
+        workspace_bytes: 0,
     })
 }
 
@@ -365,4 +381,306 @@ fn missing(kernel: &Kernel, dtype: Option<DType>) -> LaunchError {
 
 fn overflow(kernel: &Kernel, what: &'static str) -> LaunchError {
     LaunchError::Limit { kernel: kernel.name.clone(), what, value: u64::MAX, limit: i64::MAX as u64 }
+}
+
+/// Where each sequence's queries and keys/values lie, for an attention launch.
+#[derive(Clone, Copy)]
+pub enum KvIndex<'a> {
+    /// K/V `[total_kv, kv_heads, head_dim]`; sequence `b` holds rows `cu_k[b]..cu_k[b+1]`.
+    Contiguous {
+        /// i32 `[batch + 1]`, non-decreasing, `cu_k[batch] <= total_kv`.
+        cu_k: &'a dyn TensorArg,
+    },
+    /// K/V `[pages, page_size, kv_heads, head_dim]`; position `p` of sequence `b` is in
+    /// page `block_table[b][p / page_size]` at row `p % page_size`.
+    Paged {
+        /// i32 `[batch, max_pages]`; entries outside `0..pages` read as zeros.
+        block_table: &'a dyn TensorArg,
+        /// i32 `[batch]`: positions in each sequence's cache.
+        kv_lens: &'a dyn TensorArg,
+    },
+}
+
+/// The sequences of an attention launch. The offsets live on the device; the two
+/// bounds are their host-side maxima, which size the grid.
+#[derive(Clone, Copy)]
+pub struct AttnSeqs<'a> {
+    /// i32 `[batch + 1]`: sequence `b` has queries `cu_q[b]..cu_q[b+1]` of `q`.
+    pub cu_q: &'a dyn TensorArg,
+    /// Keys and values.
+    pub kv: KvIndex<'a>,
+    /// The longest query run of any sequence.
+    pub max_q: u32,
+    /// The longest key/value length of any sequence.
+    pub max_kv: u32,
+}
+
+impl AttnSeqs<'_> {
+    fn index_args(&self) -> Vec<Arg<'_>> {
+        let mut v = vec![Arg::Tensor(self.cu_q)];
+        match self.kv {
+            KvIndex::Contiguous { cu_k } => v.push(Arg::Tensor(cu_k)),
+            KvIndex::Paged { block_table, kv_lens } => {
+                v.push(Arg::Tensor(block_table));
+                v.push(Arg::Tensor(kv_lens));
+            }
+        }
+        v
+    }
+}
+
+/// Query tokens per sequence up to which attention uses the split-KV decode kernel.
+pub const DECODE_MAX_Q: u32 = 8;
+
+fn descs_of<'a>(args: &'a [Arg<'a>]) -> Vec<ArgDesc<'a>> {
+    args.iter()
+        .map(|a| match a {
+            Arg::Tensor(t) => ArgDesc::Tensor { dtype: t.dtype(), shape: t.shape() },
+            Arg::F32(_) => ArgDesc::Scalar(ScalarTy::F32),
+            Arg::I32(_) => ArgDesc::Scalar(ScalarTy::I32),
+            Arg::U32(_) => ArgDesc::Scalar(ScalarTy::U32),
+        })
+        .collect()
+}
+
+fn values_of(args: &[Arg<'_>]) -> Vec<ArgValue> {
+    args.iter()
+        .map(|a| match a {
+            Arg::Tensor(t) => ArgValue::Ptr(t.device_ptr()),
+            Arg::F32(v) => ArgValue::F32(*v),
+            Arg::I32(v) => ArgValue::I32(*v),
+            Arg::U32(v) => ArgValue::U32(*v),
+        })
+        .collect()
+}
+
+fn attention_spec(kernel: &Kernel, limits: &DeviceLimits, dtype: Option<DType>, head_dim: u64) -> Result<Spec, LaunchError> {
+    kernel.specs(limits.warp_size).into_iter().find(|s| s.dtype == dtype && s.head_dim.map(u64::from) == Some(head_dim)).ok_or_else(|| {
+        LaunchError::UnsupportedSpecialization {
+            kernel: kernel.name.clone(),
+            what: "head_dim",
+            value: head_dim,
+            supported: kernel.options.head_dims.iter().map(|&h| u64::from(h)).collect(),
+        }
+    })
+}
+
+fn require_aligned(kernel: &Kernel, values: &[ArgValue]) -> Result<(), LaunchError> {
+    for v in values {
+        if let ArgValue::Ptr(p) = v {
+            if p % 16 != 0 {
+                return Err(LaunchError::Limit {
+                    kernel: kernel.name.clone(),
+                    what: "tensor address alignment (attention reads and writes 16-byte groups; pass tensors that start 16-byte aligned)",
+                    value: *p,
+                    limit: 16,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Plans an attention launch: `args` are the declared parameters in order; `seqs` says
+/// where the sequences are. Up to [`DECODE_MAX_Q`] query tokens per sequence run the
+/// split-KV decode kernel; longer runs the matrix-core prefill where the device has one.
+pub fn plan_attention(kernel: &Kernel, limits: &DeviceLimits, args: &[Arg<'_>], seqs: &AttnSeqs<'_>) -> Result<LaunchPlan, LaunchError> {
+    plan_attention_with(kernel, limits, args, seqs, None)
+}
+
+/// [`plan_attention`] with the kernel forced (`Some(true)`: decode, `Some(false)`:
+/// prefill), for self-checks and benchmarks that run both on one problem.
+pub fn plan_attention_with(
+    kernel: &Kernel,
+    limits: &DeviceLimits,
+    args: &[Arg<'_>],
+    seqs: &AttnSeqs<'_>,
+    force_decode: Option<bool>,
+) -> Result<LaunchPlan, LaunchError> {
+    use rocmforge_dsl::spec::{decode_chunk, prefill_shared_bytes, prefill_tiles, symbol_name, DECODE_ROWS, DECODE_SUFFIX};
+    if kernel.kind != Kind::Attention {
+        return Err(LaunchError::Kernel(format!("kernel `{}` is {}, not attention", kernel.name, kernel.kind.name())));
+    }
+    let mut all: Vec<Arg<'_>> = args.to_vec();
+    all.extend(seqs.index_args());
+    let (dtype, dims) = resolve(kernel, &descs_of(&all))?;
+    let Dims::Attention { batch, total_q, heads, kv_heads, head_dim, paged, kv_rows } = dims else {
+        return Err(LaunchError::Kernel(format!("kernel `{}`: kind and problem size disagree", kernel.name)));
+    };
+    let spec = attention_spec(kernel, limits, dtype, head_dim)?;
+    let mut values = values_of(&all);
+    require_aligned(kernel, &values)?;
+    let max_q = u64::from(seqs.max_q);
+    if max_q == 0 || max_q > total_q {
+        return Err(LaunchError::Limit { kernel: kernel.name.clone(), what: "max_q (must be 1 to the query tokens)", value: max_q, limit: total_q });
+    }
+    if !paged.is_some() && u64::from(seqs.max_kv) > kv_rows {
+        return Err(LaunchError::Limit { kernel: kernel.name.clone(), what: "max_kv (past the K/V rows)", value: u64::from(seqs.max_kv), limit: kv_rows });
+    }
+    let i32_of = |what: &'static str, v: u64| -> Result<i32, LaunchError> {
+        i32::try_from(v).map_err(|_| LaunchError::Limit { kernel: kernel.name.clone(), what, value: v, limit: i32::MAX as u64 })
+    };
+    i32_of("query tokens", total_q)?;
+    i32_of("K/V rows", kv_rows)?;
+    let (pages, page_size, max_pages) = paged.unwrap_or((0, 0, 0));
+    values.push(ArgValue::I32(i32_of("heads", heads)?));
+    values.push(ArgValue::I32(i32_of("kv heads", kv_heads)?));
+    values.push(ArgValue::I32(i32_of("page size", page_size)?));
+    values.push(ArgValue::I32(i32_of("pages per sequence", max_pages)?));
+    values.push(ArgValue::I32(i32_of("pages", pages)?));
+    let is_mma_dtype = matches!(dtype, Some(DType::F16 | DType::BF16));
+    let decode = force_decode.unwrap_or(max_q <= u64::from(DECODE_MAX_Q) || !limits.mma || !is_mma_dtype);
+    if !decode && !(limits.mma && is_mma_dtype) {
+        return Err(LaunchError::Kernel(format!(
+            "kernel `{}`: the matrix-core prefill needs f16/bf16 and an sm_80+ NVIDIA GPU",
+            kernel.name
+        )));
+    }
+    let base = symbol_name(&kernel.name, &spec);
+    let grid_y_max = u64::from(limits.max_grid[1]);
+    let grid_z_max = u64::from(limits.max_grid[2]);
+    if decode {
+        let group = heads / kv_heads;
+        let rows = u64::from(DECODE_ROWS);
+        let head_rows = group.min(rows);
+        let q_rows = (rows / head_rows).clamp(1, max_q);
+        let gx = max_q.div_ceil(q_rows) * group.div_ceil(head_rows);
+        let gy = batch * kv_heads;
+        limit(kernel, "batch * kv_heads (grid y)", gy, grid_y_max)?;
+        let tiles = gx.checked_mul(gy).ok_or_else(|| overflow(kernel, "attention tiles"))?;
+        let elem = dtype.map_or(4, |d| d.size() as u32);
+        let chunk = u64::from(decode_chunk(&spec, elem));
+        // Enough workgroups for two per multiprocessor, each over at least 4 steps.
+        let want = (2 * u64::from(limits.compute_units.max(1))).div_ceil(tiles.max(1));
+        let splits = want.min(u64::from(seqs.max_kv).div_ceil(4 * chunk)).clamp(1, grid_z_max.min(256));
+        values.push(ArgValue::I32(i32_of("query rows", q_rows)?));
+        values.push(ArgValue::I32(i32_of("head rows", head_rows)?));
+        values.push(ArgValue::I32(i32_of("splits", splits)?));
+        values.push(ArgValue::Ptr(0));
+        let workspace_bytes = if splits > 1 {
+            let slots = tiles * splits * rows;
+            4 * (tiles.next_multiple_of(4) + slots * 2 + slots * head_dim)
+        } else {
+            0
+        };
+        let gx = u32::try_from(gx).ok().filter(|&g| g <= limits.max_grid[0]).ok_or(LaunchError::Limit {
+            kernel: kernel.name.clone(),
+            what: "query row groups (grid x)",
+            value: gx,
+            limit: u64::from(limits.max_grid[0]),
+        })?;
+        return Ok(LaunchPlan {
+            kernel: kernel.name.clone(),
+            spec,
+            symbol: format!("{base}{DECODE_SUFFIX}"),
+            grid: [gx, gy as u32, splits as u32],
+            block: [spec.block, 1, 1],
+            shared_bytes: 0,
+            args: values,
+            dims,
+            workspace_bytes,
+        });
+    }
+    let (bq, _) = prefill_tiles(kernel, &spec);
+    let shared = prefill_shared_bytes(kernel, &spec);
+    limit(kernel, "shared memory per workgroup (bytes)", u64::from(shared), u64::from(limits.max_shared_bytes))?;
+    limit(kernel, "heads (grid y)", heads, grid_y_max)?;
+    limit(kernel, "batch (grid z)", batch, grid_z_max)?;
+    let gx = max_q.div_ceil(u64::from(bq));
+    Ok(LaunchPlan {
+        kernel: kernel.name.clone(),
+        spec,
+        symbol: base,
+        grid: [gx as u32, heads as u32, batch as u32],
+        block: [spec.block, 1, 1],
+        shared_bytes: shared,
+        args: values,
+        dims,
+        workspace_bytes: 0,
+    })
+}
+
+/// Plans the write of new K/V rows `[tokens, kv_heads, head_dim]` into a paged cache
+/// `[pages, page_size, kv_heads, head_dim]` at `slots` (i32 `[tokens]`, `page * page_size
+/// + offset`; negative slots are skipped).
+pub fn plan_kv_store(
+    kernel: &Kernel,
+    limits: &DeviceLimits,
+    k_new: &dyn TensorArg,
+    v_new: &dyn TensorArg,
+    k_cache: &dyn TensorArg,
+    v_cache: &dyn TensorArg,
+    slots: &dyn TensorArg,
+) -> Result<LaunchPlan, LaunchError> {
+    use rocmforge_dsl::spec::{symbol_name, KV_STORE_SUFFIX};
+    let kname = kernel.name.as_str();
+    let shape_err = |param: &str, expected: String, got: &[usize]| {
+        LaunchError::Args(ArgError::Shape { kernel: kname.into(), param: param.into(), expected, got: got.to_vec() })
+    };
+    if kernel.kind != Kind::Attention {
+        return Err(LaunchError::Kernel(format!("kernel `{kname}` is {}, not attention", kernel.name)));
+    }
+    let dtype = k_new.dtype();
+    for (name, t) in [("v_new", v_new), ("k_cache", k_cache), ("v_cache", v_cache)] {
+        if t.dtype() != dtype {
+            return Err(LaunchError::Args(ArgError::DType { kernel: kname.into(), param: name.into(), expected: dtype.to_string(), got: t.dtype(), hint: String::new() }));
+        }
+    }
+    let kn = k_new.shape();
+    if kn.len() != 3 || v_new.shape() != kn {
+        return Err(shape_err("k_new/v_new", "two equal shapes [tokens, kv_heads, head_dim]".into(), v_new.shape()));
+    }
+    let kc = k_cache.shape();
+    if kc.len() != 4 || v_cache.shape() != kc || kc[2] != kn[1] || kc[3] != kn[2] {
+        return Err(shape_err("k_cache/v_cache", format!("two equal shapes [pages, page_size, {}, {}]", kn[1], kn[2]), kc));
+    }
+    if slots.dtype() != DType::I32 || slots.shape().iter().product::<usize>() != kn[0] {
+        return Err(shape_err("slots", format!("i32 [{}], one slot per token", kn[0]), slots.shape()));
+    }
+    let spec = attention_spec(kernel, limits, Some(dtype).filter(|_| kernel.is_generic()), kn[2] as u64)?;
+    let mut values = values_of(&[Arg::Tensor(k_new), Arg::Tensor(v_new), Arg::Tensor(k_cache), Arg::Tensor(v_cache), Arg::Tensor(slots)]);
+    require_aligned(kernel, &values)?;
+    let tokens = kn[0] as u64;
+    let num_slots = (kc[0] as u64).checked_mul(kc[1] as u64).ok_or_else(|| overflow(kernel, "cache slots"))?;
+    if tokens == 0 || num_slots == 0 {
+        return Err(shape_err("k_new", "at least one token and one cache slot".into(), kn));
+    }
+    let groups = tokens * kn[1] as u64 * (kn[2] as u64 / u64::from(16 / dtype.size() as u32)) * 2;
+    values.push(ArgValue::I64(i64::try_from(tokens).map_err(|_| overflow(kernel, "tokens"))?));
+    values.push(ArgValue::I32(i32::try_from(kn[1]).map_err(|_| overflow(kernel, "kv heads"))?));
+    values.push(ArgValue::I64(i64::try_from(num_slots).map_err(|_| overflow(kernel, "cache slots"))?));
+    let grid = groups.div_ceil(u64::from(spec.block)).clamp(1, u64::from(limits.max_grid[0]));
+    Ok(LaunchPlan {
+        kernel: kernel.name.clone(),
+        spec,
+        symbol: format!("{}{KV_STORE_SUFFIX}", symbol_name(&kernel.name, &spec)),
+        grid: [grid as u32, 1, 1],
+        block: [spec.block, 1, 1],
+        shared_bytes: 0,
+        args: values,
+        dims: Dims::Elementwise { n: groups },
+        workspace_bytes: 0,
+    })
+}
+
+impl std::fmt::Debug for KvIndex<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KvIndex::Contiguous { cu_k } => write!(f, "Contiguous {{ cu_k: {:?} }}", Arg::Tensor(*cu_k)),
+            KvIndex::Paged { block_table, kv_lens } => {
+                write!(f, "Paged {{ block_table: {:?}, kv_lens: {:?} }}", Arg::Tensor(*block_table), Arg::Tensor(*kv_lens))
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for AttnSeqs<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttnSeqs")
+            .field("cu_q", &Arg::Tensor(self.cu_q))
+            .field("kv", &self.kv)
+            .field("max_q", &self.max_q)
+            .field("max_kv", &self.max_kv)
+            .finish()
+    }
 }
