@@ -113,6 +113,36 @@ fn shapes(dtype: DType, batch: usize, q_len: usize, kv_len: usize, heads: usize,
     }
 }
 
+/// Parameters of `symbol`'s generated signature.
+fn signature_len(kernel: &rocmforge::runtime::Kernel, plan: &rocmforge::runtime::LaunchPlan) -> usize {
+    let src = rocmforge::dsl::codegen::render_spec(kernel, &plan.spec).unwrap();
+    let at = src.find(&format!(" {}(", plan.symbol)).unwrap_or_else(|| panic!("{} not in the source", plan.symbol));
+    let rest = &src[at + plan.symbol.len() + 2..];
+    rest[..rest.find(')').unwrap()].split(',').count()
+}
+
+#[test]
+fn plans_pass_one_argument_per_kernel_parameter() {
+    let nv = DeviceLimits::NVIDIA_SM90;
+    let k = kernels::attention_window::kernel().unwrap();
+    let mut s = shapes(DType::F16, 2, 100, 100, 8, 2, 64);
+    let table = desc(DType::I32, &[2, 4]);
+    let lens = desc(DType::I32, &[2]);
+    let kp = desc(DType::F16, &[8, 32, 2, 64]);
+    for (max_q, paged) in [(1, false), (100, false), (1, true), (100, true)] {
+        let kv = if paged { KvIndex::Paged { block_table: &table, kv_lens: &lens } } else { KvIndex::Contiguous { cu_k: &s.cu_k } };
+        let seqs = AttnSeqs { cu_q: &s.cu_q, kv, max_q, max_kv: 100 };
+        let (kk, vv) = if paged { (&kp, &kp) } else { (&s.k, &s.v) };
+        let p = kernels::attention_window::plan(&nv, &s.q, kk, vv, &mut s.out, 0.1, 16, &seqs).unwrap();
+        assert_eq!(p.args.len(), signature_len(k, &p), "{} (paged {paged})", p.symbol);
+    }
+    let kn = desc(DType::F16, &[5, 2, 64]);
+    let (mut kc, mut vc) = (kp.clone(), kp.clone());
+    let slots = desc(DType::I32, &[5]);
+    let p = kernels::attention_window::plan_kv_store(&nv, &kn, &kn, &mut kc, &mut vc, &slots).unwrap();
+    assert_eq!(p.args.len(), signature_len(k, &p), "{}", p.symbol);
+}
+
 #[test]
 fn plans_pick_decode_or_prefill_and_size_the_splits() {
     let nv = DeviceLimits::NVIDIA_SM90;
@@ -120,7 +150,7 @@ fn plans_pick_decode_or_prefill_and_size_the_splits() {
     let mut s = shapes(DType::BF16, 1, 1, 4096, 32, 8, 128);
     let seqs = AttnSeqs { cu_q: &s.cu_q, kv: KvIndex::Contiguous { cu_k: &s.cu_k }, max_q: 1, max_kv: 4096 };
     let p = kernels::attention_causal::plan(&nv, &s.q, &s.k, &s.v, &mut s.out, 0.1, &seqs).unwrap();
-    assert!(p.symbol.ends_with("_decode"), "{}", p.symbol);
+    assert!(p.symbol.ends_with("_decode_mma"), "{}", p.symbol);
     assert_eq!(p.grid[1], 8, "one row of tiles per kv head");
     assert!(p.grid[2] >= 16, "splits {} too few to fill 132 SMs", p.grid[2]);
     assert!(p.workspace_bytes > 0);

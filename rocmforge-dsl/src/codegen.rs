@@ -181,6 +181,7 @@ fn attention_ctx(kernel: &Kernel, spec: &Spec, ctx: &mut tera::Context) {
     ctx.insert("block_kv", &bkv);
     ctx.insert("chunk", &decode_chunk(spec, dtype.size() as u32));
     ctx.insert("rows", &DECODE_ROWS);
+    ctx.insert("counters", &crate::spec::DECODE_COUNTERS);
     ctx.insert("mma", &matches!(dtype, crate::DType::F16 | crate::DType::BF16));
     ctx.insert("is_bf16", &(dtype == crate::DType::BF16));
     ctx.insert("storage", dtype.c_storage());
@@ -226,6 +227,15 @@ fn attention_ctx(kernel: &Kernel, spec: &Spec, ctx: &mut tera::Context) {
         }
     }
     ctx.insert("full_test", &full.join(" && "));
+    // The matrix-core decode tests each tile against its warp's range end and the rows'
+    // query positions qp0..qp1.
+    let dec_full: Vec<String> = full
+        .iter()
+        .map(|t| t.replace("kv0 + BKV <= kv_len", "kv0 + BKV <= w_hi").replace("qp_first", "qp0").replace("qp_last", "qp1"))
+        .collect();
+    ctx.insert("dec_full_test", &dec_full.join(" && "));
+    ctx.insert("dec_bkv", &crate::spec::decode_mma_tile(spec));
+    ctx.insert("store_x", &dtype.c_store("x"));
     ctx.insert("band_hi", &hi);
     ctx.insert("band_lo", &lo);
 }

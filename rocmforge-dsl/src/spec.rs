@@ -72,6 +72,11 @@ pub const DECODE_SUFFIX: &str = "_decode";
 /// Suffix of an attention specialization's kernel that writes new K/V into a paged cache.
 pub const KV_STORE_SUFFIX: &str = "_kvstore";
 
+/// Split-KV combine counters at the start of the decode workspace, one per tile. The
+/// region is fixed so that no launch's partial results ever land where a later launch
+/// (of another grid shape) keeps counters; launches with more tiles do not split.
+pub const DECODE_COUNTERS: u32 = 4096;
+
 /// Query rows one decode workgroup holds (heads of a GQA group x query tokens).
 pub const DECODE_ROWS: u32 = 8;
 
@@ -91,6 +96,35 @@ pub fn prefill_shared_bytes(kernel: &Kernel, spec: &Spec) -> u32 {
     let (bq, bkv) = prefill_tiles(kernel, spec);
     let ld = spec.head_dim.unwrap_or(16) + 8;
     (bq + 4 * bkv) * ld * 2
+}
+
+/// Suffix of the matrix-core split-KV decode kernel (f16/bf16 on sm_80+).
+pub const DECODE_MMA_SUFFIX: &str = "_decode_mma";
+
+/// Query rows of the matrix-core decode (one m16 tile).
+pub const DECODE_MMA_ROWS: u32 = 16;
+
+/// Warps of a matrix-core decode workgroup, each over a quarter of its split.
+pub const DECODE_MMA_WARPS: u32 = 4;
+
+/// K/V rows per stage of the matrix-core decode: 32, or 16 for head dims past 64 (keeps
+/// three workgroups' double buffers per multiprocessor at head_dim 128).
+pub fn decode_mma_tile(spec: &Spec) -> u32 {
+    if 2048 / spec.head_dim.unwrap_or(16) >= 32 {
+        32
+    } else {
+        16
+    }
+}
+
+/// Shared bytes of a matrix-core decode workgroup: the Q tile and each warp's double
+/// buffer of K and V; the warps' merge reuses the buffers (it must fit them).
+pub fn decode_mma_shared_bytes(spec: &Spec) -> u32 {
+    let d = spec.head_dim.unwrap_or(16);
+    let ld = d + 8;
+    let buffers = DECODE_MMA_WARPS * 4 * decode_mma_tile(spec) * ld * 2;
+    let merge = 4 * (DECODE_MMA_WARPS * DECODE_MMA_ROWS * (d + 3) + 2 * DECODE_MMA_ROWS + 1);
+    DECODE_MMA_ROWS * ld * 2 + buffers.max(merge)
 }
 
 /// Key/value positions a decode workgroup stages per step: about 8 KiB of K per stage.

@@ -488,8 +488,9 @@ pub fn plan_attention(kernel: &Kernel, limits: &DeviceLimits, args: &[Arg<'_>], 
     plan_attention_with(kernel, limits, args, seqs, None)
 }
 
-/// [`plan_attention`] with the kernel forced (`Some(true)`: decode, `Some(false)`:
-/// prefill), for self-checks and benchmarks that run both on one problem.
+/// [`plan_attention`] with the kernel forced (`Some(true)`: the portable split-KV kernel,
+/// as on devices without a matrix-core path; `Some(false)`: the matrix-core prefill),
+/// for self-checks and benchmarks that run several kernels on one problem.
 pub fn plan_attention_with(
     kernel: &Kernel,
     limits: &DeviceLimits,
@@ -497,7 +498,7 @@ pub fn plan_attention_with(
     seqs: &AttnSeqs<'_>,
     force_decode: Option<bool>,
 ) -> Result<LaunchPlan, LaunchError> {
-    use rocmforge_dsl::spec::{decode_chunk, prefill_shared_bytes, prefill_tiles, symbol_name, DECODE_ROWS, DECODE_SUFFIX};
+    use rocmforge_dsl::spec::{decode_chunk, prefill_shared_bytes, prefill_tiles, symbol_name, DECODE_COUNTERS, DECODE_ROWS, DECODE_SUFFIX};
     if kernel.kind != Kind::Attention {
         return Err(LaunchError::Kernel(format!("kernel `{}` is {}, not attention", kernel.name, kernel.kind.name())));
     }
@@ -508,8 +509,16 @@ pub fn plan_attention_with(
         return Err(LaunchError::Kernel(format!("kernel `{}`: kind and problem size disagree", kernel.name)));
     };
     let spec = attention_spec(kernel, limits, dtype, head_dim)?;
-    let mut values = values_of(&all);
-    require_aligned(kernel, &values)?;
+    // The kernels take all four index pointers; the layout not used passes null.
+    let mut values = values_of(args);
+    // q, k, v and out move in 16-byte groups; the i32 index tensors are read by element.
+    require_aligned(kernel, &values[..4])?;
+    let ptr = |t: &dyn TensorArg| ArgValue::Ptr(t.device_ptr());
+    values.push(ptr(seqs.cu_q));
+    match seqs.kv {
+        KvIndex::Contiguous { cu_k } => values.extend([ptr(cu_k), ArgValue::Ptr(0), ArgValue::Ptr(0)]),
+        KvIndex::Paged { block_table, kv_lens } => values.extend([ArgValue::Ptr(0), ptr(block_table), ptr(kv_lens)]),
+    }
     let max_q = u64::from(seqs.max_q);
     if max_q == 0 || max_q > total_q {
         return Err(LaunchError::Limit { kernel: kernel.name.clone(), what: "max_q (must be 1 to the query tokens)", value: max_q, limit: total_q });
@@ -539,6 +548,9 @@ pub fn plan_attention_with(
     let base = symbol_name(&kernel.name, &spec);
     let grid_y_max = u64::from(limits.max_grid[1]);
     let grid_z_max = u64::from(limits.max_grid[2]);
+    if decode && force_decode != Some(true) && limits.mma && is_mma_dtype {
+        return plan_decode_mma(kernel, limits, spec, values, dims, seqs.max_kv, [batch, heads, kv_heads, head_dim, max_q]);
+    }
     if decode {
         let group = heads / kv_heads;
         let rows = u64::from(DECODE_ROWS);
@@ -552,14 +564,17 @@ pub fn plan_attention_with(
         let chunk = u64::from(decode_chunk(&spec, elem));
         // Enough workgroups for two per multiprocessor, each over at least 4 steps.
         let want = (2 * u64::from(limits.compute_units.max(1))).div_ceil(tiles.max(1));
-        let splits = want.min(u64::from(seqs.max_kv).div_ceil(4 * chunk)).clamp(1, grid_z_max.min(256));
+        let mut splits = want.min(u64::from(seqs.max_kv).div_ceil(4 * chunk)).clamp(1, grid_z_max.min(256));
+        if tiles > u64::from(DECODE_COUNTERS) {
+            splits = 1; // enough tiles to fill the device; and one counter per tile
+        }
         values.push(ArgValue::I32(i32_of("query rows", q_rows)?));
         values.push(ArgValue::I32(i32_of("head rows", head_rows)?));
         values.push(ArgValue::I32(i32_of("splits", splits)?));
         values.push(ArgValue::Ptr(0));
         let workspace_bytes = if splits > 1 {
             let slots = tiles * splits * rows;
-            4 * (tiles.next_multiple_of(4) + slots * 2 + slots * head_dim)
+            4 * (u64::from(DECODE_COUNTERS) + slots * 2 + slots * head_dim)
         } else {
             0
         };
@@ -597,6 +612,69 @@ pub fn plan_attention_with(
         args: values,
         dims,
         workspace_bytes: 0,
+    })
+}
+
+/// The matrix-core split-KV decode: 16 query rows a workgroup, 4 warps over quarters of
+/// each split, splits sized to fill the device.
+fn plan_decode_mma(
+    kernel: &Kernel,
+    limits: &DeviceLimits,
+    spec: Spec,
+    mut values: Vec<ArgValue>,
+    dims: Dims,
+    max_kv: u32,
+    [batch, heads, kv_heads, head_dim, max_q]: [u64; 5],
+) -> Result<LaunchPlan, LaunchError> {
+    use rocmforge_dsl::spec::{decode_mma_shared_bytes, decode_mma_tile, symbol_name, DECODE_COUNTERS, DECODE_MMA_ROWS, DECODE_MMA_SUFFIX, DECODE_MMA_WARPS};
+    let group = heads / kv_heads;
+    let rows = u64::from(DECODE_MMA_ROWS);
+    let head_rows = group.min(rows);
+    let q_rows = (rows / head_rows).clamp(1, max_q);
+    let gx = max_q.div_ceil(q_rows) * group.div_ceil(head_rows);
+    let gy = batch * kv_heads;
+    limit(kernel, "batch * kv_heads (grid y)", gy, u64::from(limits.max_grid[1]))?;
+    let tiles = gx.checked_mul(gy).ok_or_else(|| overflow(kernel, "attention tiles"))?;
+    let shared = decode_mma_shared_bytes(&spec);
+    limit(kernel, "shared memory per workgroup (bytes)", u64::from(shared), u64::from(limits.max_shared_bytes))?;
+    // Workgroups resident per multiprocessor (by shared memory), times the
+    // multiprocessors: enough splits to fill them, each warp over at least two tiles.
+    let resident = u64::from((limits.max_shared_bytes / shared.max(1)).max(1));
+    let want = (u64::from(limits.compute_units.max(1)) * resident).div_ceil(tiles.max(1));
+    let per_split = 2 * u64::from(DECODE_MMA_WARPS * decode_mma_tile(&spec));
+    let mut splits = want.min(u64::from(max_kv).div_ceil(per_split)).clamp(1, u64::from(limits.max_grid[2]).min(256));
+    if tiles > u64::from(DECODE_COUNTERS) {
+        splits = 1;
+    }
+    let i32_of = |what: &'static str, v: u64| -> Result<i32, LaunchError> {
+        i32::try_from(v).map_err(|_| LaunchError::Limit { kernel: kernel.name.clone(), what, value: v, limit: i32::MAX as u64 })
+    };
+    values.push(ArgValue::I32(i32_of("query rows", q_rows)?));
+    values.push(ArgValue::I32(i32_of("head rows", head_rows)?));
+    values.push(ArgValue::I32(i32_of("splits", splits)?));
+    values.push(ArgValue::Ptr(0));
+    let workspace_bytes = if splits > 1 {
+        let slots = tiles * splits * rows;
+        4 * (u64::from(DECODE_COUNTERS) + slots * 2 + slots * head_dim)
+    } else {
+        0
+    };
+    let gx = u32::try_from(gx).ok().filter(|&g| g <= limits.max_grid[0]).ok_or(LaunchError::Limit {
+        kernel: kernel.name.clone(),
+        what: "query row groups (grid x)",
+        value: gx,
+        limit: u64::from(limits.max_grid[0]),
+    })?;
+    Ok(LaunchPlan {
+        kernel: kernel.name.clone(),
+        spec,
+        symbol: format!("{}{DECODE_MMA_SUFFIX}", symbol_name(&kernel.name, &spec)),
+        grid: [gx, gy as u32, splits as u32],
+        block: [spec.block, 1, 1],
+        shared_bytes: shared,
+        args: values,
+        dims,
+        workspace_bytes,
     })
 }
 
@@ -639,7 +717,7 @@ pub fn plan_kv_store(
     }
     let spec = attention_spec(kernel, limits, Some(dtype).filter(|_| kernel.is_generic()), kn[2] as u64)?;
     let mut values = values_of(&[Arg::Tensor(k_new), Arg::Tensor(v_new), Arg::Tensor(k_cache), Arg::Tensor(v_cache), Arg::Tensor(slots)]);
-    require_aligned(kernel, &values)?;
+    require_aligned(kernel, &values[..4])?;
     let tokens = kn[0] as u64;
     let num_slots = (kc[0] as u64).checked_mul(kc[1] as u64).ok_or_else(|| overflow(kernel, "cache slots"))?;
     if tokens == 0 || num_slots == 0 {
