@@ -189,8 +189,10 @@ RF_DEVICE void rf_cp_async_wait() {
 // A load that bypasses L1, for data another workgroup wrote during this launch.
 RF_DEVICE float rf_load_cg(const float* p) {
 #if defined(RF_CUDA)
+    // Not volatile: independent loads may be scheduled together; the caller's fence
+    // and barrier order them after the other workgroups' writes.
     float v;
-    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+    asm("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
     return v;
 #else
     return *(const volatile float*)p;
@@ -245,6 +247,12 @@ RF_DEVICE void rf_mma16816(float (&d)[4], const unsigned int (&a)[4], unsigned i
             : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
     }
+}
+// 2^x in one MUFU instruction (flush-to-zero; 2^-inf = 0), for the softmax.
+RF_DEVICE float rf_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
 }
 // Two f32 as one register of two 16-bit values, the first in the low half.
 template <bool IS_BF16>

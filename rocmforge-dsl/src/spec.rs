@@ -77,6 +77,9 @@ pub const KV_STORE_SUFFIX: &str = "_kvstore";
 /// (of another grid shape) keeps counters; launches with more tiles do not split.
 pub const DECODE_COUNTERS: u32 = 4096;
 
+/// Most splits of one decode launch.
+pub const DECODE_MAX_SPLITS: u32 = 256;
+
 /// Query rows one decode workgroup holds (heads of a GQA group x query tokens).
 pub const DECODE_ROWS: u32 = 8;
 
@@ -123,7 +126,9 @@ pub fn decode_mma_shared_bytes(spec: &Spec) -> u32 {
     let d = spec.head_dim.unwrap_or(16);
     let ld = d + 8;
     let buffers = DECODE_MMA_WARPS * 4 * decode_mma_tile(spec) * ld * 2;
-    let merge = 4 * (DECODE_MMA_WARPS * DECODE_MMA_ROWS * (d + 3) + 2 * DECODE_MMA_ROWS + 1);
+    // Merge: per-warp outputs, (max, sum) and weights, the rows' (max, sum), the flag,
+    // then the split weights of the combine (up to DECODE_MAX_SPLITS splits).
+    let merge = 4 * (DECODE_MMA_WARPS * DECODE_MMA_ROWS * (d + 3) + 2 * DECODE_MMA_ROWS + 4 + DECODE_MAX_SPLITS * DECODE_MMA_ROWS);
     DECODE_MMA_ROWS * ld * 2 + buffers.max(merge)
 }
 

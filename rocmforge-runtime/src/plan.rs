@@ -564,7 +564,7 @@ pub fn plan_attention_with(
         let chunk = u64::from(decode_chunk(&spec, elem));
         // Enough workgroups for two per multiprocessor, each over at least 4 steps.
         let want = (2 * u64::from(limits.compute_units.max(1))).div_ceil(tiles.max(1));
-        let mut splits = want.min(u64::from(seqs.max_kv).div_ceil(4 * chunk)).clamp(1, grid_z_max.min(256));
+        let mut splits = want.min(u64::from(seqs.max_kv).div_ceil(4 * chunk)).clamp(1, grid_z_max.min(u64::from(rocmforge_dsl::spec::DECODE_MAX_SPLITS)));
         if tiles > u64::from(DECODE_COUNTERS) {
             splits = 1; // enough tiles to fill the device; and one counter per tile
         }
@@ -640,9 +640,11 @@ fn plan_decode_mma(
     // Workgroups resident per multiprocessor (by shared memory), times the
     // multiprocessors: enough splits to fill them, each warp over at least two tiles.
     let resident = u64::from((limits.max_shared_bytes / shared.max(1)).max(1));
-    let want = (u64::from(limits.compute_units.max(1)) * resident).div_ceil(tiles.max(1));
+    // One wave: as many workgroups as fit at once (a second, partial wave would idle
+    // most of the device while it runs).
+    let want = (u64::from(limits.compute_units.max(1)) * resident / tiles.max(1)).max(1);
     let per_split = 2 * u64::from(DECODE_MMA_WARPS * decode_mma_tile(&spec));
-    let mut splits = want.min(u64::from(max_kv).div_ceil(per_split)).clamp(1, u64::from(limits.max_grid[2]).min(256));
+    let mut splits = want.min(u64::from(max_kv).div_ceil(per_split)).clamp(1, u64::from(limits.max_grid[2]).min(u64::from(rocmforge_dsl::spec::DECODE_MAX_SPLITS)));
     if tiles > u64::from(DECODE_COUNTERS) {
         splits = 1;
     }
