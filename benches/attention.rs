@@ -45,7 +45,18 @@ struct Set {
 }
 
 #[allow(clippy::too_many_arguments, reason = "one benchmark shape")]
-fn make_set(dev: &Arc<CudaDevice>, rng: &mut Rng, d: DType, b: usize, q_len: usize, kv: usize, h: usize, kvh: usize, hd: usize, page: Option<usize>) -> Set {
+fn make_set(
+    dev: &Arc<CudaDevice>,
+    rng: &mut Rng,
+    d: DType,
+    b: usize,
+    q_len: usize,
+    kv: usize,
+    h: usize,
+    kvh: usize,
+    hd: usize,
+    page: Option<usize>,
+) -> Set {
     let cu_q = ints(dev, &[b + 1], (0..=b as i32).map(|i| i * q_len as i32).collect());
     let (kv_shape, index) = match page {
         None => (vec![b * kv, kvh, hd], vec![ints(dev, &[b + 1], (0..=b as i32).map(|i| i * kv as i32).collect())]),
@@ -83,7 +94,10 @@ fn run(dev: &Arc<CudaDevice>, k: &Kernel, sets: &[Set], q_len: usize, kv: usize,
             plan_attention(k, dev.limits(), &args, &seqs).unwrap()
         })
         .collect();
-    println!("  plan: {} grid {:?} shared {} B workspace {} B", plans[0].symbol, plans[0].grid, plans[0].shared_bytes, plans[0].workspace_bytes);
+    println!(
+        "  plan: {} grid {:?} shared {} B workspace {} B",
+        plans[0].symbol, plans[0].grid, plans[0].shared_bytes, plans[0].workspace_bytes
+    );
     time_ms(dev, |i| dev.launch(k, &plans[i % plans.len()]).unwrap())
 }
 

@@ -187,4 +187,3 @@ fn main() {
          timed the same way: the fastest any kernel of that traffic can be; `vs copy` = its time / the kernel's)"
     );
 }
-

@@ -186,7 +186,9 @@ fn plans_refuse_bad_attention_arguments() {
     // A head dim with no specialization names the supported ones.
     let mut s = shapes(DType::BF16, 1, 4, 16, 4, 4, 72);
     match run(&mut s, 4) {
-        Err(LaunchError::UnsupportedSpecialization { what: "head_dim", value: 72, supported, .. }) => assert_eq!(supported, vec![64, 80, 96, 128, 256]),
+        Err(LaunchError::UnsupportedSpecialization { what: "head_dim", value: 72, supported, .. }) => {
+            assert_eq!(supported, vec![64, 80, 96, 128, 256])
+        }
         other => panic!("{other:?}"),
     }
     // kv heads that do not divide the heads.

@@ -386,14 +386,15 @@ fn i32_vector<'a>(kname: &str, name: &str, a: &ArgDesc<'a>, len: Option<u64>, wh
             }
             Ok(shape)
         }
-        ArgDesc::Tensor { dtype, .. } => Err(ArgError::DType {
+        ArgDesc::Tensor { dtype, .. } => {
+            Err(ArgError::DType { kernel: kname.into(), param: name.into(), expected: "i32".into(), got: dtype, hint: String::new() })
+        }
+        other => Err(ArgError::Kind {
             kernel: kname.into(),
             param: name.into(),
-            expected: "i32".into(),
-            got: dtype,
-            hint: String::new(),
+            expected: format!("an i32 tensor ({what})"),
+            got: describe(&other),
         }),
-        other => Err(ArgError::Kind { kernel: kname.into(), param: name.into(), expected: format!("an i32 tensor ({what})"), got: describe(&other) }),
     }
 }
 
@@ -414,7 +415,12 @@ fn attention_dims(kname: &str, tensors: &[(&str, Layout, &[usize])], index: &[Ar
     }
     numel(kname, qn, q)?;
     if o != q {
-        return Err(ArgError::Shape { kernel: kname.into(), param: on.into(), expected: format!("{q:?}, the shape of `{qn}`"), got: o.to_vec() });
+        return Err(ArgError::Shape {
+            kernel: kname.into(),
+            param: on.into(),
+            expected: format!("{q:?}, the shape of `{qn}`"),
+            got: o.to_vec(),
+        });
     }
     let paged = match k.len() {
         3 => false,
@@ -431,7 +437,12 @@ fn attention_dims(kname: &str, tensors: &[(&str, Layout, &[usize])], index: &[Ar
     };
     numel(kname, kn, k)?;
     if v != k {
-        return Err(ArgError::Shape { kernel: kname.into(), param: vn.into(), expected: format!("{k:?}, the shape of `{kn}`"), got: v.to_vec() });
+        return Err(ArgError::Shape {
+            kernel: kname.into(),
+            param: vn.into(),
+            expected: format!("{k:?}, the shape of `{kn}`"),
+            got: v.to_vec(),
+        });
     }
     let (kv_heads, d) = (k[k.len() - 2] as u64, k[k.len() - 1] as u64);
     let (heads, hd) = (q[1] as u64, q[2] as u64);
@@ -452,14 +463,22 @@ fn attention_dims(kname: &str, tensors: &[(&str, Layout, &[usize])], index: &[Ar
         return Err(ArgError::Kind {
             kernel: kname.into(),
             param: kn.into(),
-            expected: format!("{} K/V, with the index tensors {names} after the declared parameters", if paged { "paged" } else { "contiguous" }),
+            expected: format!(
+                "{} K/V, with the index tensors {names} after the declared parameters",
+                if paged { "paged" } else { "contiguous" }
+            ),
             got: format!("{} index tensors", index.len()),
         });
     }
     let cu_q = i32_vector(kname, "cu_q", &index[0], None, "")?;
     let batch = numel(kname, "cu_q", cu_q)?.saturating_sub(1);
     if batch == 0 {
-        return Err(ArgError::Shape { kernel: kname.into(), param: "cu_q".into(), expected: "batch + 1 >= 2 offsets".into(), got: cu_q.to_vec() });
+        return Err(ArgError::Shape {
+            kernel: kname.into(),
+            param: "cu_q".into(),
+            expected: "batch + 1 >= 2 offsets".into(),
+            got: cu_q.to_vec(),
+        });
     }
     let (paged, kv_rows) = if paged {
         let bt = i32_vector(kname, "block_table", &index[1], None, "")?;

@@ -163,9 +163,7 @@ mod tests {
     use super::*;
 
     fn kernel(body: &str) -> Kernel {
-        let item = format!(
-            "fn a(q: &Heads<T>, k: &Heads<T>, v: &Heads<T>, out: &mut Heads<T>, scale: f32, window: i32) {{ {body} }}"
-        );
+        let item = format!("fn a(q: &Heads<T>, k: &Heads<T>, v: &Heads<T>, out: &mut Heads<T>, scale: f32, window: i32) {{ {body} }}");
         crate::parse::parse_str("attention(dtype = [bf16], head_dim = [64])", &item).unwrap()
     }
 

@@ -565,7 +565,8 @@ fn run_attention(kernel: &Kernel, args: &mut [HostArg], [heads, kv_heads]: [usiz
                         Some(o) => qrow.iter().zip(&k[o..o + d]).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum(),
                         None => 0.0,
                     };
-                    let mut env = AttnEnv { args, vars: [q_pos, pos as i32, h as i32, kvh as i32, b as i32], score: (dot * f64::from(scale)) as f32 };
+                    let mut env =
+                        AttnEnv { args, vars: [q_pos, pos as i32, h as i32, kvh as i32, b as i32], score: (dot * f64::from(scale)) as f32 };
                     if let Some(m) = &kernel.score_mod {
                         env.score = eval_attn(m, &env).as_f32();
                     }

@@ -66,8 +66,7 @@ impl Cx {
 }
 
 fn parse_attr(cx: &mut Cx, attr: TokenStream, item: &syn::ItemFn) -> (Kind, Options) {
-    let mut options =
-        Options { dtypes: Vec::new(), blocks: Vec::new(), head_dims: Vec::new(), block_q: 128, block_kv: 64, debug: false };
+    let mut options = Options { dtypes: Vec::new(), blocks: Vec::new(), head_dims: Vec::new(), block_q: 128, block_kv: 64, debug: false };
     let metas = match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(attr) {
         Ok(m) => m,
         Err(e) => {
@@ -430,7 +429,10 @@ fn parse_attention_stmt(cx: &mut Cx, body: &mut Body<'_>, mods: &mut AttnMods, s
             if t.ty != Ty::Bool {
                 cx.error(&expr, format!("`mask!` takes a condition (a comparison), found {}", t.ty.name()));
             } else if inline_lets(&e, &body.lets).uses(AttnVar::Score) {
-                cx.error(&expr, "`mask!` cannot read `score`: it decides which positions are visible before scores exist; change scores with `score!`");
+                cx.error(
+                    &expr,
+                    "`mask!` cannot read `score`: it decides which positions are visible before scores exist; change scores with `score!`",
+                );
             } else if mods.mask.is_some() {
                 cx.error(&mac.path, "`mask!` given twice; combine the conditions with `&&`");
             } else {

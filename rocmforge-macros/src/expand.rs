@@ -117,6 +117,7 @@ fn launcher(kernel: &Kernel, args: &TokenStream, func: &syn::ItemFn) -> TokenStr
             /// returns the launch. `seqs` places the sequences: query offsets, contiguous
             /// or paged K/V, and the longest query and key/value runs. Up to 8 queries
             /// per sequence run the split-KV decode kernel, longer runs the prefill.
+            #[allow(clippy::too_many_arguments, reason = "one argument per declared parameter")]
             pub fn plan(
                 limits: &#rt::DeviceLimits,
                 #(#params,)*
@@ -143,6 +144,7 @@ fn launcher(kernel: &Kernel, args: &TokenStream, func: &syn::ItemFn) -> TokenStr
         quote! {
             /// Checks the arguments against the declaration and the device limits and
             /// returns the launch: symbol, grid, block, shared bytes, ordered arguments.
+            #[allow(clippy::too_many_arguments, reason = "one argument per declared parameter")]
             pub fn plan(
                 limits: &#rt::DeviceLimits,
                 #(#params),*

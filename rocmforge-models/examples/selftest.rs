@@ -323,7 +323,13 @@ fn attention_cases(dev: &Arc<CudaDevice>, k: &Kernel, spec: Spec, rng: &mut Rng)
         _ => 0.0,
     };
     let Some(var) = variant_of(&k.name, sval) else { return (0, 1) };
-    let p = |heads, kv_heads, q_lens: &[usize], kv_lens: &[usize]| Problem { heads, kv_heads, d: hd, q_lens: q_lens.to_vec(), kv_lens: kv_lens.to_vec() };
+    let p = |heads, kv_heads, q_lens: &[usize], kv_lens: &[usize]| Problem {
+        heads,
+        kv_heads,
+        d: hd,
+        q_lens: q_lens.to_vec(),
+        kv_lens: kv_lens.to_vec(),
+    };
     let mut cases: Vec<(Problem, Option<usize>)> = vec![
         (p(8, 2, &[1, 17, 300], &[1, 17, 300]), None),
         (p(8, 1, &[129], &[129]), None),
@@ -379,10 +385,17 @@ fn attention_cases(dev: &Arc<CudaDevice>, k: &Kernel, spec: Spec, rng: &mut Rng)
                         // Where it went wrong: (token, head) of the first wrong rows.
                         let row = prob.heads * hd;
                         let bad: Vec<(usize, usize)> = (0..got.len() / hd)
-                            .filter(|&r| (0..hd).any(|j| !got[r * hd + j].is_finite() || (f64::from(got[r * hd + j]) - want[r * hd + j]).abs() > 0.1))
+                            .filter(|&r| {
+                                (0..hd).any(|j| !got[r * hd + j].is_finite() || (f64::from(got[r * hd + j]) - want[r * hd + j]).abs() > 0.1)
+                            })
                             .map(|r| (r * hd / row, r % prob.heads))
                             .collect();
-                        println!("    {} of {} rows wrong, first (token, head): {:?}", bad.len(), got.len() / hd, &bad[..bad.len().min(12)]);
+                        println!(
+                            "    {} of {} rows wrong, first (token, head): {:?}",
+                            bad.len(),
+                            got.len() / hd,
+                            &bad[..bad.len().min(12)]
+                        );
                     }
                 }
                 Err(e) => {
@@ -406,7 +419,12 @@ fn attention_cases(dev: &Arc<CudaDevice>, k: &Kernel, spec: Spec, rng: &mut Rng)
     (pass, fail)
 }
 
-fn run_attention(dev: &Arc<CudaDevice>, k: &Kernel, case: &attn_ref::Case, mode: Option<bool>) -> Result<(String, Vec<f32>), Box<dyn std::error::Error>> {
+fn run_attention(
+    dev: &Arc<CudaDevice>,
+    k: &Kernel,
+    case: &attn_ref::Case,
+    mode: Option<bool>,
+) -> Result<(String, Vec<f32>), Box<dyn std::error::Error>> {
     let mut tensors = Vec::new();
     for h in &case.host {
         if let HostArg::Tensor(t) = h {

@@ -20,8 +20,8 @@ pub mod hip;
 pub use device::{Backend, CpuDevice, Device, DeviceError, DeviceInfo};
 
 pub use plan::{
-    plan, plan_attention, plan_attention_with, plan_kv_store, plan_spec, Arg, ArgValue, AttnSeqs, DeviceLimits, KvIndex, LaunchError, LaunchPlan,
-    TensorArg, TensorDesc,
+    plan, plan_attention, plan_attention_with, plan_kv_store, plan_spec, Arg, ArgValue, AttnSeqs, DeviceLimits, KvIndex, LaunchError,
+    LaunchPlan, TensorArg, TensorDesc,
 };
 pub use rocmforge_dsl as dsl;
 pub use rocmforge_dsl::args::ArgError;

@@ -30,17 +30,41 @@ pub struct DeviceLimits {
 
 impl DeviceLimits {
     /// The host device (the interpreter has no launch limits; plans use these shapes).
-    pub const HOST: DeviceLimits =
-        DeviceLimits { warp_size: 32, max_threads_per_block: 1024, max_grid: [i32::MAX as u32, 65535, 65535], max_shared_bytes: 48 * 1024, compute_units: 1, mma: false };
+    pub const HOST: DeviceLimits = DeviceLimits {
+        warp_size: 32,
+        max_threads_per_block: 1024,
+        max_grid: [i32::MAX as u32, 65535, 65535],
+        max_shared_bytes: 48 * 1024,
+        compute_units: 1,
+        mma: false,
+    };
     /// NVIDIA sm_80/sm_90 limits (A100, H100).
-    pub const NVIDIA_SM90: DeviceLimits =
-        DeviceLimits { warp_size: 32, max_threads_per_block: 1024, max_grid: [i32::MAX as u32, 65535, 65535], max_shared_bytes: 227 * 1024, compute_units: 132, mma: true };
+    pub const NVIDIA_SM90: DeviceLimits = DeviceLimits {
+        warp_size: 32,
+        max_threads_per_block: 1024,
+        max_grid: [i32::MAX as u32, 65535, 65535],
+        max_shared_bytes: 227 * 1024,
+        compute_units: 132,
+        mma: true,
+    };
     /// AMD CDNA (gfx90a, gfx94x): wave64.
-    pub const AMD_CDNA: DeviceLimits =
-        DeviceLimits { warp_size: 64, max_threads_per_block: 1024, max_grid: [i32::MAX as u32, 65535, 65535], max_shared_bytes: 64 * 1024, compute_units: 104, mma: false };
+    pub const AMD_CDNA: DeviceLimits = DeviceLimits {
+        warp_size: 64,
+        max_threads_per_block: 1024,
+        max_grid: [i32::MAX as u32, 65535, 65535],
+        max_shared_bytes: 64 * 1024,
+        compute_units: 104,
+        mma: false,
+    };
     /// AMD RDNA (gfx10xx, gfx11xx, gfx12xx): wave32.
-    pub const AMD_RDNA: DeviceLimits =
-        DeviceLimits { warp_size: 32, max_threads_per_block: 1024, max_grid: [i32::MAX as u32, 65535, 65535], max_shared_bytes: 64 * 1024, compute_units: 48, mma: false };
+    pub const AMD_RDNA: DeviceLimits = DeviceLimits {
+        warp_size: 32,
+        max_threads_per_block: 1024,
+        max_grid: [i32::MAX as u32, 65535, 65535],
+        max_shared_bytes: 64 * 1024,
+        compute_units: 48,
+        mma: false,
+    };
 }
 
 /// One kernel argument as passed to the launch API.
@@ -498,7 +522,9 @@ pub fn plan_attention_with(
     seqs: &AttnSeqs<'_>,
     force_decode: Option<bool>,
 ) -> Result<LaunchPlan, LaunchError> {
-    use rocmforge_dsl::spec::{decode_chunk, prefill_shared_bytes, prefill_tiles, symbol_name, DECODE_COUNTERS, DECODE_ROWS, DECODE_SUFFIX};
+    use rocmforge_dsl::spec::{
+        decode_chunk, prefill_shared_bytes, prefill_tiles, symbol_name, DECODE_COUNTERS, DECODE_ROWS, DECODE_SUFFIX,
+    };
     if kernel.kind != Kind::Attention {
         return Err(LaunchError::Kernel(format!("kernel `{}` is {}, not attention", kernel.name, kernel.kind.name())));
     }
@@ -521,10 +547,20 @@ pub fn plan_attention_with(
     }
     let max_q = u64::from(seqs.max_q);
     if max_q == 0 || max_q > total_q {
-        return Err(LaunchError::Limit { kernel: kernel.name.clone(), what: "max_q (must be 1 to the query tokens)", value: max_q, limit: total_q });
+        return Err(LaunchError::Limit {
+            kernel: kernel.name.clone(),
+            what: "max_q (must be 1 to the query tokens)",
+            value: max_q,
+            limit: total_q,
+        });
     }
-    if !paged.is_some() && u64::from(seqs.max_kv) > kv_rows {
-        return Err(LaunchError::Limit { kernel: kernel.name.clone(), what: "max_kv (past the K/V rows)", value: u64::from(seqs.max_kv), limit: kv_rows });
+    if paged.is_none() && u64::from(seqs.max_kv) > kv_rows {
+        return Err(LaunchError::Limit {
+            kernel: kernel.name.clone(),
+            what: "max_kv (past the K/V rows)",
+            value: u64::from(seqs.max_kv),
+            limit: kv_rows,
+        });
     }
     let i32_of = |what: &'static str, v: u64| -> Result<i32, LaunchError> {
         i32::try_from(v).map_err(|_| LaunchError::Limit { kernel: kernel.name.clone(), what, value: v, limit: i32::MAX as u64 })
@@ -539,7 +575,7 @@ pub fn plan_attention_with(
     values.push(ArgValue::I32(i32_of("pages", pages)?));
     let is_mma_dtype = matches!(dtype, Some(DType::F16 | DType::BF16));
     let decode = force_decode.unwrap_or(max_q <= u64::from(DECODE_MAX_Q) || !limits.mma || !is_mma_dtype);
-    if !decode && !(limits.mma && is_mma_dtype) {
+    if !(decode || limits.mma && is_mma_dtype) {
         return Err(LaunchError::Kernel(format!(
             "kernel `{}`: the matrix-core prefill needs f16/bf16 and an sm_80+ NVIDIA GPU",
             kernel.name
@@ -564,7 +600,9 @@ pub fn plan_attention_with(
         let chunk = u64::from(decode_chunk(&spec, elem));
         // Enough workgroups for two per multiprocessor, each over at least 4 steps.
         let want = (2 * u64::from(limits.compute_units.max(1))).div_ceil(tiles.max(1));
-        let mut splits = want.min(u64::from(seqs.max_kv).div_ceil(4 * chunk)).clamp(1, grid_z_max.min(u64::from(rocmforge_dsl::spec::DECODE_MAX_SPLITS)));
+        let mut splits = want
+            .min(u64::from(seqs.max_kv).div_ceil(4 * chunk))
+            .clamp(1, grid_z_max.min(u64::from(rocmforge_dsl::spec::DECODE_MAX_SPLITS)));
         if tiles > u64::from(DECODE_COUNTERS) {
             splits = 1; // enough tiles to fill the device; and one counter per tile
         }
@@ -626,7 +664,9 @@ fn plan_decode_mma(
     max_kv: u32,
     [batch, heads, kv_heads, head_dim, max_q]: [u64; 5],
 ) -> Result<LaunchPlan, LaunchError> {
-    use rocmforge_dsl::spec::{decode_mma_shared_bytes, decode_mma_tile, symbol_name, DECODE_COUNTERS, DECODE_MMA_ROWS, DECODE_MMA_SUFFIX, DECODE_MMA_WARPS};
+    use rocmforge_dsl::spec::{
+        decode_mma_shared_bytes, decode_mma_tile, symbol_name, DECODE_COUNTERS, DECODE_MMA_ROWS, DECODE_MMA_SUFFIX, DECODE_MMA_WARPS,
+    };
     let group = heads / kv_heads;
     let rows = u64::from(DECODE_MMA_ROWS);
     let head_rows = group.min(rows);
@@ -644,7 +684,9 @@ fn plan_decode_mma(
     // most of the device while it runs).
     let want = (u64::from(limits.compute_units.max(1)) * resident / tiles.max(1)).max(1);
     let per_split = 2 * u64::from(DECODE_MMA_WARPS * decode_mma_tile(&spec));
-    let mut splits = want.min(u64::from(max_kv).div_ceil(per_split)).clamp(1, u64::from(limits.max_grid[2]).min(u64::from(rocmforge_dsl::spec::DECODE_MAX_SPLITS)));
+    let mut splits = want
+        .min(u64::from(max_kv).div_ceil(per_split))
+        .clamp(1, u64::from(limits.max_grid[2]).min(u64::from(rocmforge_dsl::spec::DECODE_MAX_SPLITS)));
     if tiles > u64::from(DECODE_COUNTERS) {
         splits = 1;
     }
@@ -703,7 +745,13 @@ pub fn plan_kv_store(
     let dtype = k_new.dtype();
     for (name, t) in [("v_new", v_new), ("k_cache", k_cache), ("v_cache", v_cache)] {
         if t.dtype() != dtype {
-            return Err(LaunchError::Args(ArgError::DType { kernel: kname.into(), param: name.into(), expected: dtype.to_string(), got: t.dtype(), hint: String::new() }));
+            return Err(LaunchError::Args(ArgError::DType {
+                kernel: kname.into(),
+                param: name.into(),
+                expected: dtype.to_string(),
+                got: t.dtype(),
+                hint: String::new(),
+            }));
         }
     }
     let kn = k_new.shape();
