@@ -199,6 +199,17 @@ RF_DEVICE float rf_load_cg(const float* p) {
 #endif
 }
 
+// Four consecutive floats (16-byte aligned) past L1, as rf_load_cg.
+RF_DEVICE rf_vec<float, 4> rf_load_cg4(const float* p) {
+    rf_vec<float, 4> v;
+#if defined(RF_CUDA)
+    asm("ld.global.cg.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v.v[0]), "=f"(v.v[1]), "=f"(v.v[2]), "=f"(v.v[3]) : "l"(p) : "memory");
+#else
+    for (int j = 0; j < 4; ++j) v.v[j] = ((const volatile float*)p)[j];
+#endif
+    return v;
+}
+
 // Device-wide ordering and a counter for the last-workgroup-combines protocol.
 RF_DEVICE void rf_threadfence() {
 #if defined(RF_CUDA)

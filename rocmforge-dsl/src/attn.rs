@@ -159,6 +159,7 @@ pub fn cpp(kernel: &Kernel, e: &Expr) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly")]
 mod tests {
     use super::*;
 

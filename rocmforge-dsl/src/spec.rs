@@ -107,11 +107,14 @@ pub const DECODE_MMA_SUFFIX: &str = "_decode_mma";
 /// Query rows of the matrix-core decode (one m16 tile).
 pub const DECODE_MMA_ROWS: u32 = 16;
 
+/// Stages of each warp's K/V pipeline in the matrix-core decode (two tiles in flight).
+pub const DECODE_MMA_STAGES: u32 = 3;
+
 /// Warps of a matrix-core decode workgroup, each over a quarter of its split.
 pub const DECODE_MMA_WARPS: u32 = 4;
 
 /// K/V rows per stage of the matrix-core decode: 32, or 16 for head dims past 64 (keeps
-/// three workgroups' double buffers per multiprocessor at head_dim 128).
+/// two workgroups' pipelines per multiprocessor at head_dim 128).
 pub fn decode_mma_tile(spec: &Spec) -> u32 {
     if 2048 / spec.head_dim.unwrap_or(16) >= 32 {
         32
@@ -120,12 +123,12 @@ pub fn decode_mma_tile(spec: &Spec) -> u32 {
     }
 }
 
-/// Shared bytes of a matrix-core decode workgroup: the Q tile and each warp's double
-/// buffer of K and V; the warps' merge reuses the buffers (it must fit them).
+/// Shared bytes of a matrix-core decode workgroup: the Q tile and each warp's stages of
+/// K and V; the warps' merge reuses the buffers (it must fit them).
 pub fn decode_mma_shared_bytes(spec: &Spec) -> u32 {
     let d = spec.head_dim.unwrap_or(16);
     let ld = d + 8;
-    let buffers = DECODE_MMA_WARPS * 4 * decode_mma_tile(spec) * ld * 2;
+    let buffers = DECODE_MMA_WARPS * DECODE_MMA_STAGES * 2 * decode_mma_tile(spec) * ld * 2;
     // Merge: per-warp outputs, (max, sum) and weights, the rows' (max, sum), the flag,
     // then the split weights of the combine (up to DECODE_MAX_SPLITS splits).
     let merge = 4 * (DECODE_MMA_WARPS * DECODE_MMA_ROWS * (d + 3) + 2 * DECODE_MMA_ROWS + 4 + DECODE_MAX_SPLITS * DECODE_MMA_ROWS);
