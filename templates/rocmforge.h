@@ -199,6 +199,18 @@ RF_DEVICE float rf_load_cg(const float* p) {
 #endif
 }
 
+// Two consecutive floats (8-byte aligned) past L1, as rf_load_cg.
+RF_DEVICE rf_vec<float, 2> rf_load_cg2(const float* p) {
+    rf_vec<float, 2> v;
+#if defined(RF_CUDA)
+    asm("ld.global.cg.v2.f32 {%0, %1}, [%2];" : "=f"(v.v[0]), "=f"(v.v[1]) : "l"(p) : "memory");
+#else
+    v.v[0] = ((const volatile float*)p)[0];
+    v.v[1] = ((const volatile float*)p)[1];
+#endif
+    return v;
+}
+
 // Four consecutive floats (16-byte aligned) past L1, as rf_load_cg.
 RF_DEVICE rf_vec<float, 4> rf_load_cg4(const float* p) {
     rf_vec<float, 4> v;

@@ -130,8 +130,8 @@ pub fn decode_mma_shared_bytes(spec: &Spec) -> u32 {
     let ld = d + 8;
     let buffers = DECODE_MMA_WARPS * DECODE_MMA_STAGES * 2 * decode_mma_tile(spec) * ld * 2;
     // Merge: per-warp outputs, (max, sum) and weights, the rows' (max, sum), the flag,
-    // then the split weights of the combine (up to DECODE_MAX_SPLITS splits).
-    let merge = 4 * (DECODE_MMA_WARPS * DECODE_MMA_ROWS * (d + 3) + 2 * DECODE_MMA_ROWS + 4 + DECODE_MAX_SPLITS * DECODE_MMA_ROWS);
+    // then the splits' maxima (turned into weights) and sums in the combine.
+    let merge = 4 * (DECODE_MMA_WARPS * DECODE_MMA_ROWS * (d + 3) + 2 * DECODE_MMA_ROWS + 4 + 2 * DECODE_MAX_SPLITS * DECODE_MMA_ROWS);
     DECODE_MMA_ROWS * ld * 2 + buffers.max(merge)
 }
 

@@ -95,6 +95,8 @@ pub struct CudaDevice {
     compile_nanos: AtomicU64,
     compiles: AtomicU64,
     cache_hits: AtomicU64,
+    /// Functions whose dynamic shared memory limit was raised, keyed `symbol:bytes`.
+    smem_opt_in: OnceMap<Result<(), String>>,
     /// Zeroed scratch for kernels that ask for it (split-KV attention), grown on demand.
     /// Launches are ordered on the one stream, so one buffer serves them all.
     workspace: std::sync::Mutex<Workspace>,
@@ -165,6 +167,7 @@ impl CudaDevice {
             compile_nanos: AtomicU64::new(0),
             compiles: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
+            smem_opt_in: OnceMap::new(),
             workspace: std::sync::Mutex::new(Workspace::default()),
         }))
     }
@@ -405,16 +408,27 @@ impl CudaDevice {
             }
         }
         if plan.shared_bytes > 48 * 1024 {
-            // SAFETY: `f` is a loaded function of this context; the value is within the
-            // device's opt-in limit (checked by the plan).
-            unsafe {
-                cu::function::set_function_attribute(
-                    f.cu_function(),
-                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    plan.shared_bytes as i32,
-                )
-            }
-            .map_err(drv("cuFuncSetAttribute"))?;
+            // Once per function and size: a driver call per launch would cost host time
+            // on short kernels.
+            let key = format!("{}:{}", plan.symbol, plan.shared_bytes);
+            let set = self.smem_opt_in.get_or_init(&key, || {
+                // SAFETY: `f` is a loaded function of this context; the value is within
+                // the device's opt-in limit (checked by the plan).
+                unsafe {
+                    cu::function::set_function_attribute(
+                        f.cu_function(),
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        plan.shared_bytes as i32,
+                    )
+                }
+                .map_err(|e| format!("cuFuncSetAttribute: {e:?}"))
+            });
+            set.map_err(|message| CudaError::Compile {
+                kernel: kernel.name.clone(),
+                arch: self.arch.clone(),
+                message,
+                log: String::new(),
+            })?;
         }
         let mut params: Vec<*mut std::ffi::c_void> = storage.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
         // SAFETY: the plan was checked against this kernel's declaration: one parameter
