@@ -8,18 +8,14 @@ if [ "${1:-build}" = build ]; then
     mkdir -p .gpu
     cargo build --release -p rocmforge-models --features cuda --example selftest
     cp target/release/examples/selftest .gpu/selftest
-    bench=$(cargo bench -p rocmforge --features cuda --bench kernels --no-run --message-format=json 2>/dev/null \
-        | python3 -c 'import sys,json
+    for b in kernels attention; do
+        exe=$(cargo bench -p rocmforge --features cuda --bench "$b" --no-run --message-format=json 2>/dev/null \
+            | B="$b" python3 -c 'import os,sys,json
 for l in sys.stdin:
     m=json.loads(l)
-    if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="kernels" and m.get("executable"): print(m["executable"])' | tail -n1)
-    cp "$bench" .gpu/bench-kernels
-    abench=$(cargo bench -p rocmforge --features cuda --bench attention --no-run --message-format=json 2>/dev/null \
-        | python3 -c 'import sys,json
-for l in sys.stdin:
-    m=json.loads(l)
-    if m.get("reason")=="compiler-artifact" and m["target"]["name"]=="attention" and m.get("executable"): print(m["executable"])' | tail -n1)
-    cp "$abench" .gpu/bench-attention
+    if m.get("reason")=="compiler-artifact" and m["target"]["name"]==os.environ["B"] and m.get("executable"): print(m["executable"])' | tail -n1)
+        cp "$exe" ".gpu/bench-$b"
+    done
     strip .gpu/selftest .gpu/bench-kernels .gpu/bench-attention
     ls -la .gpu
 else

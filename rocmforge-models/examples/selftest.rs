@@ -152,17 +152,7 @@ fn run_case(dev: &Arc<CudaDevice>, k: &Kernel, spec: Spec, host: &[HostArg]) -> 
             _ => dev_args.push(None),
         }
     }
-    let args: Vec<Arg<'_>> = host
-        .iter()
-        .zip(&dev_args)
-        .map(|(h, d)| match (h, d) {
-            (_, Some(t)) => Arg::Tensor(t),
-            (HostArg::F32(v), None) => Arg::F32(*v),
-            (HostArg::I32(v), None) => Arg::I32(*v),
-            (HostArg::U32(v), None) => Arg::U32(*v),
-            (HostArg::Tensor(_), None) => Arg::F32(f32::NAN),
-        })
-        .collect();
+    let args = launch_args(host, &dev_args);
     let plan = plan_spec(k, dev.limits(), &args, Some(spec))?;
     dev.launch(k, &plan)?;
     dev.synchronize()?;
@@ -176,6 +166,20 @@ fn run_case(dev: &Arc<CudaDevice>, k: &Kernel, spec: Spec, host: &[HostArg]) -> 
         out.push((k.params[i].name.clone(), nmse(&got, &w.to_f32_vec())));
     }
     Ok(out)
+}
+
+/// Launch arguments: the uploaded tensor where there is one, else the host scalar.
+fn launch_args<'a>(host: &[HostArg], dev: &'a [Option<DeviceTensor>]) -> Vec<Arg<'a>> {
+    host.iter()
+        .zip(dev)
+        .map(|(h, d)| match (h, d) {
+            (_, Some(t)) => Arg::Tensor(t),
+            (HostArg::F32(v), None) => Arg::F32(*v),
+            (HostArg::I32(v), None) => Arg::I32(*v),
+            (HostArg::U32(v), None) => Arg::U32(*v),
+            (HostArg::Tensor(_), None) => Arg::F32(f32::NAN),
+        })
+        .collect()
 }
 
 fn reads(e: &rocmforge_dsl::ir::Expr, i: usize) -> bool {
@@ -434,17 +438,7 @@ fn run_attention(
         }
     }
     let n = k.params.len();
-    let args: Vec<Arg<'_>> = case.host[..n]
-        .iter()
-        .zip(&tensors)
-        .map(|(h, t)| match (h, t) {
-            (_, Some(t)) => Arg::Tensor(t),
-            (HostArg::F32(v), None) => Arg::F32(*v),
-            (HostArg::I32(v), None) => Arg::I32(*v),
-            (HostArg::U32(v), None) => Arg::U32(*v),
-            (HostArg::Tensor(_), None) => Arg::F32(f32::NAN),
-        })
-        .collect();
+    let args = launch_args(&case.host[..n], &tensors[..n]);
     let idx: Vec<&DeviceTensor> = tensors[n..].iter().flatten().collect();
     let kv = match idx.len() {
         2 => KvIndex::Contiguous { cu_k: idx[1] },

@@ -523,7 +523,8 @@ pub fn plan_attention_with(
     force_decode: Option<bool>,
 ) -> Result<LaunchPlan, LaunchError> {
     use rocmforge_dsl::spec::{
-        decode_chunk, prefill_shared_bytes, prefill_tiles, symbol_name, DECODE_COUNTERS, DECODE_ROWS, DECODE_SUFFIX,
+        decode_chunk, decode_mma_shared_bytes, decode_mma_tile, prefill_shared_bytes, prefill_tiles, symbol_name, DECODE_MMA_ROWS,
+        DECODE_MMA_SUFFIX, DECODE_MMA_WARPS, DECODE_ROWS, DECODE_SUFFIX,
     };
     if kernel.kind != Kind::Attention {
         return Err(LaunchError::Kernel(format!("kernel `{}` is {}, not attention", kernel.name, kernel.kind.name())));
@@ -584,55 +585,32 @@ pub fn plan_attention_with(
     let base = symbol_name(&kernel.name, &spec);
     let grid_y_max = u64::from(limits.max_grid[1]);
     let grid_z_max = u64::from(limits.max_grid[2]);
-    if decode && force_decode != Some(true) && limits.mma && is_mma_dtype {
-        return plan_decode_mma(kernel, limits, spec, values, dims, seqs.max_kv, [batch, heads, kv_heads, head_dim, max_q]);
-    }
     if decode {
-        let group = heads / kv_heads;
-        let rows = u64::from(DECODE_ROWS);
-        let head_rows = group.min(rows);
-        let q_rows = (rows / head_rows).clamp(1, max_q);
-        let gx = max_q.div_ceil(q_rows) * group.div_ceil(head_rows);
-        let gy = batch * kv_heads;
-        limit(kernel, "batch * kv_heads (grid y)", gy, grid_y_max)?;
-        let tiles = gx.checked_mul(gy).ok_or_else(|| overflow(kernel, "attention tiles"))?;
-        let elem = dtype.map_or(4, |d| d.size() as u32);
-        let chunk = u64::from(decode_chunk(&spec, elem));
-        // Enough workgroups for two per multiprocessor, each over at least 4 steps.
-        let want = (2 * u64::from(limits.compute_units.max(1))).div_ceil(tiles.max(1));
-        let mut splits = want
-            .min(u64::from(seqs.max_kv).div_ceil(4 * chunk))
-            .clamp(1, grid_z_max.min(u64::from(rocmforge_dsl::spec::DECODE_MAX_SPLITS)));
-        if tiles > u64::from(DECODE_COUNTERS) {
-            splits = 1; // enough tiles to fill the device; and one counter per tile
-        }
-        values.push(ArgValue::I32(i32_of("query rows", q_rows)?));
-        values.push(ArgValue::I32(i32_of("head rows", head_rows)?));
-        values.push(ArgValue::I32(i32_of("splits", splits)?));
-        values.push(ArgValue::Ptr(0));
-        let workspace_bytes = if splits > 1 {
-            let slots = tiles * splits * rows;
-            4 * (u64::from(DECODE_COUNTERS) + slots * 2 + slots * head_dim)
+        let sizes = [batch, heads, kv_heads, head_dim, max_q];
+        let kind = if force_decode != Some(true) && limits.mma && is_mma_dtype {
+            // Matrix cores: 16 rows, workgroups as many as fit at once (one wave), each
+            // warp of a split over at least two tiles.
+            let shared = decode_mma_shared_bytes(&spec);
+            limit(kernel, "shared memory per workgroup (bytes)", u64::from(shared), u64::from(limits.max_shared_bytes))?;
+            DecodeKind {
+                rows: DECODE_MMA_ROWS,
+                suffix: DECODE_MMA_SUFFIX,
+                shared,
+                workgroups: u64::from(limits.compute_units.max(1)) * u64::from((limits.max_shared_bytes / shared.max(1)).max(1)),
+                min_split: 2 * DECODE_MMA_WARPS * decode_mma_tile(&spec),
+            }
         } else {
-            0
+            // Portable: 8 rows, two workgroups per multiprocessor, at least 4 steps each.
+            let elem = dtype.map_or(4, |d| d.size() as u32);
+            DecodeKind {
+                rows: DECODE_ROWS,
+                suffix: DECODE_SUFFIX,
+                shared: 0,
+                workgroups: 2 * u64::from(limits.compute_units.max(1)),
+                min_split: 4 * decode_chunk(&spec, elem),
+            }
         };
-        let gx = u32::try_from(gx).ok().filter(|&g| g <= limits.max_grid[0]).ok_or(LaunchError::Limit {
-            kernel: kernel.name.clone(),
-            what: "query row groups (grid x)",
-            value: gx,
-            limit: u64::from(limits.max_grid[0]),
-        })?;
-        return Ok(LaunchPlan {
-            kernel: kernel.name.clone(),
-            spec,
-            symbol: format!("{base}{DECODE_SUFFIX}"),
-            grid: [gx, gy as u32, splits as u32],
-            block: [spec.block, 1, 1],
-            shared_bytes: 0,
-            args: values,
-            dims,
-            workspace_bytes,
-        });
+        return plan_decode(kernel, limits, spec, values, dims, seqs.max_kv, sizes, &kind);
     }
     let (bq, _) = prefill_tiles(kernel, &spec);
     let shared = prefill_shared_bytes(kernel, &spec);
@@ -653,9 +631,25 @@ pub fn plan_attention_with(
     })
 }
 
-/// The matrix-core split-KV decode: 16 query rows a workgroup, 4 warps over quarters of
-/// each split, splits sized to fill the device.
-fn plan_decode_mma(
+/// What distinguishes the two split-KV decode kernels to the planner.
+struct DecodeKind {
+    /// Query rows one workgroup holds.
+    rows: u32,
+    /// Symbol suffix.
+    suffix: &'static str,
+    /// Dynamic shared bytes.
+    shared: u32,
+    /// Workgroups the device should get (the split count fills it up to this).
+    workgroups: u64,
+    /// Fewest positions per split.
+    min_split: u32,
+}
+
+/// A split-KV decode launch: tiles of (query rows x GQA heads) per (sequence, kv head),
+/// split along the positions to fill the device; with several splits, a workspace for
+/// the partial results and the combine counters.
+#[allow(clippy::too_many_arguments, reason = "the pieces plan_attention_with already checked")]
+fn plan_decode(
     kernel: &Kernel,
     limits: &DeviceLimits,
     spec: Spec,
@@ -663,32 +657,23 @@ fn plan_decode_mma(
     dims: Dims,
     max_kv: u32,
     [batch, heads, kv_heads, head_dim, max_q]: [u64; 5],
+    kind: &DecodeKind,
 ) -> Result<LaunchPlan, LaunchError> {
-    use rocmforge_dsl::spec::{
-        decode_mma_shared_bytes, decode_mma_tile, symbol_name, DECODE_COUNTERS, DECODE_MMA_ROWS, DECODE_MMA_SUFFIX, DECODE_MMA_WARPS,
-    };
+    use rocmforge_dsl::spec::{symbol_name, DECODE_COUNTERS, DECODE_MAX_SPLITS};
     let group = heads / kv_heads;
-    let rows = u64::from(DECODE_MMA_ROWS);
+    let rows = u64::from(kind.rows);
     let head_rows = group.min(rows);
     let q_rows = (rows / head_rows).clamp(1, max_q);
     let gx = max_q.div_ceil(q_rows) * group.div_ceil(head_rows);
     let gy = batch * kv_heads;
     limit(kernel, "batch * kv_heads (grid y)", gy, u64::from(limits.max_grid[1]))?;
     let tiles = gx.checked_mul(gy).ok_or_else(|| overflow(kernel, "attention tiles"))?;
-    let shared = decode_mma_shared_bytes(&spec);
-    limit(kernel, "shared memory per workgroup (bytes)", u64::from(shared), u64::from(limits.max_shared_bytes))?;
-    // Workgroups resident per multiprocessor (by shared memory), times the
-    // multiprocessors: enough splits to fill them, each warp over at least two tiles.
-    let resident = u64::from((limits.max_shared_bytes / shared.max(1)).max(1));
-    // One wave: as many workgroups as fit at once (a second, partial wave would idle
-    // most of the device while it runs).
-    let want = (u64::from(limits.compute_units.max(1)) * resident / tiles.max(1)).max(1);
-    let per_split = 2 * u64::from(DECODE_MMA_WARPS * decode_mma_tile(&spec));
+    let want = (kind.workgroups / tiles.max(1)).max(1);
     let mut splits = want
-        .min(u64::from(max_kv).div_ceil(per_split))
-        .clamp(1, u64::from(limits.max_grid[2]).min(u64::from(rocmforge_dsl::spec::DECODE_MAX_SPLITS)));
+        .min(u64::from(max_kv).div_ceil(u64::from(kind.min_split)))
+        .clamp(1, u64::from(limits.max_grid[2]).min(u64::from(DECODE_MAX_SPLITS)));
     if tiles > u64::from(DECODE_COUNTERS) {
-        splits = 1;
+        splits = 1; // enough tiles to fill the device; and one counter per tile
     }
     let i32_of = |what: &'static str, v: u64| -> Result<i32, LaunchError> {
         i32::try_from(v).map_err(|_| LaunchError::Limit { kernel: kernel.name.clone(), what, value: v, limit: i32::MAX as u64 })
@@ -712,10 +697,10 @@ fn plan_decode_mma(
     Ok(LaunchPlan {
         kernel: kernel.name.clone(),
         spec,
-        symbol: format!("{}{DECODE_MMA_SUFFIX}", symbol_name(&kernel.name, &spec)),
+        symbol: format!("{}{}", symbol_name(&kernel.name, &spec), kind.suffix),
         grid: [gx, gy as u32, splits as u32],
         block: [spec.block, 1, 1],
-        shared_bytes: shared,
+        shared_bytes: kind.shared,
         args: values,
         dims,
         workspace_bytes,
