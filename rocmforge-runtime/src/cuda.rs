@@ -95,7 +95,7 @@ pub struct CudaDevice {
     compile_nanos: AtomicU64,
     compiles: AtomicU64,
     cache_hits: AtomicU64,
-    /// Functions whose dynamic shared memory limit was raised, keyed `symbol:bytes`.
+    /// Functions whose dynamic shared memory limit was raised, by symbol.
     smem_opt_in: OnceMap<Result<(), String>>,
     /// Zeroed scratch for kernels that ask for it (split-KV attention), grown on demand.
     /// Launches are ordered on the one stream, so one buffer serves them all.
@@ -392,26 +392,27 @@ impl CudaDevice {
         let f = self.function(kernel, &plan.spec, &plan.symbol)?;
         self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
         let mut storage = plan.param_slots();
-        // Held until the launch is queued: the next launch that grows the buffer waits.
-        let mut ws = self.workspace.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Held until the launch is queued (the next launch that grows the buffer waits);
+        // taken only by launches that use the workspace.
+        let mut ws_guard = None;
         if plan.workspace_bytes > 0 {
+            let ws = ws_guard.insert(self.workspace.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
             let need = usize::try_from(plan.workspace_bytes).map_err(|_| CudaError::OutOfMemory {
                 requested: usize::MAX,
                 free: 0,
                 total: self.total_mem,
             })?;
             if ws.bytes < need {
-                self.grow_workspace(&mut ws, need)?;
+                self.grow_workspace(ws, need)?;
             }
             if let Some(last) = storage.last_mut() {
                 *last = ws.ptr.to_ne_bytes();
             }
         }
         if plan.shared_bytes > 48 * 1024 {
-            // Once per function and size: a driver call per launch would cost host time
-            // on short kernels.
-            let key = format!("{}:{}", plan.symbol, plan.shared_bytes);
-            let set = self.smem_opt_in.get_or_init(&key, || {
+            // Once per function (a symbol's shared size is fixed by its spec): a driver
+            // call per launch would cost host time on short kernels.
+            let set = self.smem_opt_in.get_or_init(&plan.symbol, || {
                 // SAFETY: `f` is a loaded function of this context; the value is within
                 // the device's opt-in limit (checked by the plan).
                 unsafe {

@@ -317,9 +317,11 @@ impl HipDevice {
         self.bind()?;
         let f = self.function(kernel, &plan.spec, &plan.symbol)?;
         let mut storage = plan.param_slots();
-        // Held until the launch is queued, so a launch that grows the buffer waits.
-        let mut ws = self.workspace.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Held until the launch is queued, so a launch that grows the buffer waits; taken
+        // only by launches that use the workspace.
+        let mut ws_guard = None;
         if plan.workspace_bytes > 0 {
+            let ws = ws_guard.insert(self.workspace.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
             let need = usize::try_from(plan.workspace_bytes).unwrap_or(usize::MAX);
             if ws.1 < need {
                 self.synchronize()?;
@@ -327,7 +329,7 @@ impl HipDevice {
                     // SAFETY: the address came from hipMalloc below, owned by this device;
                     // queued work finished (synchronize above). Replaced right after.
                     check("hipFree", unsafe { hip::hipFree(ws.0 as *mut c_void) })?;
-                    *ws = (0, 0);
+                    **ws = (0, 0);
                 }
                 let bytes = need.next_power_of_two();
                 let mut ptr: *mut c_void = std::ptr::null_mut();
@@ -339,7 +341,7 @@ impl HipDevice {
                     return Err(HipError::OutOfMemory { requested: bytes, free, total });
                 }
                 check("hipMalloc", r)?;
-                *ws = (ptr as usize, bytes);
+                **ws = (ptr as usize, bytes);
                 // SAFETY: writes exactly the new allocation's bytes.
                 check("hipMemset", unsafe { hip::hipMemset(ptr, 0, bytes) })?;
             }

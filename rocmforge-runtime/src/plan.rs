@@ -270,16 +270,7 @@ pub fn plan(kernel: &Kernel, limits: &DeviceLimits, args: &[Arg<'_>]) -> Result<
 /// use it to run every specialization); it must be one of `kernel.specs(warp)` and fit
 /// the arguments' dtype and head dim.
 pub fn plan_spec(kernel: &Kernel, limits: &DeviceLimits, args: &[Arg<'_>], force: Option<Spec>) -> Result<LaunchPlan, LaunchError> {
-    let descs: Vec<ArgDesc<'_>> = args
-        .iter()
-        .map(|a| match a {
-            Arg::Tensor(t) => ArgDesc::Tensor { dtype: t.dtype(), shape: t.shape() },
-            Arg::F32(_) => ArgDesc::Scalar(ScalarTy::F32),
-            Arg::I32(_) => ArgDesc::Scalar(ScalarTy::I32),
-            Arg::U32(_) => ArgDesc::Scalar(ScalarTy::U32),
-        })
-        .collect();
-    let (dtype, dims) = resolve(kernel, &descs)?;
+    let (dtype, dims) = resolve(kernel, &descs_of(args))?;
     let warp = limits.warp_size;
     if !rocmforge_dsl::spec::WARP_SIZES.contains(&warp) {
         return Err(LaunchError::UnsupportedSpecialization {
@@ -289,21 +280,9 @@ pub fn plan_spec(kernel: &Kernel, limits: &DeviceLimits, args: &[Arg<'_>], force
             supported: rocmforge_dsl::spec::WARP_SIZES.iter().map(|&w| u64::from(w)).collect(),
         });
     }
-    let mut values: Vec<ArgValue> = args
-        .iter()
-        .map(|a| match a {
-            Arg::Tensor(t) => ArgValue::Ptr(t.device_ptr()),
-            Arg::F32(v) => ArgValue::F32(*v),
-            Arg::I32(v) => ArgValue::I32(*v),
-            Arg::U32(v) => ArgValue::U32(*v),
-        })
-        .collect();
-    let i64_of = |what: &'static str, v: u64| -> Result<i64, LaunchError> {
-        i64::try_from(v).map_err(|_| LaunchError::Limit { kernel: kernel.name.clone(), what, value: v, limit: i64::MAX as u64 })
-    };
-    let i32_of = |what: &'static str, v: u64| -> Result<i32, LaunchError> {
-        i32::try_from(v).map_err(|_| LaunchError::Limit { kernel: kernel.name.clone(), what, value: v, limit: i32::MAX as u64 })
-    };
+    let mut values = values_of(args);
+    let i64_of = |what, v| to_i64(kernel, what, v);
+    let i32_of = |what, v| to_i32(kernel, what, v);
     // `items`: threads needed (elementwise, rope) or rows (rowwise, one per row owner).
     let (spec, items) = match (kernel.kind, dims) {
         (Kind::Elementwise, Dims::Elementwise { n }) => {
@@ -456,6 +435,16 @@ impl AttnSeqs<'_> {
 /// Query tokens per sequence up to which attention uses the split-KV decode kernel.
 pub const DECODE_MAX_Q: u32 = 8;
 
+/// `v` as a kernel's `int` parameter, or a `Limit` error naming `what`.
+fn to_i32(kernel: &Kernel, what: &'static str, v: u64) -> Result<i32, LaunchError> {
+    i32::try_from(v).map_err(|_| LaunchError::Limit { kernel: kernel.name.clone(), what, value: v, limit: i32::MAX as u64 })
+}
+
+/// `v` as a kernel's `long long` parameter, or a `Limit` error naming `what`.
+fn to_i64(kernel: &Kernel, what: &'static str, v: u64) -> Result<i64, LaunchError> {
+    i64::try_from(v).map_err(|_| LaunchError::Limit { kernel: kernel.name.clone(), what, value: v, limit: i64::MAX as u64 })
+}
+
 fn descs_of<'a>(args: &'a [Arg<'a>]) -> Vec<ArgDesc<'a>> {
     args.iter()
         .map(|a| match a {
@@ -563,9 +552,7 @@ pub fn plan_attention_with(
             limit: kv_rows,
         });
     }
-    let i32_of = |what: &'static str, v: u64| -> Result<i32, LaunchError> {
-        i32::try_from(v).map_err(|_| LaunchError::Limit { kernel: kernel.name.clone(), what, value: v, limit: i32::MAX as u64 })
-    };
+    let i32_of = |what, v| to_i32(kernel, what, v);
     i32_of("query tokens", total_q)?;
     i32_of("K/V rows", kv_rows)?;
     let (pages, page_size, max_pages) = paged.unwrap_or((0, 0, 0));
@@ -675,9 +662,7 @@ fn plan_decode(
     if tiles > u64::from(DECODE_COUNTERS) {
         splits = 1; // enough tiles to fill the device; and one counter per tile
     }
-    let i32_of = |what: &'static str, v: u64| -> Result<i32, LaunchError> {
-        i32::try_from(v).map_err(|_| LaunchError::Limit { kernel: kernel.name.clone(), what, value: v, limit: i32::MAX as u64 })
-    };
+    let i32_of = |what, v| to_i32(kernel, what, v);
     values.push(ArgValue::I32(i32_of("query rows", q_rows)?));
     values.push(ArgValue::I32(i32_of("head rows", head_rows)?));
     values.push(ArgValue::I32(i32_of("splits", splits)?));
@@ -759,9 +744,9 @@ pub fn plan_kv_store(
         return Err(shape_err("k_new", "at least one token and one cache slot".into(), kn));
     }
     let groups = tokens * kn[1] as u64 * (kn[2] as u64 / u64::from(16 / dtype.size() as u32)) * 2;
-    values.push(ArgValue::I64(i64::try_from(tokens).map_err(|_| overflow(kernel, "tokens"))?));
-    values.push(ArgValue::I32(i32::try_from(kn[1]).map_err(|_| overflow(kernel, "kv heads"))?));
-    values.push(ArgValue::I64(i64::try_from(num_slots).map_err(|_| overflow(kernel, "cache slots"))?));
+    values.push(ArgValue::I64(to_i64(kernel, "tokens", tokens)?));
+    values.push(ArgValue::I32(to_i32(kernel, "kv heads", kn[1] as u64)?));
+    values.push(ArgValue::I64(to_i64(kernel, "cache slots", num_slots)?));
     let grid = groups.div_ceil(u64::from(spec.block)).clamp(1, u64::from(limits.max_grid[0]));
     Ok(LaunchPlan {
         kernel: kernel.name.clone(),
