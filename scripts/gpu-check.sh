@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-build}" = build ]; then
     mkdir -p .gpu
-    cargo build --release -p rocmforge-models --features cuda --example selftest
-    cp target/release/examples/selftest .gpu/selftest
+    cargo build --release -p rocmforge-models --features cuda --example selftest --example model_check --example bench
+    for e in selftest model_check bench; do cp target/release/examples/$e .gpu/$e; done
     for b in kernels attention; do
         exe=$(cargo bench -p rocmforge --features cuda --bench "$b" --no-run --message-format=json 2>/dev/null \
             | B="$b" python3 -c 'import os,sys,json
@@ -16,14 +16,31 @@ for l in sys.stdin:
     if m.get("reason")=="compiler-artifact" and m["target"]["name"]==os.environ["B"] and m.get("executable"): print(m["executable"])' | tail -n1)
         cp "$exe" ".gpu/bench-$b"
     done
-    strip .gpu/selftest .gpu/bench-kernels .gpu/bench-attention
+    strip .gpu/selftest .gpu/model_check .gpu/bench .gpu/bench-kernels .gpu/bench-attention
     ls -la .gpu
 else
     out=${OUT:-gpu-logs}
     mkdir -p "$out"
     export ROCMFORGE_CACHE_DIR=$(mktemp -d)
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
+    # cuBLAS (loaded at run time by cudarc) lives with the toolkit.
+    export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     set +e
+    if [ "${2:-all}" = models ]; then
+        # GPU inference (issue 6): agreement with the CPU, then bench + the HF peer per preset.
+        .gpu/model_check > "$out/model-check.log" 2>&1; echo "model_check exit $?"
+        grep -E "FAIL|error" "$out/model-check.log" | head -20; tail -n 1 "$out/model-check.log"
+        for p in ${PRESETS:-llama3.2-1b llama3-8b qwen2.5-7b}; do
+            .gpu/bench --preset "$p" --output json ${BENCH_ARGS:-} > "$out/bench-$p.json" 2>> "$out/bench.err"; echo "bench $p exit $?"
+            cat "$out/bench-$p.json"
+        done
+        tail -n 12 "$out/bench.err"
+        if [ -z "${NO_PEER:-}" ]; then
+            python3 benches/models_peer.py ${PRESETS:-} > "$out/models-peer.jsonl" 2> "$out/models-peer.err"; echo "peer exit $?"
+            cat "$out/models-peer.jsonl"; tail -n 3 "$out/models-peer.err"
+        fi
+        exit 0
+    fi
     .gpu/selftest > "$out/selftest-cold.log" 2>&1; echo "selftest (cold cache) exit $?"
     if [ "${2:-all}" != attention ]; then
         .gpu/selftest > "$out/selftest-warm.log" 2>&1; echo "selftest (warm cache) exit $?"

@@ -66,6 +66,16 @@ RF_DEVICE unsigned short rf_f32_to_bf16(float f) {
 #endif
 }
 
+// Orders shared-memory accesses among the lanes of a warp (a wavefront on AMD, which
+// runs in lockstep: only the compiler must not reorder across it).
+RF_DEVICE void rf_syncwarp() {
+#if defined(RF_CUDA)
+    __syncwarp();
+#else
+    __builtin_amdgcn_wave_barrier();
+#endif
+}
+
 RF_DEVICE float rf_neg_inf() { return __int_as_float((int)0xff800000u); }
 RF_DEVICE float rf_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 RF_DEVICE float rf_silu(float x) { return x / (1.0f + expf(-x)); }

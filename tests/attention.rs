@@ -86,7 +86,7 @@ fn interpreter_matches_f64_reference() {
             }
         }
     }
-    assert_eq!(checked, 3 * (3 + 3 + 2 + 2 + 2));
+    assert_eq!(checked, 3 * (3 + 3 + 3 + 2 + 2));
 }
 
 fn desc(dtype: DType, shape: &[usize]) -> TensorDesc {

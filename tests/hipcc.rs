@@ -1,4 +1,4 @@
-//! Every generated kernel compiled by hipcc with `-Wall -Werror`: gfx90a (wave64, the
+//! Every generated kernel (and the engine kernels) compiled by hipcc with `-Wall -Werror`: gfx90a (wave64, the
 //! CDNA path) and gfx1030 (wave32, the RDNA path).
 //!
 //! Without hipcc the test fails when `ROCMFORGE_REQUIRE_AOT=1` (as in CI) and otherwise
@@ -33,18 +33,20 @@ fn generated_hip_compiles_without_warnings() {
     std::thread::scope(|s| {
         let mut handles = Vec::new();
         for target in ["gfx90a", "gfx1030"] {
-            for k in &ks {
-                let src = render_source(k, &k.specs(amd_warp_size(target))).unwrap();
-                let path = dir.join(format!("{}_{target}.hip", k.name));
+            let mut units: Vec<(String, String)> =
+                ks.iter().map(|k| (k.name.clone(), render_source(k, &k.specs(amd_warp_size(target))).unwrap())).collect();
+            units.push(("engine".into(), rocmforge::dsl::codegen::engine_source().unwrap()));
+            for (name, src) in units {
+                let path = dir.join(format!("{name}_{target}.hip"));
                 std::fs::write(&path, src).unwrap();
-                let out = dir.join(format!("{}_{target}.hsaco", k.name));
+                let out = dir.join(format!("{name}_{target}.hsaco"));
                 let mut args = hipcc_args(target, &path, &out);
                 args.push("-Werror".into());
                 let hipcc = &hipcc;
                 handles.push(s.spawn(move || {
                     let o = Command::new(hipcc).args(&args).output().expect("run hipcc");
                     let log = String::from_utf8_lossy(&o.stderr).into_owned();
-                    (format!("{} {target}", k.name), o.status.success() && out.is_file() && log.trim().is_empty(), log)
+                    (format!("{name} {target}"), o.status.success() && out.is_file() && log.trim().is_empty(), log)
                 }));
             }
         }

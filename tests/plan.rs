@@ -103,7 +103,7 @@ fn unsupported_head_dim_names_supported_set() {
     .unwrap_err();
     match e {
         LaunchError::UnsupportedSpecialization { what: "head_dim", value: 48, ref supported, .. } => {
-            assert_eq!(supported, &vec![64, 80, 96, 128, 256]);
+            assert_eq!(supported, &vec![16, 32, 64, 80, 96, 128, 256]);
         }
         other => panic!("unexpected {other}"),
     }

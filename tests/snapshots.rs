@@ -30,9 +30,21 @@ fn standard_kernels_hip() {
             }
         }
     }
-    // 2 elementwise x 3 dtypes, 3 rowwise x 3 dtypes x (4 blocks + warp-per-row) x 2 warps,
-    // 2 rope x 3 dtypes x 5 head dims, attention: 2 x 3 dtypes x 5 head dims + 3 x 2 x 2.
-    assert_eq!(seen.len(), 6 + 90 + 30 + 42);
+    // 2 elementwise x 3 dtypes, 4 rowwise x 3 dtypes x (4 blocks + warp-per-row) x 2 warps,
+    // rope: neox 3 dtypes x 7 head dims + gptj 3 x 5, attention: plain 3 x 5, causal 3 x 7,
+    // window 3 x 4, softcap and alibi 2 x 2 each.
+    assert_eq!(seen.len(), 6 + 120 + (21 + 15) + (15 + 21 + 12 + 4 + 4));
+}
+
+#[test]
+fn engine_kernels() {
+    let src = rocmforge::dsl::codegen::engine_source().expect("engine kernels render");
+    for d in rocmforge::dsl::codegen::ENGINE_DTYPES {
+        for k in ["gather", "argmax", "topk"] {
+            assert!(src.contains(&format!("rf_{k}_{}(", d.name())), "rf_{k}_{} missing", d.name());
+        }
+    }
+    insta::assert_snapshot!("engine_kernels", src);
 }
 
 #[test]

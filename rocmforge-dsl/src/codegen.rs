@@ -5,14 +5,16 @@
 
 use std::sync::OnceLock;
 
+use crate::dtype::DType;
 use crate::ir::*;
 use crate::spec::{symbol_name, RowMode, Spec};
 
 /// The portability header every translation unit starts with.
 pub const PORTABILITY_HEADER: &str = include_str!("../../templates/rocmforge.h");
 
-const TEMPLATES: [(&str, &str); 4] = [
+const TEMPLATES: [(&str, &str); 5] = [
     ("attention.hip.tera", include_str!("../../templates/attention.hip.tera")),
+    ("engine.hip.tera", include_str!("../../templates/engine.hip.tera")),
     ("elementwise.hip.tera", include_str!("../../templates/elementwise.hip.tera")),
     ("rowwise.hip.tera", include_str!("../../templates/rowwise.hip.tera")),
     ("rope.hip.tera", include_str!("../../templates/rope.hip.tera")),
@@ -65,6 +67,41 @@ pub fn render_source(kernel: &Kernel, specs: &[Spec]) -> Result<String, CodegenE
     for spec in specs {
         out.push('\n');
         out.push_str(&render_spec(kernel, spec)?);
+    }
+    Ok(out)
+}
+
+/// Storage dtypes the engine kernels are generated for.
+pub const ENGINE_DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+/// The inference engine's own kernels (row gather, argmax, top-k) for every dtype of
+/// [`ENGINE_DTYPES`], as one translation unit with the portability header. Symbols:
+/// `rf_gather_{dtype}`, `rf_argmax_{dtype}`, `rf_topk_{dtype}`, `rf_qkv_post_{dtype}`,
+/// `rf_swiglu_rows_{dtype}`.
+pub fn engine_source() -> Result<String, CodegenError> {
+    let mut out = String::from(PORTABILITY_HEADER);
+    for dt in ENGINE_DTYPES {
+        let mut ctx = tera::Context::new();
+        ctx.insert("dt", dt.name());
+        ctx.insert("T", dt.c_storage());
+        ctx.insert(
+            "to_f32",
+            match dt {
+                DType::F16 => "rf_f16_to_f32",
+                DType::BF16 => "rf_bf16_to_f32",
+                _ => "",
+            },
+        );
+        ctx.insert(
+            "from_f32",
+            match dt {
+                DType::F16 => "rf_f32_to_f16",
+                DType::BF16 => "rf_f32_to_bf16",
+                _ => "",
+            },
+        );
+        out.push('\n');
+        out.push_str(&render("engine.hip.tera", &ctx)?);
     }
     Ok(out)
 }

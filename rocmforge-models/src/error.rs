@@ -119,6 +119,31 @@ pub enum ModelError {
         /// What for.
         what: &'static str,
     },
+    /// The GPU failed (driver, compiler, launch or BLAS error).
+    #[error("GPU: {0}")]
+    Gpu(String),
+    /// The model does not fit the GPU memory it may use.
+    #[error(
+        "the model does not fit on {device}: weights {weights} B + activations {scratch} B + a KV cache of at least {kv_min} B \
+         exceed the {budget} B allowed ({fraction} of {free} B free); use a GPU with more memory, raise --gpu-memory-fraction, \
+         lower --max-batch-tokens, or use a smaller model or dtype"
+    )]
+    DoesNotFit {
+        /// The device.
+        device: String,
+        /// Weight bytes.
+        weights: u64,
+        /// Activation (scratch) bytes.
+        scratch: u64,
+        /// The smallest KV cache that serves one full chunk.
+        kv_min: u64,
+        /// Bytes allowed.
+        budget: u64,
+        /// The fraction of free memory allowed.
+        fraction: f32,
+        /// Free device memory.
+        free: u64,
+    },
     /// An argument of the caller is unusable (empty prompt, ...).
     #[error("{0}")]
     Invalid(String),

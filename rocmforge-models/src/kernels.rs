@@ -32,6 +32,12 @@ pub fn rmsnorm(x: &Rows<T>, w: &[T], out: &mut Rows<T>, eps: f32) {
     *out = x * rsqrt(mean(x * x) + eps) * w;
 }
 
+/// Adds a bias over the columns of every row (QKV and MLP biases after a GEMM).
+#[gpu_kernel(rowwise(dtype = [f32, f16, bf16], block = [128, 256, 512, 1024]))]
+pub fn add_bias(x: &Rows<T>, b: &[T], out: &mut Rows<T>) {
+    *out = x + b;
+}
+
 /// Fused residual add + RMSNorm: `res += x; out = rmsnorm(res) * w`, one pass.
 #[gpu_kernel(rowwise(dtype = [f32, f16, bf16], block = [128, 256, 512, 1024]))]
 pub fn add_rmsnorm(x: &Rows<T>, res: &mut Rows<T>, w: &[T], out: &mut Rows<T>, eps: f32) {
@@ -41,7 +47,7 @@ pub fn add_rmsnorm(x: &Rows<T>, res: &mut Rows<T>, w: &[T], out: &mut Rows<T>, e
 }
 
 /// Rotary embedding, GPT-NeoX / Llama layout (half split), q and k in place.
-#[gpu_kernel(rope(layout = neox, dtype = [f32, f16, bf16], head_dim = [64, 80, 96, 128, 256]))]
+#[gpu_kernel(rope(layout = neox, dtype = [f32, f16, bf16], head_dim = [16, 32, 64, 80, 96, 128, 256]))]
 pub fn rope_neox(q: &mut Heads<T>, k: &mut Heads<T>, pos: &[i32], inv_freq: &[f32], mscale: f32) {}
 
 /// Rotary embedding, GPT-J layout (interleaved pairs), q and k in place.
@@ -53,13 +59,14 @@ pub fn rope_gptj(q: &mut Heads<T>, k: &mut Heads<T>, pos: &[i32], inv_freq: &[f3
 pub fn attention(q: &Heads<T>, k: &Heads<T>, v: &Heads<T>, out: &mut Heads<T>, scale: f32) {}
 
 /// Causal attention (decoder self-attention): a query sees its position and earlier ones.
-#[gpu_kernel(attention(dtype = [f32, f16, bf16], head_dim = [64, 80, 96, 128, 256]))]
+/// Head dims 16 and 32 serve small models (and the test fixtures).
+#[gpu_kernel(attention(dtype = [f32, f16, bf16], head_dim = [16, 32, 64, 80, 96, 128, 256]))]
 pub fn attention_causal(q: &Heads<T>, k: &Heads<T>, v: &Heads<T>, out: &mut Heads<T>, scale: f32) {
     mask!(kv_pos <= q_pos);
 }
 
 /// Causal attention over a sliding window of `window` positions (Mistral, Qwen2 layers).
-#[gpu_kernel(attention(dtype = [f16, bf16], head_dim = [64, 128]))]
+#[gpu_kernel(attention(dtype = [f32, f16, bf16], head_dim = [16, 32, 64, 128]))]
 pub fn attention_window(q: &Heads<T>, k: &Heads<T>, v: &Heads<T>, out: &mut Heads<T>, scale: f32, window: i32) {
     mask!(kv_pos <= q_pos && q_pos - kv_pos < window);
 }
@@ -88,6 +95,7 @@ pub fn all() -> Result<Vec<&'static rocmforge_runtime::Kernel>, rocmforge_runtim
         softmax::kernel()?,
         rmsnorm::kernel()?,
         add_rmsnorm::kernel()?,
+        add_bias::kernel()?,
         rope_neox::kernel()?,
         rope_gptj::kernel()?,
         attention::kernel()?,

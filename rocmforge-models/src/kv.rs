@@ -146,6 +146,28 @@ impl KvPool {
         Ok(())
     }
 
+    /// Returns the blocks `seq` reserved past its committed tokens (undoes [`KvPool::reserve`]).
+    pub fn trim(&mut self, seq: &mut KvSeq) {
+        let keep = seq.len.div_ceil(self.shape.block_size);
+        while seq.blocks.len() > keep {
+            if let Some(b) = seq.blocks.pop() {
+                self.free.push(b);
+            }
+        }
+    }
+
+    /// A pool that only hands out block ids: the data lives elsewhere (the GPU cache).
+    pub fn index_only(shape: KvShape) -> Result<Self, KvError> {
+        if shape.layers == 0 || shape.kv_dim == 0 || shape.block_size == 0 || shape.blocks == 0 {
+            return Err(KvError::Shape(format!("every size must be positive: {shape:?}")));
+        }
+        if shape.blocks > i32::MAX as usize {
+            return Err(KvError::Shape(format!("{} blocks exceed the block-id range", shape.blocks)));
+        }
+        let free = (0..shape.blocks as u32).rev().collect();
+        Ok(KvPool { shape, k: Vec::new(), v: Vec::new(), free })
+    }
+
     /// Ends a sequence: its blocks return to the pool.
     pub fn release(&mut self, seq: KvSeq) {
         self.free.extend(seq.blocks.into_iter().rev());
@@ -165,8 +187,11 @@ impl KvPool {
         if k.len() != d || v.len() != d || layer >= self.shape.layers {
             return Err(KvError::Shape(format!("write of {}/{} floats to layer {layer}; expected {d} per token", k.len(), v.len())));
         }
-        self.k[layer][at..at + d].copy_from_slice(k);
-        self.v[layer][at..at + d].copy_from_slice(v);
+        let (Some(kl), Some(vl)) = (self.k.get_mut(layer), self.v.get_mut(layer)) else {
+            return Err(KvError::Shape("this pool only indexes blocks; its data is on the GPU".into()));
+        };
+        kl[at..at + d].copy_from_slice(k);
+        vl[at..at + d].copy_from_slice(v);
         Ok(())
     }
 

@@ -5,13 +5,18 @@
 //!   [`weights`], [`tokenizer`]), run by the shared decoder of [`transformer`] over the
 //!   paged cache of [`kv`], sampled by [`sampling`]; [`arch`] lists the architectures.
 //! - [`demo`]: a built-in tiny model with random weights.
+//! - `gpu` (feature `cuda`): the same decoder on an NVIDIA GPU, from the standard
+//!   kernels, cuBLAS and the engine kernels, with a paged KV cache in device memory.
 
 pub mod arch;
 pub mod config;
 pub mod demo;
 pub mod error;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod kernels;
 pub mod kv;
+pub mod memory;
 pub mod model;
 pub mod sampling;
 pub mod tokenizer;

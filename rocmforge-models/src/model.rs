@@ -134,47 +134,63 @@ impl Model {
         opts: &GenerateOptions,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Generation> {
-        let mut sampler = Sampler::new(opts.sampling.clone())?;
-        sampler.observe(prompt_ids);
-        let t0 = Instant::now();
-        let mut logits = if opts.max_tokens > 0 { self.transformer.forward(pool, seq, prompt_ids, Logits::Last)? } else { Vec::new() };
-        let prefill_s = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
-        let mut stream = TextStream::default();
-        let mut stop = StopFilter::new(&opts.stop);
-        let mut generated = Vec::new();
-        let mut finish = Finish::Length;
-        let mut decode_steps = 0usize;
-        while generated.len() < opts.max_tokens {
-            let next = sampler.sample(&mut logits)?;
-            generated.push(next);
-            if opts.eos.contains(&next) {
-                finish = Finish::Eos;
-                break;
-            }
-            let piece = stream.push(&self.codec, next)?;
-            if stop.push(&piece, on_text) {
-                finish = Finish::Stop;
-                break;
-            }
-            if generated.len() < opts.max_tokens {
-                logits = self.transformer.forward(pool, seq, &[next], Logits::Last)?;
-                decode_steps += 1;
-            }
-        }
-        if finish != Finish::Stop {
-            stop.flush(on_text);
-        }
-        let decode_s = t1.elapsed().as_secs_f64();
-        Ok(Generation {
-            prompt_ids: prompt_ids.to_vec(),
-            generated_ids: generated,
-            text: stop.text,
-            finish,
-            prefill_tok_s: prompt_ids.len() as f64 / prefill_s.max(1e-9),
-            decode_tok_s: if decode_steps == 0 { 0.0 } else { decode_steps as f64 / decode_s.max(1e-9) },
+        let t = &self.transformer;
+        generation_loop(&self.codec, prompt_ids, opts, on_text, &mut |tokens, sampler| {
+            let mut logits = t.forward(pool, seq, tokens, Logits::Last)?;
+            sampler.sample(&mut logits)
         })
     }
+}
+
+/// The generation loop shared by the CPU and GPU paths: `step` feeds tokens (the prompt,
+/// then each new token) and returns the next token drawn with the sampler. Streams stable
+/// text to `on_text`, stops at EOS, a stop string or `max_tokens`, and times both phases.
+pub fn generation_loop(
+    codec: &TextCodec,
+    prompt_ids: &[u32],
+    opts: &GenerateOptions,
+    on_text: &mut dyn FnMut(&str),
+    step: &mut dyn FnMut(&[u32], &mut Sampler) -> Result<u32>,
+) -> Result<Generation> {
+    let mut sampler = Sampler::new(opts.sampling.clone())?;
+    sampler.observe(prompt_ids);
+    let t0 = Instant::now();
+    let mut next = if opts.max_tokens > 0 { Some(step(prompt_ids, &mut sampler)?) } else { None };
+    let prefill_s = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let mut stream = TextStream::default();
+    let mut stop = StopFilter::new(&opts.stop);
+    let mut generated = Vec::new();
+    let mut finish = Finish::Length;
+    let mut decode_steps = 0usize;
+    while let Some(token) = next.take() {
+        generated.push(token);
+        if opts.eos.contains(&token) {
+            finish = Finish::Eos;
+            break;
+        }
+        let piece = stream.push(codec, token)?;
+        if stop.push(&piece, on_text) {
+            finish = Finish::Stop;
+            break;
+        }
+        if generated.len() < opts.max_tokens {
+            next = Some(step(&[token], &mut sampler)?);
+            decode_steps += 1;
+        }
+    }
+    if finish != Finish::Stop {
+        stop.flush(on_text);
+    }
+    let decode_s = t1.elapsed().as_secs_f64();
+    Ok(Generation {
+        prompt_ids: prompt_ids.to_vec(),
+        generated_ids: generated,
+        text: stop.text,
+        finish,
+        prefill_tok_s: prompt_ids.len() as f64 / prefill_s.max(1e-9),
+        decode_tok_s: if decode_steps == 0 { 0.0 } else { decode_steps as f64 / decode_s.max(1e-9) },
+    })
 }
 
 /// What ends a generation besides the model.

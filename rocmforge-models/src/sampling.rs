@@ -139,16 +139,53 @@ impl Sampler {
     }
 
     fn draw(&mut self, logits: &[f32]) -> u32 {
+        let pairs = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+        self.draw_pairs(pairs).unwrap_or_else(|| argmax(logits))
+    }
+
+    /// The settings.
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Whether the penalties change logits (they need every logit, not only the top ones).
+    pub fn has_penalties(&self) -> bool {
+        let p = &self.params;
+        !self.counts.is_empty() && (p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0)
+    }
+
+    /// Picks the next token from candidate `(id, logit)` pairs that hold at least the
+    /// `top_k` most likely tokens (the GPU's top-k selection), and records it. Same draw
+    /// as [`Sampler::sample`] on the full logits when there are no penalties.
+    pub fn sample_candidates(&mut self, pairs: Vec<(u32, f32)>) -> Result<u32> {
+        let token = if self.params.temperature == 0.0 {
+            pairs
+                .iter()
+                .filter(|p| !p.1.is_nan())
+                .fold(None, |best: Option<(u32, f32)>, &(i, l)| match best {
+                    Some((bi, bl)) if bl > l || (bl == l && bi < i) => Some((bi, bl)),
+                    _ => Some((i, l)),
+                })
+                .map(|p| p.0)
+        } else {
+            self.draw_pairs(pairs)
+        };
+        let token = token.ok_or_else(|| ModelError::Invalid("cannot sample from empty or all-NaN logits".into()))?;
+        self.observe(&[token]);
+        Ok(token)
+    }
+
+    fn draw_pairs(&mut self, mut pairs: Vec<(u32, f32)>) -> Option<u32> {
         let p = &self.params;
         // Candidates sorted by logit, highest first (ties by id for determinism).
-        let mut idx: Vec<u32> = (0..logits.len() as u32).filter(|&i| !logits[i as usize].is_nan()).collect();
-        idx.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+        pairs.retain(|x| !x.1.is_nan());
+        pairs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         if p.top_k > 0 {
-            idx.truncate(p.top_k);
+            pairs.truncate(p.top_k);
         }
-        let Some(&first) = idx.first() else { return argmax(logits) };
-        let top = f64::from(logits[first as usize] / p.temperature);
-        let mut probs: Vec<f64> = idx.iter().map(|&i| (f64::from(logits[i as usize] / p.temperature) - top).exp()).collect();
+        let first = pairs.first()?.1;
+        let top = f64::from(first / p.temperature);
+        let mut probs: Vec<f64> = pairs.iter().map(|&(_, l)| (f64::from(l / p.temperature) - top).exp()).collect();
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|x| *x /= total);
         if p.top_p < 1.0 {
@@ -172,11 +209,11 @@ impl Sampler {
         let mut r = self.rng.next_f64() * total;
         for (i, &x) in probs.iter().enumerate() {
             if r < x {
-                return idx[i];
+                return Some(pairs[i].0);
             }
             r -= x;
         }
-        idx[probs.len() - 1]
+        Some(pairs[probs.len() - 1].0)
     }
 }
 

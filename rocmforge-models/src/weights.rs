@@ -175,6 +175,46 @@ impl Checkpoint {
     }
 }
 
+impl Checkpoint {
+    /// A tensor's bytes converted to `dtype` storage (f32, f16 or bf16, little-endian),
+    /// checked against the expected shape: what the GPU uploads (no f32 copy on the way).
+    pub fn get_as(&self, name: &str, shape: &[usize], dtype: rocmforge_dsl::DType) -> Result<Vec<u8>> {
+        use rocmforge_dsl::DType as D;
+        let e = self.entries.get(name).ok_or_else(|| ModelError::MissingTensor { name: name.to_string(), files: self.files() })?;
+        let shard = &self.shards[e.shard];
+        let bad = |reason: String| ModelError::BadTensor { path: shard.path.clone(), name: name.to_string(), reason };
+        if e.shape != shape {
+            return Err(bad(format!("shape {:?}, expected {shape:?}", e.shape)));
+        }
+        let (begin, end) = (shard.data_start + e.begin, shard.data_start + e.end);
+        let bytes = shard.map.get(begin..end).ok_or_else(|| bad("data offsets run past the end of the file".into()))?;
+        let same = matches!((e.dtype, dtype), (Dtype::F32, D::F32) | (Dtype::F16, D::F16) | (Dtype::BF16, D::BF16));
+        if same {
+            let mut out = Vec::new();
+            out.try_reserve_exact(bytes.len()).map_err(|_| ModelError::OutOfMemory { bytes: bytes.len(), what: "weights" })?;
+            out.extend_from_slice(bytes);
+            return Ok(out);
+        }
+        let src: Vec<f32> = match e.dtype {
+            Dtype::F32 => widen(bytes, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))?,
+            Dtype::F16 => widen(bytes, 2, |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())?,
+            Dtype::BF16 => widen(bytes, 2, |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())?,
+            other => return Err(bad(format!("dtype {other:?} is not supported (F32, F16, BF16)"))),
+        };
+        Ok(encode(&src, dtype))
+    }
+}
+
+/// f32 values as `dtype` storage bytes (little-endian), rounding to nearest even.
+pub fn encode(v: &[f32], dtype: rocmforge_dsl::DType) -> Vec<u8> {
+    use rocmforge_dsl::DType as D;
+    match dtype {
+        D::F16 => v.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
+        D::BF16 => v.iter().flat_map(|&x| half::bf16::from_f32(x).to_le_bytes()).collect(),
+        _ => v.iter().flat_map(|&x| x.to_le_bytes()).collect(),
+    }
+}
+
 fn widen(bytes: &[u8], size: usize, f: impl Fn(&[u8]) -> f32) -> Result<Vec<f32>> {
     let n = bytes.len() / size;
     let mut out = Vec::new();

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use cudarc::driver::{result as cu, sys, CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream, DriverError};
+use cudarc::driver::{result as cu, sys, CudaContext, CudaFunction, CudaModule, CudaStream, DriverError};
 use cudarc::nvrtc::Ptx;
 use rocmforge_dsl::codegen::render_source;
 use rocmforge_dsl::interp::HostTensor;
@@ -20,6 +20,9 @@ use rocmforge_dsl::{DType, Kernel, Spec};
 
 use crate::cache::OnceMap;
 use crate::diskcache::{cache_dir, entry, write_atomic};
+pub use cudarc::driver::CudaEvent;
+
+use crate::engine::{EnginePlan, GemmPlan};
 use crate::plan::{DeviceLimits, LaunchError, LaunchPlan, TensorArg};
 
 /// A failure in the CUDA backend.
@@ -61,6 +64,19 @@ pub enum CudaError {
     /// The launch was refused before running.
     #[error(transparent)]
     Launch(#[from] LaunchError),
+    /// The vendor BLAS failed to load or to run.
+    #[error("cuBLAS: {0}")]
+    Blas(String),
+    /// A view outside its tensor, or of another size.
+    #[error("view of {shape:?} at element {offset} does not fit a tensor of {elems} elements")]
+    View {
+        /// First element of the view.
+        offset: usize,
+        /// The view's shape.
+        shape: Vec<usize>,
+        /// Elements of the tensor.
+        elems: usize,
+    },
     /// Host and device sizes disagree.
     #[error("copy of {what}: {host} host bytes but {device} device bytes")]
     SizeMismatch {
@@ -72,6 +88,9 @@ pub enum CudaError {
         device: usize,
     },
 }
+
+/// cuBLAS workspace bytes (NVIDIA recommends 32 MiB on Hopper).
+const BLAS_WORKSPACE: usize = 32 << 20;
 
 fn drv(call: &'static str) -> impl FnOnce(DriverError) -> CudaError {
     move |source| CudaError::Driver { call, source }
@@ -97,6 +116,12 @@ pub struct CudaDevice {
     cache_hits: AtomicU64,
     /// Functions whose dynamic shared memory limit was raised, by symbol.
     smem_opt_in: OnceMap<Result<(), String>>,
+    /// The engine kernels' module (row gather, argmax, top-k), compiled on first use.
+    engine: OnceMap<Result<Arc<CudaModule>, String>>,
+    /// The cuBLAS workspace (BLAS_WORKSPACE bytes), allocated with the handle.
+    blas_workspace: std::sync::OnceLock<Result<sys::CUdeviceptr, String>>,
+    /// The cuBLAS handle, created on first use (libcublas is loaded then).
+    blas: std::sync::OnceLock<Result<cudarc::cublas::CudaBlas, String>>,
     /// Zeroed scratch for kernels that ask for it (split-KV attention), grown on demand.
     /// Launches are ordered on the one stream, so one buffer serves them all.
     workspace: std::sync::Mutex<Workspace>,
@@ -152,7 +177,9 @@ impl CudaDevice {
         let name = ctx.name().map_err(drv("cuDeviceGetName"))?;
         let total_mem = ctx.total_mem().map_err(drv("cuDeviceTotalMem"))?;
         let compute_units = attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
-        let stream = ctx.default_stream();
+        // An owned stream, not the legacy default one: graph capture needs it, and every
+        // copy and memset below is queued on it, so all device work keeps one order.
+        let stream = ctx.new_stream().map_err(drv("cuStreamCreate"))?;
         Ok(Arc::new(CudaDevice {
             ctx,
             stream,
@@ -168,6 +195,9 @@ impl CudaDevice {
             compiles: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
             smem_opt_in: OnceMap::new(),
+            engine: OnceMap::new(),
+            blas: std::sync::OnceLock::new(),
+            blas_workspace: std::sync::OnceLock::new(),
             workspace: std::sync::Mutex::new(Workspace::default()),
         }))
     }
@@ -233,22 +263,12 @@ impl CudaDevice {
 
     /// Copies a host tensor to a new device tensor.
     pub fn upload(self: &Arc<Self>, t: &HostTensor) -> Result<DeviceTensor, CudaError> {
-        let d = self.alloc(t.dtype(), &t.shape)?;
-        let bytes = t.to_bytes();
-        if bytes.len() != d.bytes {
-            return Err(CudaError::SizeMismatch { what: "upload", host: bytes.len(), device: d.bytes });
-        }
-        // SAFETY: `d.ptr` holds `d.bytes` == `bytes.len()` bytes; the copy is synchronous.
-        unsafe { cu::memcpy_htod_sync(d.ptr, &bytes) }.map_err(drv("cuMemcpyHtoD"))?;
-        Ok(d)
+        self.upload_bytes(t.dtype(), &t.shape, &t.to_bytes())
     }
 
     /// Copies a device tensor back to the host (waits for pending work first).
     pub fn download(&self, d: &DeviceTensor) -> Result<HostTensor, CudaError> {
-        self.synchronize()?;
-        let mut bytes = vec![0u8; d.bytes];
-        // SAFETY: `bytes` has exactly `d.bytes` bytes, the size of the allocation.
-        unsafe { cu::memcpy_dtoh_sync(&mut bytes, d.ptr) }.map_err(drv("cuMemcpyDtoH"))?;
+        let bytes = self.read_bytes(d)?;
         HostTensor::from_bytes(d.dtype, &d.shape, &bytes).ok_or(CudaError::SizeMismatch {
             what: "download",
             host: bytes.len(),
@@ -258,8 +278,9 @@ impl CudaDevice {
 
     /// Fills a tensor with all-ones bytes: NaN in f32, f16 and bf16.
     pub fn poison(&self, d: &mut DeviceTensor) -> Result<(), CudaError> {
-        // SAFETY: writes exactly the allocation's bytes.
-        unsafe { cu::memset_d8_sync(d.ptr, 0xff, d.bytes) }.map_err(drv("cuMemsetD8"))
+        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+        // SAFETY: writes exactly the allocation's bytes, in stream order.
+        unsafe { cu::memset_d8_async(d.ptr, 0xff, d.bytes, self.stream.cu_stream()) }.map_err(drv("cuMemsetD8Async"))
     }
 
     /// Device-to-device copy of `src` into `dst` (same byte size), on the stream.
@@ -351,17 +372,27 @@ impl CudaDevice {
             message: e.to_string(),
             log: String::new(),
         })?;
+        self.load_source(symbol, &src).map_err(|e| match e {
+            CudaError::Compile { message, log, .. } => {
+                CudaError::Compile { kernel: kernel.name.clone(), arch: self.arch.clone(), message, log }
+            }
+            other => other,
+        })
+    }
+
+    /// A module from source: the CUBIN from the disk cache, or NVRTC (then cached).
+    fn load_source(&self, symbol: &str, src: &str) -> Result<Arc<CudaModule>, CudaError> {
         let nvrtc_version = nvrtc_version();
         let dir = cache_dir();
-        let path = dir.as_ref().map(|d| entry(d, symbol, &self.arch, &src, &nvrtc_version, "cubin"));
+        let path = dir.as_ref().map(|d| entry(d, symbol, &self.arch, src, &nvrtc_version, "cubin"));
         let cached = path.as_ref().and_then(|p| std::fs::read(p).ok()).filter(|b| !b.is_empty());
         let cubin = if let Some(cubin) = cached {
             self.cache_hits.fetch_add(1, Ordering::Relaxed);
             cubin
         } else {
             let t = Instant::now();
-            let cubin = compile_cubin(&src, &self.arch).map_err(|(message, log)| CudaError::Compile {
-                kernel: kernel.name.clone(),
+            let cubin = compile_cubin(src, &self.arch).map_err(|(message, log)| CudaError::Compile {
+                kernel: symbol.to_string(),
                 arch: self.arch.clone(),
                 message,
                 log,
@@ -450,6 +481,186 @@ impl CudaDevice {
         .map_err(drv("cuLaunchKernel"))
     }
 
+    /// Copies host bytes into `dst` starting at byte `offset`, in stream order (after the
+    /// work queued before it). The host buffer may be reused on return: a copy from
+    /// pageable memory is staged before the call returns.
+    pub fn write(&self, dst: &mut DeviceTensor, offset: usize, bytes: &[u8]) -> Result<(), CudaError> {
+        let end = offset.checked_add(bytes.len()).filter(|&e| e <= dst.bytes);
+        if end.is_none() {
+            return Err(CudaError::SizeMismatch { what: "write", host: offset.saturating_add(bytes.len()), device: dst.bytes });
+        }
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+        // SAFETY: `offset + bytes.len() <= dst.bytes` (checked above), so the copy stays
+        // inside the allocation; it is queued on the stream, so kernels queued earlier
+        // read the old contents and later ones the new.
+        unsafe { cu::memcpy_htod_async(dst.ptr + offset as u64, bytes, self.stream.cu_stream()) }.map_err(drv("cuMemcpyHtoDAsync"))
+    }
+
+    /// Copies raw bytes (the tensor's storage dtype, little-endian) to a new tensor.
+    pub fn upload_bytes(self: &Arc<Self>, dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<DeviceTensor, CudaError> {
+        let mut d = self.alloc(dtype, shape)?;
+        if bytes.len() != d.bytes {
+            return Err(CudaError::SizeMismatch { what: "upload", host: bytes.len(), device: d.bytes });
+        }
+        self.write(&mut d, 0, bytes)?;
+        Ok(d)
+    }
+
+    /// Copies `d`'s bytes back to the host.
+    pub fn read_bytes(&self, d: &dyn TensorArg) -> Result<Vec<u8>, CudaError> {
+        let n = crate::plan::byte_size(d.dtype(), d.shape()).unwrap_or(0);
+        let mut bytes = vec![0u8; n];
+        if n > 0 {
+            self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+            // SAFETY: a `TensorArg` of this device describes `n` bytes of live device
+            // memory (a tensor or a checked view of one); `bytes` has `n` bytes and is
+            // not touched until the stream has drained below.
+            unsafe { cu::memcpy_dtoh_async(&mut bytes, d.device_ptr(), self.stream.cu_stream()) }.map_err(drv("cuMemcpyDtoHAsync"))?;
+        }
+        self.synchronize()?;
+        Ok(bytes)
+    }
+
+    fn blas(&self) -> Result<&cudarc::cublas::CudaBlas, CudaError> {
+        let b = self.blas.get_or_init(|| {
+            // cudarc panics when libcublas cannot be loaded: report it as an error.
+            let stream = Arc::clone(&self.stream);
+            let blas = std::panic::catch_unwind(move || cudarc::cublas::CudaBlas::new(stream))
+                .map_err(|_| {
+                    "libcublas could not be loaded; install the CUDA toolkit's cuBLAS and put its lib directory on LD_LIBRARY_PATH"
+                        .to_string()
+                })?
+                .map_err(|e| format!("cublasCreate: {e:?}"))?;
+            // A workspace of our own, so cuBLAS never allocates inside a graph capture.
+            let ws = self.blas_workspace.get_or_init(|| {
+                // SAFETY: the context is current (CudaBlas::new bound it); the pointer is
+                // owned by the device and freed in its Drop.
+                unsafe { cu::malloc_sync(BLAS_WORKSPACE) }.map_err(|e| format!("cuMemAlloc (cuBLAS workspace): {e}"))
+            });
+            let ws = ws.clone()?;
+            // SAFETY: `ws` holds BLAS_WORKSPACE bytes of device memory that outlive the
+            // handle (both are freed with the device, the handle first).
+            let st = unsafe { cudarc::cublas::sys::cublasSetWorkspace_v2(*blas.handle(), ws as *mut std::ffi::c_void, BLAS_WORKSPACE) };
+            if st != cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                return Err(format!("cublasSetWorkspace: {st:?}"));
+            }
+            Ok(blas)
+        });
+        b.as_ref().map_err(|e| CudaError::Blas(e.clone()))
+    }
+
+    /// Runs a planned matrix product (`out = x @ w^T`) on the device's stream through
+    /// cuBLAS, f32 accumulation. The plan's tensors must stay alive until the stream ran it.
+    pub fn gemm(&self, p: &GemmPlan) -> Result<(), CudaError> {
+        use cudarc::cublas::sys::{cublasComputeType_t as C, cublasGemmAlgo_t, cublasOperation_t as Op, cudaDataType as T};
+        let ty = |d: DType| match d {
+            DType::F16 => T::CUDA_R_16F,
+            DType::BF16 => T::CUDA_R_16BF,
+            _ => T::CUDA_R_32F,
+        };
+        let blas = self.blas()?;
+        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // Row-major out[m, n] = x[m, k] w[n, k]^T is column-major out^T (n x m) =
+        // w^T... as cuBLAS sees it: A = w (k x n column-major, transposed), B = x (k x m).
+        // SAFETY: the plan checked shapes and dtypes: w holds n*k, x m*k and out m*n
+        // elements of the given types at live device addresses; alpha and beta are f32
+        // as CUBLAS_COMPUTE_32F requires; the handle is bound to this device's stream.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *blas.handle(),
+                Op::CUBLAS_OP_T,
+                Op::CUBLAS_OP_N,
+                p.n,
+                p.m,
+                p.k,
+                (&alpha as *const f32).cast(),
+                p.w as *const std::ffi::c_void,
+                ty(p.dtype),
+                p.k,
+                p.x as *const std::ffi::c_void,
+                ty(p.dtype),
+                p.k,
+                (&beta as *const f32).cast(),
+                p.out as *mut std::ffi::c_void,
+                ty(p.out_dtype),
+                p.n,
+                C::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| CudaError::Blas(format!("cublasGemmEx (m {}, n {}, k {}): {e:?}", p.m, p.n, p.k)))
+    }
+
+    /// Records the work `f` queues on the device's stream into a CUDA graph instead of
+    /// running it; [`DeviceGraph::launch`] replays it. Everything `f` launches must already
+    /// be loaded and the workspace large enough (run the same work once uncaptured first):
+    /// capture fails on a synchronizing call. The graph keeps the arguments' addresses,
+    /// so the tensors it uses must outlive it; their contents are read at each replay.
+    pub fn capture<E: From<CudaError>>(&self, f: impl FnOnce() -> Result<(), E>) -> Result<DeviceGraph, E> {
+        self.stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .map_err(|e| E::from(CudaError::Driver { call: "cuStreamBeginCapture", source: e }))?;
+        let r = f();
+        let g = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        r?;
+        match g {
+            Ok(Some(graph)) => Ok(DeviceGraph { graph }),
+            Ok(None) => Err(E::from(CudaError::NoDevice("graph capture recorded nothing".into()))),
+            Err(e) => Err(E::from(CudaError::Driver { call: "cuStreamEndCapture", source: e })),
+        }
+    }
+
+    /// Compiles (or reads from the disk cache) and loads the engine kernels now.
+    pub fn prepare_engine(&self) -> Result<(), CudaError> {
+        self.engine_module().map(|_| ())
+    }
+
+    fn engine_module(&self) -> Result<Arc<CudaModule>, CudaError> {
+        let m = self.engine.get_or_init("engine", || {
+            let t = Instant::now();
+            let src = rocmforge_dsl::codegen::engine_source().map_err(|e| e.to_string())?;
+            let m = self.load_source("rf_engine", &src).map_err(|e| e.to_string());
+            self.compile_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            m
+        });
+        m.map_err(|message| CudaError::Compile { kernel: "engine".into(), arch: self.arch.clone(), message, log: String::new() })
+    }
+
+    /// Launches a planned engine kernel on the device's stream.
+    pub fn launch_engine(&self, plan: &EnginePlan) -> Result<(), CudaError> {
+        let module = self.engine_module()?;
+        let f = self.functions.get_or_init(&plan.symbol, || {
+            module.load_function(&plan.symbol).map_err(|e| format!("cuModuleGetFunction({}): {e:?}", plan.symbol))
+        });
+        let f = f.clone().map_err(|message| CudaError::Compile {
+            kernel: "engine".into(),
+            arch: self.arch.clone(),
+            message,
+            log: String::new(),
+        })?;
+        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+        let mut storage = plan.param_slots();
+        let mut params: Vec<*mut std::ffi::c_void> = storage.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
+        // SAFETY: engine plans (crate::engine) check every tensor's dtype and shape against
+        // the kernel's signature in templates/engine.hip.tera and pass one slot per
+        // parameter in its declared width; grid and block are within the device limits.
+        unsafe {
+            cu::launch_kernel(
+                f.cu_function(),
+                (plan.grid[0], plan.grid[1], plan.grid[2]),
+                (plan.block[0], plan.block[1], plan.block[2]),
+                0,
+                self.stream.cu_stream(),
+                &mut params,
+            )
+        }
+        .map_err(drv("cuLaunchKernel"))
+    }
+
     /// Replaces the workspace with a zeroed one of at least `need` bytes.
     fn grow_workspace(&self, ws: &mut Workspace, need: usize) -> Result<(), CudaError> {
         // Queued launches may still use the old buffer.
@@ -472,13 +683,25 @@ impl CudaDevice {
             Err(e) => return Err(CudaError::Driver { call: "cuMemAlloc", source: e }),
         };
         *ws = Workspace { ptr, bytes };
-        // SAFETY: writes exactly the new allocation's bytes.
-        unsafe { cu::memset_d8_sync(ptr, 0, bytes) }.map_err(drv("cuMemsetD8"))
+        // SAFETY: writes exactly the new allocation's bytes, before any launch queued
+        // after this one reads it.
+        unsafe { cu::memset_d8_async(ptr, 0, bytes, self.stream.cu_stream()) }.map_err(drv("cuMemsetD8Async"))
     }
 }
 
 impl Drop for CudaDevice {
     fn drop(&mut self) {
+        // The handle goes first (it uses the workspace), then the workspace.
+        let _ = self.stream.synchronize();
+        drop(self.blas.take());
+        if let Some(Ok(ptr)) = self.blas_workspace.take() {
+            let _ = self.ctx.bind_to_thread();
+            // SAFETY: allocated once in `blas`, owned only by this device, no longer used
+            // by the (dropped) handle; freed exactly once, here.
+            if let Err(e) = unsafe { cu::free_sync(ptr) } {
+                tracing::error!("cuMemFree (cuBLAS workspace) failed: {e}");
+            }
+        }
         let ws = self.workspace.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
         if ws.bytes > 0 {
             let _ = self.stream.synchronize();
@@ -489,6 +712,24 @@ impl Drop for CudaDevice {
                 tracing::error!("cuMemFree (workspace) failed: {e}");
             }
         }
+    }
+}
+
+/// A captured sequence of launches ([`CudaDevice::capture`]); destroyed on drop.
+pub struct DeviceGraph {
+    graph: cudarc::driver::CudaGraph,
+}
+
+impl std::fmt::Debug for DeviceGraph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeviceGraph")
+    }
+}
+
+impl DeviceGraph {
+    /// Queues one replay on the device's stream.
+    pub fn launch(&self) -> Result<(), CudaError> {
+        self.graph.launch().map_err(drv("cuGraphLaunch"))
     }
 }
 
@@ -524,6 +765,72 @@ impl DeviceTensor {
     /// Size in bytes.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+}
+
+impl DeviceTensor {
+    fn check_view(&self, offset: usize, shape: &[usize]) -> Result<u64, CudaError> {
+        let elems = self.bytes / self.dtype.size().max(1);
+        let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        match n.and_then(|n| n.checked_add(offset)) {
+            Some(end) if end <= elems => Ok(self.ptr + (offset * self.dtype.size()) as u64),
+            _ => Err(CudaError::View { offset, shape: shape.to_vec(), elems }),
+        }
+    }
+
+    /// A read-only window of `shape` elements starting at element `offset`.
+    pub fn view(&self, offset: usize, shape: &[usize]) -> Result<DeviceView<'_>, CudaError> {
+        let ptr = self.check_view(offset, shape)?;
+        Ok(DeviceView { ptr, dtype: self.dtype, shape: shape.to_vec(), _t: std::marker::PhantomData })
+    }
+
+    /// A writable window of `shape` elements starting at element `offset`; borrowing the
+    /// tensor mutably keeps any other view of it from being passed alongside.
+    pub fn view_mut(&mut self, offset: usize, shape: &[usize]) -> Result<DeviceViewMut<'_>, CudaError> {
+        let ptr = self.check_view(offset, shape)?;
+        Ok(DeviceViewMut { ptr, dtype: self.dtype, shape: shape.to_vec(), _t: std::marker::PhantomData })
+    }
+}
+
+/// A borrowed read-only window of a [`DeviceTensor`] (bounds checked when made).
+#[derive(Debug)]
+pub struct DeviceView<'a> {
+    ptr: u64,
+    dtype: DType,
+    shape: Vec<usize>,
+    _t: std::marker::PhantomData<&'a DeviceTensor>,
+}
+
+/// A borrowed writable window of a [`DeviceTensor`] (bounds checked when made).
+#[derive(Debug)]
+pub struct DeviceViewMut<'a> {
+    ptr: u64,
+    dtype: DType,
+    shape: Vec<usize>,
+    _t: std::marker::PhantomData<&'a mut DeviceTensor>,
+}
+
+impl TensorArg for DeviceView<'_> {
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn device_ptr(&self) -> u64 {
+        self.ptr
+    }
+}
+
+impl TensorArg for DeviceViewMut<'_> {
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn device_ptr(&self) -> u64 {
+        self.ptr
     }
 }
 

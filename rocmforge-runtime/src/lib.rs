@@ -4,12 +4,15 @@
 //!
 //! - [`mod@plan`]: a launcher's arguments to a checked [`LaunchPlan`].
 //! - [`device`]: listing and opening devices; the CPU runs the IR interpreter.
+//! - [`engine`]: plans of the inference engine's own operations (vendor GEMM, matrix-vector
+//!   products, gather, argmax, top-k, the q/k/v stage).
 //! - `cuda` (feature `cuda`): NVIDIA through cudarc, NVRTC to CUBIN.
 //! - `hip` (feature `rocm`): AMD through hip-runtime-sys, AOT code objects or hiprtc.
 
 pub mod cache;
 pub mod device;
 pub mod diskcache;
+pub mod engine;
 pub mod plan;
 
 #[cfg(feature = "cuda")]

@@ -114,21 +114,25 @@ impl LaunchPlan {
     /// signature declares (pointers and `long long` 8 bytes; float, int, unsigned the
     /// first 4).
     pub fn param_slots(&self) -> Vec<[u8; 8]> {
-        self.args
-            .iter()
-            .map(|a| {
-                let mut b = [0u8; 8];
-                match a {
-                    ArgValue::Ptr(p) => b.copy_from_slice(&p.to_ne_bytes()),
-                    ArgValue::I64(v) => b.copy_from_slice(&v.to_ne_bytes()),
-                    ArgValue::F32(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
-                    ArgValue::I32(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
-                    ArgValue::U32(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
-                }
-                b
-            })
-            .collect()
+        slots(&self.args)
     }
+}
+
+/// Launch arguments as 8-byte slots in the widths the generated signatures declare.
+pub(crate) fn slots(args: &[ArgValue]) -> Vec<[u8; 8]> {
+    args.iter()
+        .map(|a| {
+            let mut b = [0u8; 8];
+            match a {
+                ArgValue::Ptr(p) => b.copy_from_slice(&p.to_ne_bytes()),
+                ArgValue::I64(v) => b.copy_from_slice(&v.to_ne_bytes()),
+                ArgValue::F32(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
+                ArgValue::I32(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
+                ArgValue::U32(v) => b[..4].copy_from_slice(&v.to_ne_bytes()),
+            }
+            b
+        })
+        .collect()
 }
 
 /// A tensor as a launcher sees it: dtype, shape and device address.

@@ -17,8 +17,8 @@ pub struct ModelArgs {
     /// the built-in demo model runs (random weights, byte vocabulary).
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
-    /// Device to run on: `cpu`. (GPU inference of whole models is not in this build; the
-    /// GPU kernels are checked by the `selftest` example.)
+    /// Device to run on: `cpu`. (The GPU forward runs in the `bench` example, feature
+    /// `cuda`; generate and chat do not use it yet.)
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -89,8 +89,9 @@ impl SamplingArgs {
 pub fn load(args: &ModelArgs) -> Result<(Model, bool), String> {
     if args.device != "cpu" {
         return Err(format!(
-            "device `{}` cannot run whole models in this build: only `cpu` can (the GPU forward is not implemented yet); \
-             run the GPU kernel checks with `cargo run --release --features cuda -p rocmforge-models --example selftest`",
+            "device `{}`: generate and chat run on `cpu` only so far; the GPU forward runs in the `bench` example \
+             (`cargo run --release --features cuda -p rocmforge-models --example bench -- --model DIR`) and is checked \
+             against the CPU by the `model_check` example",
             args.device
         ));
     }

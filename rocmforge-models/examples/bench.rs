@@ -1,0 +1,402 @@
+//! `bench`: llama-bench style throughput of the GPU forward.
+//!
+//! Loads a checkpoint (`--model DIR`) or builds a preset shape with deterministic random
+//! weights (`--preset llama3-8b`), then reports, per test:
+//! - `pp N`: prompt processing, N tokens of one sequence (in chunks of
+//!   `--max-batch-tokens`), tokens/s;
+//! - `tg N`: generation, N greedy tokens of one sequence after a one-token prompt
+//!   (sampling on the GPU), tokens/s, and that as a fraction of the bandwidth limit
+//!   (the copy bandwidth measured in the same run over the weight bytes);
+//! - `decode bN`: N sequences (32-token prompts) decoding together, tokens/s summed;
+//! - `ctx N`: one sequence prefilled to N tokens then decoding (checks the context fits).
+//!
+//! Each figure is the median of `--reps` runs after one warm-up. `--output json` prints
+//! one JSON object instead of the table.
+
+#![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line program")]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Parser, ValueEnum};
+use rocmforge_dsl::rope::RopeScaling;
+use rocmforge_models::arch::Arch;
+use rocmforge_models::config::ModelConfig;
+use rocmforge_models::gpu::{GpuModel, GpuOptions, RandomWeights, SeqTokens};
+use rocmforge_models::sampling::{Sampler, SamplingParams};
+use rocmforge_models::weights::Checkpoint;
+use rocmforge_runtime::cuda::CudaDevice;
+use rocmforge_runtime::DType;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Preset {
+    /// Llama-3-8B: 32 layers, hidden 4096, 32/8 heads of 128, MLP 14336, vocab 128256.
+    #[value(name = "llama3-8b")]
+    Llama3_8b,
+    /// Llama-3.2-1B: 16 layers, hidden 2048, 32/8 heads of 64, MLP 8192, tied embeddings.
+    #[value(name = "llama3.2-1b")]
+    Llama32_1b,
+    /// Qwen2.5-7B: 28 layers, hidden 3584, 28/4 heads of 128, MLP 18944, QKV bias.
+    #[value(name = "qwen2.5-7b")]
+    Qwen25_7b,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum WeightType {
+    F16,
+    Bf16,
+    F32,
+}
+
+/// Throughput of the GPU forward, llama-bench style: prompt processing (pp), generation
+/// (tg) at batch 1 against the bandwidth limit, batched decode, and a long context.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// A Hugging Face model directory (config.json + safetensors).
+    #[arg(long, conflicts_with = "preset")]
+    model: Option<PathBuf>,
+    /// A built-in shape with deterministic random weights.
+    #[arg(long, value_enum, default_value = "llama3.2-1b")]
+    preset: Preset,
+    /// Weight and activation dtype on the GPU.
+    #[arg(long, value_enum, default_value = "bf16")]
+    dtype: WeightType,
+    /// Prompt lengths to time (comma-separated).
+    #[arg(short = 'p', long, value_delimiter = ',', default_value = "512,2048")]
+    prompt: Vec<usize>,
+    /// Generated tokens to time at batch 1.
+    #[arg(short = 'n', long, default_value_t = 128)]
+    gen: usize,
+    /// Batch sizes of the batched decode table (comma-separated; empty to skip).
+    #[arg(short = 'b', long, value_delimiter = ',', default_value = "1,4,16,64")]
+    batch: Vec<usize>,
+    /// Context length for the long-context check (0 to skip).
+    #[arg(long, default_value_t = 8192)]
+    context: usize,
+    /// Repetitions per test (the median is reported).
+    #[arg(short = 'r', long, default_value_t = 3)]
+    reps: usize,
+    /// Share of the free GPU memory to use for weights, activations and the KV cache.
+    #[arg(long, default_value_t = 0.9)]
+    gpu_memory_fraction: f32,
+    /// Most tokens per forward (longer prompts run in chunks).
+    #[arg(long, default_value_t = 2048)]
+    max_batch_tokens: usize,
+    /// Seed of the random weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Decode products through cuBLAS instead of the matrix-vector kernel.
+    #[arg(long)]
+    no_gemv: bool,
+    /// Decode without CUDA graphs (one launch per kernel).
+    #[arg(long)]
+    no_graphs: bool,
+    /// Also time every stage of the forward with events (one pp and one tg run each; the
+    /// events slow the runs, so the throughput rows come from runs without them).
+    #[arg(long)]
+    profile: bool,
+    /// Table or JSON.
+    #[arg(long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+fn preset(p: Preset) -> ModelConfig {
+    let llama3_rope =
+        RopeScaling::Llama3 { factor: 32.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192.0 };
+    let base = ModelConfig {
+        arch: Arch::Llama,
+        hidden: 4096,
+        intermediate: 14336,
+        layers: 32,
+        heads: 32,
+        kv_heads: 8,
+        head_dim: 128,
+        vocab: 128_256,
+        eps: 1e-5,
+        rope_theta: 500_000.0,
+        rope_scaling: RopeScaling::Default,
+        max_positions: 8192,
+        tie_embeddings: false,
+        qkv_bias: false,
+        o_bias: false,
+        mlp_bias: false,
+        qk_norm: false,
+        windows: vec![None; 32],
+        dtype: None,
+        bos_token_id: Some(128_000),
+        eos_token_ids: vec![128_001],
+    };
+    match p {
+        Preset::Llama3_8b => base,
+        Preset::Llama32_1b => ModelConfig {
+            hidden: 2048,
+            intermediate: 8192,
+            layers: 16,
+            head_dim: 64,
+            rope_scaling: llama3_rope,
+            max_positions: 131_072,
+            tie_embeddings: true,
+            windows: vec![None; 16],
+            ..base
+        },
+        Preset::Qwen25_7b => ModelConfig {
+            arch: Arch::Qwen2,
+            hidden: 3584,
+            intermediate: 18944,
+            layers: 28,
+            heads: 28,
+            kv_heads: 4,
+            vocab: 152_064,
+            eps: 1e-6,
+            rope_theta: 1_000_000.0,
+            max_positions: 32_768,
+            qkv_bias: true,
+            windows: vec![None; 28],
+            bos_token_id: None,
+            eos_token_ids: vec![151_643],
+            ..base
+        },
+    }
+}
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Device-to-device copy bandwidth (bytes read + written per second) over 1 GiB.
+fn copy_bandwidth(dev: &Arc<CudaDevice>) -> Res<f64> {
+    let n = 1usize << 28;
+    let src = dev.alloc(DType::F32, &[n])?;
+    let mut dst = dev.alloc(DType::F32, &[n])?;
+    for _ in 0..3 {
+        dev.copy(&src, &mut dst)?;
+    }
+    let (a, b) = (dev.event()?, dev.event()?);
+    let iters = 20;
+    dev.record(&a)?;
+    for _ in 0..iters {
+        dev.copy(&src, &mut dst)?;
+    }
+    dev.record(&b)?;
+    dev.synchronize()?;
+    let ms = a.elapsed_ms(&b)? as f64;
+    Ok(2.0 * (n * 4) as f64 * iters as f64 / (ms * 1e-3))
+}
+
+fn tokens(n: usize, vocab: usize, salt: usize) -> Vec<u32> {
+    (0..n).map(|i| ((i * 7919 + salt * 104_729 + 13) % vocab) as u32).collect()
+}
+
+/// Prompt processing of `n` tokens: tokens/s.
+fn pp(g: &mut GpuModel, n: usize) -> Res<f64> {
+    let vocab = g.config().vocab;
+    let chunk = g.options().max_batch_tokens;
+    let prompt = tokens(n, vocab, 1);
+    let mut seq = g.new_sequence();
+    g.device().synchronize()?;
+    let t = Instant::now();
+    let r = (|| -> Res<()> {
+        for c in prompt.chunks(chunk) {
+            g.forward(&mut [SeqTokens { seq: &mut seq, tokens: c }])?;
+        }
+        g.device().synchronize()?;
+        Ok(())
+    })();
+    let s = t.elapsed().as_secs_f64();
+    g.release(seq);
+    r?;
+    Ok(n as f64 / s)
+}
+
+/// `steps` decode steps of `batch` sequences after `prompt`-token prompts, greedy on the
+/// GPU: tokens/s over all sequences.
+fn decode(g: &mut GpuModel, batch: usize, prompt: usize, steps: usize) -> Res<f64> {
+    let vocab = g.config().vocab;
+    let chunk = g.options().max_batch_tokens;
+    let mut seqs: Vec<_> = (0..batch).map(|_| g.new_sequence()).collect();
+    let mut samplers: Vec<Sampler> = (0..batch).map(|_| Sampler::new(SamplingParams::default())).collect::<Result<_, _>>()?;
+    let r = (|| -> Res<f64> {
+        // Prefill each sequence (in chunks), then decode all together.
+        let mut next = Vec::with_capacity(batch);
+        for (b, seq) in seqs.iter_mut().enumerate() {
+            let p = tokens(prompt, vocab, b + 2);
+            for c in p.chunks(chunk) {
+                g.forward(&mut [SeqTokens { seq, tokens: c }])?;
+            }
+            next.push(g.sample(&mut [&mut samplers[b]])?[0]);
+        }
+        g.device().synchronize()?;
+        let t = Instant::now();
+        for _ in 0..steps {
+            let feeds: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+            let mut items: Vec<SeqTokens<'_>> = seqs.iter_mut().zip(&feeds).map(|(seq, f)| SeqTokens { seq, tokens: f }).collect();
+            g.forward(&mut items)?;
+            let mut refs: Vec<&mut Sampler> = samplers.iter_mut().collect();
+            next = g.sample(&mut refs)?;
+        }
+        Ok((batch * steps) as f64 / t.elapsed().as_secs_f64())
+    })();
+    for s in seqs {
+        g.release(s);
+    }
+    r
+}
+
+fn run(args: &Args) -> Res<serde_json::Value> {
+    let dev = CudaDevice::open(0)?;
+    let dtype = match args.dtype {
+        WeightType::F16 => DType::F16,
+        WeightType::Bf16 => DType::BF16,
+        WeightType::F32 => DType::F32,
+    };
+    let (name, cfg, ck) = match &args.model {
+        Some(dir) => (dir.display().to_string(), ModelConfig::from_dir(dir)?, Some(Checkpoint::open(dir)?)),
+        None => {
+            let p = preset(args.preset);
+            (
+                format!(
+                    "{} (random weights, seed {})",
+                    args.preset.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default(),
+                    args.seed
+                ),
+                p,
+                None,
+            )
+        }
+    };
+    let opts = GpuOptions {
+        dtype,
+        max_batch_tokens: args.max_batch_tokens,
+        gpu_memory_fraction: args.gpu_memory_fraction,
+        ..GpuOptions::default()
+    };
+    let (free0, total) = dev.memory_info()?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("uploading weights [{bar:30}] {bytes}/{total_bytes} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let progress = |done: u64, all: u64| {
+        bar.set_length(all);
+        bar.set_position(done);
+    };
+    let t = Instant::now();
+    let mut g = match &ck {
+        Some(ck) => GpuModel::load(&dev, cfg, &mut &*ck, opts, progress)?,
+        None => GpuModel::load(&dev, cfg, &mut RandomWeights { seed: args.seed }, opts, progress)?,
+    };
+    bar.finish_and_clear();
+    let load_s = t.elapsed().as_secs_f64();
+    let (free1, _) = dev.memory_info()?;
+    let mem = *g.memory();
+    let bw = copy_bandwidth(&dev)?;
+    let limit = bw / mem.weights as f64;
+    eprintln!(
+        "{name}: {} on {}, weights {:.2} GB, KV cache {} tokens ({:.2} GB), {:.2} GB of {:.2} GB used, loaded in {load_s:.1} s",
+        dtype,
+        dev.name(),
+        mem.weights as f64 / 1e9,
+        mem.kv_tokens,
+        mem.kv_bytes() as f64 / 1e9,
+        (free0 - free1) as f64 / 1e9,
+        total as f64 / 1e9
+    );
+    eprintln!("copy bandwidth {:.0} GB/s -> decode limit {limit:.1} tok/s", bw / 1e9);
+    let reps = args.reps.max(1);
+    let mut results = Vec::new();
+    let mut row = |test: String, tok_s: f64, extra: serde_json::Value| {
+        if args.output == Output::Table {
+            let frac = extra.get("fraction_of_limit").and_then(|v| v.as_f64()).map_or(String::new(), |f| format!("{f:.3} of limit"));
+            println!("{test:<14} {tok_s:>12.1} tok/s  {frac}");
+        }
+        let mut o = serde_json::json!({ "test": test, "tok_s": tok_s });
+        if let (Some(o), Some(e)) = (o.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        results.push(o);
+    };
+    for &n in &args.prompt {
+        pp(&mut g, n.min(256))?;
+        let v: Vec<f64> = (0..reps).map(|_| pp(&mut g, n)).collect::<Res<_>>()?;
+        row(format!("pp{n}"), median(v), serde_json::json!({}));
+    }
+    if args.gen > 0 {
+        decode(&mut g, 1, 1, 8)?;
+        let v: Vec<f64> = (0..reps).map(|_| decode(&mut g, 1, 1, args.gen)).collect::<Res<_>>()?;
+        let tok_s = median(v);
+        row(format!("tg{}", args.gen), tok_s, serde_json::json!({ "fraction_of_limit": tok_s / limit, "limit_tok_s": limit }));
+    }
+    for &b in &args.batch {
+        let v: Vec<f64> = (0..reps).map(|_| decode(&mut g, b, 32, 64)).collect::<Res<_>>()?;
+        row(format!("decode b{b}"), median(v), serde_json::json!({ "batch": b, "prompt": 32, "steps": 64 }));
+    }
+    if args.context > 0 {
+        let v = decode(&mut g, 1, args.context - 32, 32)?;
+        row(format!("ctx{}", args.context), v, serde_json::json!({ "context": args.context, "steps": 32 }));
+    }
+    let mut profile = serde_json::Map::new();
+    if args.profile {
+        let n = args.prompt.first().copied().unwrap_or(512);
+        for (label, batch) in [("pp", 0), ("tg", 1), ("b4", 4)] {
+            g.set_profiling(true);
+            if batch == 0 {
+                pp(&mut g, n)?;
+            } else {
+                decode(&mut g, batch, 1, 32)?;
+            }
+            g.set_profiling(false);
+            let stages = g.take_profile();
+            let total: f64 = stages.iter().filter(|s| !s.0.starts_with('(')).map(|s| s.1).sum();
+            let forwards = stages.iter().map(|s| s.2).max().unwrap_or(1).max(1);
+            eprintln!("profile {label}: {:.3} ms of GPU time per forward over {forwards} forwards", total / forwards as f64);
+            for (stage, ms, _) in &stages {
+                eprintln!("  {stage:<16} {:>9.3} ms/forward {:>6.1}%", ms / forwards as f64, 100.0 * ms / total.max(1e-12));
+                profile.insert(format!("{label}.{stage}"), serde_json::json!(ms / forwards as f64));
+            }
+        }
+    }
+    Ok(serde_json::json!({
+        "profile_ms_per_forward": profile,
+        "model": name,
+        "device": dev.name(),
+        "dtype": dtype.to_string(),
+        "decode_products": if args.no_gemv { "cublas" } else { "gemv kernel" },
+        "cuda_graphs": !args.no_graphs,
+        "weight_bytes": mem.weights,
+        "kv_cache_tokens": mem.kv_tokens,
+        "kv_cache_bytes": mem.kv_bytes(),
+        "memory_used_bytes": free0 - free1,
+        "copy_bandwidth_bytes_s": bw,
+        "decode_limit_tok_s": limit,
+        "load_s": load_s,
+        "results": results,
+    }))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(v) => {
+            if args.output == Output::Json {
+                println!("{v}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

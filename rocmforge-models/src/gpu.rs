@@ -1,0 +1,780 @@
+//! The decoder on an NVIDIA GPU (feature `cuda`): the same network as
+//! [`crate::transformer`], composed from the standard DSL kernels, cuBLAS matrix products
+//! and the engine kernels (embedding gather, argmax, top-k), over a paged KV cache in
+//! device memory.
+//!
+//! Per layer: (fused residual add +) RMSNorm, q/k/v projections (+ bias, + q/k norm),
+//! RoPE in place, K/V stored into the pages, attention (matrix-core prefill or split-KV
+//! decode, causal or windowed), output projection, (add +) RMSNorm, gate and up
+//! projections, SwiGLU, down projection. Weights are uploaded once in one dtype (f32, f16
+//! or bf16); logits come out in f32. Memory is planned before anything is allocated
+//! ([`plan_memory`]).
+
+use std::sync::Arc;
+
+use rocmforge_dsl::rope::inv_freq;
+use rocmforge_runtime::cuda::{CudaDevice, CudaError, CudaEvent, DeviceGraph, DeviceTensor};
+use rocmforge_runtime::engine::{
+    plan_argmax, plan_gather, plan_gemm, plan_gemv, plan_qkv_post, plan_swiglu_rows, plan_topk, GemvFusion, QkvPost, TOPK_MAX,
+};
+use rocmforge_runtime::{AttnSeqs, DType, Kernel, KvIndex, LaunchError, LaunchPlan, TensorArg};
+
+use crate::config::ModelConfig;
+use crate::error::{ModelError, Result};
+use crate::kernels;
+use crate::kv::{KvPool, KvSeq, KvShape};
+use crate::sampling::Sampler;
+use crate::weights::encode;
+
+pub use crate::memory::{plan_memory, tensor_list, GpuOptions, MemoryPlan, RandomWeights, WeightSource};
+
+impl From<CudaError> for ModelError {
+    fn from(e: CudaError) -> Self {
+        ModelError::Gpu(e.to_string())
+    }
+}
+
+impl From<LaunchError> for ModelError {
+    fn from(e: LaunchError) -> Self {
+        ModelError::Gpu(e.to_string())
+    }
+}
+
+/// One layer's weights on the GPU. q/k/v and gate/up are fused along the output rows,
+/// so each is one product: `wqkv` is `[(heads + 2 kv_heads) head_dim, hidden]` (q rows,
+/// then k, then v), `w_gate_up` is `[2 intermediate, hidden]` (gate rows, then up).
+struct Layer {
+    attn_norm: DeviceTensor,
+    wqkv: DeviceTensor,
+    bqkv: Option<DeviceTensor>,
+    q_norm: Option<DeviceTensor>,
+    k_norm: Option<DeviceTensor>,
+    wo: DeviceTensor,
+    bo: Option<DeviceTensor>,
+    mlp_norm: DeviceTensor,
+    w_gate_up: DeviceTensor,
+    b_gate_up: Option<DeviceTensor>,
+    w_down: DeviceTensor,
+    b_down: Option<DeviceTensor>,
+    window: Option<usize>,
+}
+
+/// Activations and staging, sized for `max_batch_tokens` tokens and `max_seqs` sequences.
+struct Scratch {
+    res: DeviceTensor,
+    normed: DeviceTensor,
+    proj: DeviceTensor,
+    qkv: DeviceTensor,
+    q: DeviceTensor,
+    attn: DeviceTensor,
+    gate_up: DeviceTensor,
+    act: DeviceTensor,
+    tmp: DeviceTensor,
+    /// i32 staging: ids, pos, slots [T each], cu_q [S + 1], kv_lens [S], last [S],
+    /// block table [S, max_blocks].
+    index: DeviceTensor,
+    last: DeviceTensor,
+    logits: DeviceTensor,
+    next: DeviceTensor,
+    topk_vals: DeviceTensor,
+    topk_ids: DeviceTensor,
+}
+
+/// The shape of one staged step.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    t: usize,
+    nb: usize,
+    /// Pages per block-table row.
+    width: usize,
+    max_q: usize,
+    max_kv: usize,
+}
+
+/// One sequence's part of a forward: its cache and the tokens to feed.
+#[derive(Debug)]
+pub struct SeqTokens<'a> {
+    /// The sequence (its blocks are in the model's pool).
+    pub seq: &'a mut KvSeq,
+    /// Tokens at its next positions.
+    pub tokens: &'a [u32],
+}
+
+/// A model on the GPU with its KV cache.
+pub struct GpuModel {
+    dev: Arc<CudaDevice>,
+    cfg: ModelConfig,
+    opts: GpuOptions,
+    plan: MemoryPlan,
+    embed: DeviceTensor,
+    layers: Vec<Layer>,
+    norm: DeviceTensor,
+    lm_head: Option<DeviceTensor>,
+    inv_freq: DeviceTensor,
+    mscale: f32,
+    k_cache: Vec<DeviceTensor>,
+    v_cache: Vec<DeviceTensor>,
+    pool: KvPool,
+    s: Scratch,
+    max_blocks: usize,
+    /// Rows of `logits` the last forward filled.
+    rows: usize,
+    profiling: bool,
+    profile: std::collections::BTreeMap<&'static str, (f64, usize)>,
+    /// Captured decode steps by (sequences, block-table width).
+    graphs: std::collections::HashMap<(usize, usize), DeviceGraph>,
+}
+
+impl std::fmt::Debug for GpuModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuModel").field("device", &self.dev.name()).field("opts", &self.opts).field("plan", &self.plan).finish()
+    }
+}
+
+fn kernel(k: std::result::Result<&'static Kernel, LaunchError>) -> Result<&'static Kernel> {
+    Ok(k?)
+}
+
+/// Events between the stages of a forward, when profiling.
+struct Marks<'a> {
+    dev: &'a CudaDevice,
+    on: bool,
+    v: std::cell::RefCell<Vec<(&'static str, CudaEvent)>>,
+}
+
+impl Marks<'_> {
+    fn mark(&self, name: &'static str) -> Result<()> {
+        if self.on {
+            let e = self.dev.event()?;
+            self.dev.record(&e)?;
+            self.v.borrow_mut().push((name, e));
+        }
+        Ok(())
+    }
+
+    /// Milliseconds from each mark to the next, by the earlier mark's name.
+    fn collect(self) -> Result<Vec<(&'static str, f64)>> {
+        if !self.on {
+            return Ok(Vec::new());
+        }
+        self.dev.synchronize()?;
+        let v = self.v.into_inner();
+        v.windows(2)
+            .map(|w| Ok((w[0].0, f64::from(w[0].1.elapsed_ms(&w[1].1).map_err(|e| ModelError::Gpu(format!("cuEventElapsedTime: {e}")))?))))
+            .collect()
+    }
+}
+
+/// Rows up to which products run the matrix-vector kernel (when `GpuOptions::gemv`):
+/// past two, cuBLAS took less time on the H200 (each extra row re-reads x per warp).
+const GEMV_ROWS: usize = 2;
+
+/// An optional tensor as a launch argument.
+fn bias(b: &Option<DeviceTensor>) -> Option<&dyn TensorArg> {
+    b.as_ref().map(|b| b as &dyn TensorArg)
+}
+
+/// `out = x @ w^T`: the matrix-vector kernel for up to `GEMV_ROWS` rows when
+/// `gemv` is on, cuBLAS otherwise.
+fn matmul(dev: &CudaDevice, gemv: bool, x: &dyn TensorArg, w: &dyn TensorArg, out: &dyn TensorArg) -> Result<()> {
+    let rows = x.shape().iter().rev().skip(1).product::<usize>();
+    if gemv && rows <= GEMV_ROWS {
+        Ok(dev.launch_engine(&plan_gemv(dev.limits(), x, w, out, &GemvFusion::default())?)?)
+    } else {
+        Ok(dev.gemm(&plan_gemm(x, w, out)?)?)
+    }
+}
+
+/// `out = x @ w^T (+ b)`: the product lands in `out` directly, or in `tmp` then the bias
+/// kernel writes `out`.
+#[allow(clippy::too_many_arguments, reason = "the tensors of one projection")]
+fn project(
+    dev: &CudaDevice,
+    gemv: bool,
+    x: &dyn TensorArg,
+    w: &DeviceTensor,
+    b: &Option<DeviceTensor>,
+    out: &mut DeviceTensor,
+    tmp: &mut DeviceTensor,
+    t: usize,
+    n: usize,
+) -> Result<()> {
+    match b {
+        None => matmul(dev, gemv, x, w, &out.view(0, &[t, n])?),
+        Some(b) => {
+            matmul(dev, gemv, x, w, &tmp.view(0, &[t, n])?)?;
+            let k = kernel(kernels::add_bias::kernel())?;
+            Ok(dev.launch(k, &kernels::add_bias::plan(dev.limits(), &tmp.view(0, &[t, n])?, b, &mut out.view_mut(0, &[t, n])?)?)?)
+        }
+    }
+}
+
+impl GpuModel {
+    /// Plans memory, then uploads every tensor of `cfg` from `src` (calling `progress`
+    /// with (done, total) bytes) and allocates activations and the KV cache.
+    pub fn load(
+        dev: &Arc<CudaDevice>,
+        cfg: ModelConfig,
+        src: &mut dyn WeightSource,
+        opts: GpuOptions,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<Self> {
+        if cfg.windows.len() != cfg.layers {
+            return Err(ModelError::Invalid("the window list disagrees with the layer count".into()));
+        }
+        let (free, _) = dev.memory_info()?;
+        let plan = plan_memory(&cfg, &opts, free as u64, dev.name())?;
+        let dt = opts.dtype;
+        let done = std::cell::Cell::new(0u64);
+        let progress = std::cell::RefCell::new(&mut progress);
+        let src = std::cell::RefCell::new(src);
+        let up = |name: &str, shape: &[usize]| -> Result<DeviceTensor> {
+            let bytes = src.borrow_mut().tensor(name, shape, dt)?;
+            let t = dev.upload_bytes(dt, shape, &bytes)?;
+            done.set(done.get() + bytes.len() as u64);
+            (progress.borrow_mut())(done.get(), plan.weights);
+            Ok(t)
+        };
+        // Several tensors stacked along their rows (`cols` 0: vectors), as one tensor.
+        let up_fused = |parts: &[(String, usize)], cols: usize| -> Result<DeviceTensor> {
+            let mut bytes = Vec::new();
+            let mut rows = 0;
+            for (name, r) in parts {
+                let shape: Vec<usize> = if cols == 0 { vec![*r] } else { vec![*r, cols] };
+                let b = src.borrow_mut().tensor(name, &shape, dt)?;
+                bytes.try_reserve(b.len()).map_err(|_| ModelError::OutOfMemory { bytes: b.len(), what: "weights" })?;
+                bytes.extend_from_slice(&b);
+                rows += r;
+            }
+            let shape: Vec<usize> = if cols == 0 { vec![rows] } else { vec![rows, cols] };
+            let t = dev.upload_bytes(dt, &shape, &bytes)?;
+            done.set(done.get() + bytes.len() as u64);
+            (progress.borrow_mut())(done.get(), plan.weights);
+            Ok(t)
+        };
+        let (h, q, kv, i) = (cfg.hidden, cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.intermediate);
+        let embed = up("model.embed_tokens.weight", &[cfg.vocab, h])?;
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for l in 0..cfg.layers {
+            let p = format!("model.layers.{l}");
+            let a = format!("{p}.self_attn");
+            let m = format!("{p}.mlp");
+            layers.push(Layer {
+                attn_norm: up(&format!("{p}.input_layernorm.weight"), &[h])?,
+                wqkv: up_fused(
+                    &[(format!("{a}.q_proj.weight"), q), (format!("{a}.k_proj.weight"), kv), (format!("{a}.v_proj.weight"), kv)],
+                    h,
+                )?,
+                bqkv: if cfg.qkv_bias {
+                    Some(up_fused(
+                        &[(format!("{a}.q_proj.bias"), q), (format!("{a}.k_proj.bias"), kv), (format!("{a}.v_proj.bias"), kv)],
+                        0,
+                    )?)
+                } else {
+                    None
+                },
+                q_norm: if cfg.qk_norm { Some(up(&format!("{a}.q_norm.weight"), &[cfg.head_dim])?) } else { None },
+                k_norm: if cfg.qk_norm { Some(up(&format!("{a}.k_norm.weight"), &[cfg.head_dim])?) } else { None },
+                wo: up(&format!("{a}.o_proj.weight"), &[h, q])?,
+                bo: if cfg.o_bias { Some(up(&format!("{a}.o_proj.bias"), &[h])?) } else { None },
+                mlp_norm: up(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                w_gate_up: up_fused(&[(format!("{m}.gate_proj.weight"), i), (format!("{m}.up_proj.weight"), i)], h)?,
+                b_gate_up: if cfg.mlp_bias {
+                    Some(up_fused(&[(format!("{m}.gate_proj.bias"), i), (format!("{m}.up_proj.bias"), i)], 0)?)
+                } else {
+                    None
+                },
+                w_down: up(&format!("{m}.down_proj.weight"), &[h, i])?,
+                b_down: if cfg.mlp_bias { Some(up(&format!("{m}.down_proj.bias"), &[h])?) } else { None },
+                window: cfg.windows[l],
+            });
+        }
+        let norm = up("model.norm.weight", &[h])?;
+        let lm_head = if cfg.tie_embeddings { None } else { Some(up("lm_head.weight", &[cfg.vocab, h])?) };
+        let (freqs, mscale) = inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling);
+        let inv_freq = dev.upload_bytes(DType::F32, &[freqs.len()], &encode(&freqs, DType::F32))?;
+
+        let bs = opts.block_size;
+        let pages = (plan.kv_tokens as usize) / bs;
+        let mut k_cache = Vec::with_capacity(cfg.layers);
+        let mut v_cache = Vec::with_capacity(cfg.layers);
+        for _ in 0..cfg.layers {
+            k_cache.push(dev.alloc(dt, &[pages, bs, cfg.kv_heads, cfg.head_dim])?);
+            v_cache.push(dev.alloc(dt, &[pages, bs, cfg.kv_heads, cfg.head_dim])?);
+        }
+        let pool = KvPool::index_only(KvShape { layers: cfg.layers, kv_dim: kv, block_size: bs, blocks: pages })?;
+        let (t, sq) = (opts.max_batch_tokens, opts.max_seqs);
+        let max_blocks = (plan.max_context as usize).div_ceil(bs);
+        let wide = (q + 2 * kv).max(2 * i).max(h);
+        let s = Scratch {
+            res: dev.alloc(dt, &[t * h])?,
+            normed: dev.alloc(dt, &[t * h])?,
+            proj: dev.alloc(dt, &[t * h])?,
+            qkv: dev.alloc(dt, &[t * (q + 2 * kv)])?,
+            q: dev.alloc(dt, &[t * q])?,
+            attn: dev.alloc(dt, &[t * q])?,
+            gate_up: dev.alloc(dt, &[t * 2 * i])?,
+            act: dev.alloc(dt, &[t * i])?,
+            tmp: dev.alloc(dt, &[t * wide])?,
+            index: dev.alloc(DType::I32, &[3 * t + 3 * sq + 1 + sq * max_blocks])?,
+            last: dev.alloc(dt, &[sq * h])?,
+            logits: dev.alloc(DType::F32, &[sq * cfg.vocab])?,
+            next: dev.alloc(DType::I32, &[sq])?,
+            topk_vals: dev.alloc(DType::F32, &[sq * TOPK_MAX])?,
+            topk_ids: dev.alloc(DType::I32, &[sq * TOPK_MAX])?,
+        };
+        // Compile (or read from the disk cache) what the forward launches, up front.
+        dev.prepare_engine()?;
+        Ok(GpuModel {
+            dev: Arc::clone(dev),
+            cfg,
+            opts,
+            plan,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+            mscale,
+            k_cache,
+            v_cache,
+            pool,
+            s,
+            max_blocks,
+            rows: 0,
+            profiling: false,
+            profile: std::collections::BTreeMap::new(),
+            graphs: std::collections::HashMap::new(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    /// The memory plan it was built with.
+    pub fn memory(&self) -> &MemoryPlan {
+        &self.plan
+    }
+    /// The layout options.
+    pub fn options(&self) -> &GpuOptions {
+        &self.opts
+    }
+    /// The device.
+    pub fn device(&self) -> &Arc<CudaDevice> {
+        &self.dev
+    }
+    /// Starts an empty sequence in the model's cache.
+    pub fn new_sequence(&self) -> KvSeq {
+        self.pool.new_sequence()
+    }
+    /// Ends a sequence, returning its pages.
+    pub fn release(&mut self, seq: KvSeq) {
+        self.pool.release(seq);
+    }
+    /// KV pages free now.
+    pub fn free_blocks(&self) -> usize {
+        self.pool.free_blocks()
+    }
+
+    /// Feeds each sequence's tokens at its next positions and leaves the logits of each
+    /// sequence's last token in device memory (row `b` for `batch[b]`; read them with
+    /// [`GpuModel::logits`] or sample with [`GpuModel::sample`]). All or nothing: on
+    /// an error before the launches, no sequence and no page changes.
+    pub fn forward(&mut self, batch: &mut [SeqTokens<'_>]) -> Result<()> {
+        let c = &self.cfg;
+        let total: usize = batch.iter().map(|b| b.tokens.len()).sum();
+        if batch.is_empty() || batch.iter().any(|b| b.tokens.is_empty()) {
+            return Err(ModelError::Invalid("forward needs at least one token for every sequence".into()));
+        }
+        if total > self.opts.max_batch_tokens || batch.len() > self.opts.max_seqs {
+            return Err(ModelError::Invalid(format!(
+                "{total} tokens in {} sequences exceed the GPU batch of {} tokens / {} sequences; feed them in chunks",
+                batch.len(),
+                self.opts.max_batch_tokens,
+                self.opts.max_seqs
+            )));
+        }
+        for b in batch.iter() {
+            if let Some(&id) = b.tokens.iter().find(|&&t| t as usize >= c.vocab) {
+                return Err(ModelError::TokenOutOfRange { id, vocab: c.vocab });
+            }
+            let len = b.seq.len() + b.tokens.len();
+            if len as u64 > self.plan.max_context {
+                return Err(ModelError::Invalid(format!(
+                    "a sequence of {len} tokens exceeds the longest context of {} this cache serves",
+                    self.plan.max_context
+                )));
+            }
+        }
+        for i in 0..batch.len() {
+            let (done, rest) = batch.split_at_mut(i);
+            let b = &mut rest[0];
+            if let Err(e) = self.pool.reserve(b.seq, b.tokens.len()) {
+                for d in done.iter_mut() {
+                    self.pool.trim(d.seq);
+                }
+                return Err(e.into());
+            }
+        }
+        let r = self.run(batch, total);
+        for b in batch.iter_mut() {
+            if r.is_ok() {
+                self.pool.commit(b.seq, b.tokens.len())?;
+            } else {
+                self.pool.trim(b.seq);
+            }
+        }
+        r
+    }
+
+    fn run(&mut self, batch: &[SeqTokens<'_>], t: usize) -> Result<()> {
+        let nb = batch.len();
+        let needed = batch.iter().map(|b| b.seq.blocks().len()).max().unwrap_or(1).max(1);
+        if needed > self.max_blocks {
+            return Err(ModelError::Invalid(format!("a block table of {needed} pages exceeds the {} planned", self.max_blocks)));
+        }
+        let decode = batch.iter().all(|b| b.tokens.len() == 1);
+        if !(decode && self.opts.cuda_graphs && !self.profiling) {
+            let layout = self.stage(batch, t, needed)?;
+            return self.launches(&layout);
+        }
+        // Decode replays a graph per (sequences, table width): the width is rounded up to a
+        // power of two and attention is planned for the longest context that width holds
+        // (its kernel reads each sequence's true length), so one graph serves every step
+        // until a sequence outgrows the width.
+        let width = needed.next_power_of_two().max(16).min(self.max_blocks);
+        let layout = self.stage(batch, t, width)?;
+        let layout = Layout { max_kv: (width * self.opts.block_size).min(self.plan.max_context as usize), ..layout };
+        if let Some(g) = self.graphs.get(&(nb, width)) {
+            g.launch()?;
+            self.rows = nb;
+            return Ok(());
+        }
+        // First step of this shape: run it (loading modules, sizing the workspace), then
+        // record the same launches for the next steps.
+        self.launches(&layout)?;
+        let dev = Arc::clone(&self.dev);
+        let graph = dev.capture(|| self.launches(&layout))?;
+        self.graphs.insert((nb, width), graph);
+        Ok(())
+    }
+
+    /// Copies the step's indices to the device: ids, positions, slots, query offsets,
+    /// lengths, last rows and the block table (`width` pages a row), in one transfer.
+    fn stage(&mut self, batch: &[SeqTokens<'_>], t: usize, width: usize) -> Result<Layout> {
+        let nb = batch.len();
+        let bs = self.opts.block_size;
+        let (tmax, smax) = (self.opts.max_batch_tokens, self.opts.max_seqs);
+        let mut ids = Vec::with_capacity(t);
+        let mut pos = Vec::with_capacity(t);
+        let mut slots = Vec::with_capacity(t);
+        let mut cu_q = vec![0i32];
+        let mut kv_lens = Vec::with_capacity(nb);
+        let mut last = Vec::with_capacity(nb);
+        let mut table = vec![0i32; nb * width];
+        let (mut max_q, mut max_kv) = (0usize, 0usize);
+        for (bi, b) in batch.iter().enumerate() {
+            let start = b.seq.len();
+            for (j, &tok) in b.tokens.iter().enumerate() {
+                let p = start + j;
+                ids.push(tok as i32);
+                pos.push(p as i32);
+                slots.push((b.seq.blocks()[p / bs] as usize * bs + p % bs) as i32);
+            }
+            let end = start + b.tokens.len();
+            cu_q.push(cu_q[bi] + b.tokens.len() as i32);
+            kv_lens.push(end as i32);
+            last.push(cu_q[bi + 1] - 1);
+            for (k, &blk) in b.seq.blocks().iter().enumerate() {
+                table[bi * width + k] = blk as i32;
+            }
+            max_q = max_q.max(b.tokens.len());
+            max_kv = max_kv.max(end);
+        }
+        let o_pos = tmax;
+        let o_slots = 2 * tmax;
+        let o_cu = 3 * tmax;
+        let o_lens = o_cu + smax + 1;
+        let o_last = o_lens + smax;
+        let o_table = o_last + smax;
+        let mut staged = vec![0i32; o_table + nb * width];
+        staged[..t].copy_from_slice(&ids);
+        staged[o_pos..o_pos + t].copy_from_slice(&pos);
+        staged[o_slots..o_slots + t].copy_from_slice(&slots);
+        staged[o_cu..o_cu + nb + 1].copy_from_slice(&cu_q);
+        staged[o_lens..o_lens + nb].copy_from_slice(&kv_lens);
+        staged[o_last..o_last + nb].copy_from_slice(&last);
+        staged[o_table..].copy_from_slice(&table);
+        let bytes: Vec<u8> = staged.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        self.dev.write(&mut self.s.index, 0, &bytes)?;
+        Ok(Layout { t, nb, width, max_q, max_kv })
+    }
+
+    /// Queues the forward of a staged step.
+    fn launches(&mut self, layout: &Layout) -> Result<()> {
+        let Layout { t, nb, width, max_q, max_kv } = *layout;
+        let dev = Arc::clone(&self.dev);
+        let lim = *dev.limits();
+        let c = self.cfg.clone();
+        let (h, hd) = (c.hidden, c.head_dim);
+        let (qd, kvd, inter) = (c.heads * hd, c.kv_heads * hd, c.intermediate);
+        let (tmax, smax) = (self.opts.max_batch_tokens, self.opts.max_seqs);
+        let o_pos = tmax;
+        let o_slots = 2 * tmax;
+        let o_cu = 3 * tmax;
+        let o_lens = o_cu + smax + 1;
+        let o_last = o_lens + smax;
+        let o_table = o_last + smax;
+        let s = &mut self.s;
+        let idx = &s.index;
+        let v_ids = idx.view(0, &[t])?;
+        let v_pos = idx.view(o_pos, &[t])?;
+        let v_slots = idx.view(o_slots, &[t])?;
+        let v_cu = idx.view(o_cu, &[nb + 1])?;
+        let v_lens = idx.view(o_lens, &[nb])?;
+        let v_last = idx.view(o_last, &[nb])?;
+        let v_table = idx.view(o_table, &[nb, width])?;
+        let seqs = AttnSeqs {
+            cu_q: &v_cu,
+            kv: KvIndex::Paged { block_table: &v_table, kv_lens: &v_lens },
+            max_q: max_q as u32,
+            max_kv: max_kv as u32,
+        };
+        let launch = |k: &'static Kernel, p: std::result::Result<LaunchPlan, LaunchError>| -> Result<()> { Ok(dev.launch(k, &p?)?) };
+        let gemv = self.opts.gemv;
+        let gemm = |x: &dyn TensorArg, w: &dyn TensorArg, out: &dyn TensorArg| -> Result<()> { matmul(&dev, gemv, x, w, out) };
+
+        let k_rms = kernel(kernels::rmsnorm::kernel())?;
+        let k_add_rms = kernel(kernels::add_rmsnorm::kernel())?;
+        let k_causal = kernel(kernels::attention_causal::kernel())?;
+        let k_window = kernel(kernels::attention_window::kernel())?;
+
+        let marks = Marks { dev: &dev, on: self.profiling, v: std::cell::RefCell::new(Vec::new()) };
+        let host_t0 = std::time::Instant::now();
+        // Embedding.
+        marks.mark("embed")?;
+        dev.launch_engine(&plan_gather(&lim, &self.embed, &v_ids, &s.res.view(0, &[t, h])?)?)?;
+        let eps = c.eps;
+        // Decode of up to GEMV_ROWS sequences, one token each: products run the
+        // matrix-vector kernel with the norms and residual adds fused into them.
+        let fused = gemv && t == nb && t <= GEMV_ROWS;
+        for (l, layer) in self.layers.iter().enumerate() {
+            // Attention block input: RMSNorm, with the previous MLP's residual add fused.
+            marks.mark("norm")?;
+            if fused {
+                // Decode: the norm runs inside the q/k/v product; the residual adds
+                // inside the o and down products.
+                marks.mark("qkv")?;
+                let x = s.res.view(0, &[t, h])?;
+                let f = GemvFusion { norm: Some((&layer.attn_norm, eps)), bias: bias(&layer.bqkv), ..GemvFusion::default() };
+                dev.launch_engine(&plan_gemv(&lim, &x, &layer.wqkv, &s.qkv.view(0, &[t, qd + 2 * kvd])?, &f)?)?;
+            } else if l == 0 {
+                launch(
+                    k_rms,
+                    kernels::rmsnorm::plan(&lim, &s.res.view(0, &[t, h])?, &layer.attn_norm, &mut s.normed.view_mut(0, &[t, h])?, eps),
+                )?;
+            } else {
+                launch(
+                    k_add_rms,
+                    kernels::add_rmsnorm::plan(
+                        &lim,
+                        &s.proj.view(0, &[t, h])?,
+                        &mut s.res.view_mut(0, &[t, h])?,
+                        &layer.attn_norm,
+                        &mut s.normed.view_mut(0, &[t, h])?,
+                        eps,
+                    ),
+                )?;
+            }
+            if !fused {
+                marks.mark("qkv")?;
+                project(&dev, gemv, &s.normed.view(0, &[t, h])?, &layer.wqkv, &layer.bqkv, &mut s.qkv, &mut s.tmp, t, qd + 2 * kvd)?;
+            }
+            marks.mark("qkv_post")?;
+            let (kc, vc) = (&mut self.k_cache[l], &mut self.v_cache[l]);
+            {
+                let qkv = s.qkv.view(0, &[t, qd + 2 * kvd])?;
+                let q_out = s.q.view_mut(0, &[t, c.heads, hd])?;
+                let norms = match (&layer.q_norm, &layer.k_norm) {
+                    (Some(a), Some(b)) => Some((a as &dyn TensorArg, b as &dyn TensorArg)),
+                    _ => None,
+                };
+                let post = QkvPost {
+                    qkv: &qkv,
+                    q_out: &q_out,
+                    k_cache: &*kc,
+                    v_cache: &*vc,
+                    pos: &v_pos,
+                    slots: &v_slots,
+                    inv_freq: &self.inv_freq,
+                    qk_norm: norms,
+                };
+                dev.launch_engine(&plan_qkv_post(&lim, &post, self.mscale, eps)?)?;
+            }
+            marks.mark("attention")?;
+            let scale = 1.0 / (hd as f32).sqrt();
+            let qv = s.q.view(0, &[t, c.heads, hd])?;
+            let mut out = s.attn.view_mut(0, &[t, c.heads, hd])?;
+            match layer.window {
+                None => launch(k_causal, kernels::attention_causal::plan(&lim, &qv, &*kc, &*vc, &mut out, scale, &seqs))?,
+                Some(w) => {
+                    let w = i32::try_from(w).unwrap_or(i32::MAX);
+                    launch(k_window, kernels::attention_window::plan(&lim, &qv, &*kc, &*vc, &mut out, scale, w, &seqs))?
+                }
+            }
+            drop(out);
+            marks.mark("o_proj")?;
+            if fused {
+                let r = s.res.view(0, &[t, h])?;
+                let f = GemvFusion { bias: bias(&layer.bo), residual: Some(&r), ..GemvFusion::default() };
+                dev.launch_engine(&plan_gemv(&lim, &s.attn.view(0, &[t, qd])?, &layer.wo, &r, &f)?)?;
+                marks.mark("gate_up")?;
+                let f = GemvFusion { norm: Some((&layer.mlp_norm, eps)), bias: bias(&layer.b_gate_up), ..GemvFusion::default() };
+                dev.launch_engine(&plan_gemv(&lim, &r, &layer.w_gate_up, &s.gate_up.view(0, &[t, 2 * inter])?, &f)?)?;
+                // SwiGLU on its own: fused into the down product, every warp would
+                // recompute it for the whole row (measured 3x slower on the H200).
+                marks.mark("swiglu")?;
+                dev.launch_engine(&plan_swiglu_rows(&lim, &s.gate_up.view(0, &[t, 2 * inter])?, &s.act.view(0, &[t, inter])?)?)?;
+                marks.mark("down")?;
+                let f = GemvFusion { bias: bias(&layer.b_down), residual: Some(&r), ..GemvFusion::default() };
+                dev.launch_engine(&plan_gemv(&lim, &s.act.view(0, &[t, inter])?, &layer.w_down, &r, &f)?)?;
+                continue;
+            }
+            project(&dev, gemv, &s.attn.view(0, &[t, qd])?, &layer.wo, &layer.bo, &mut s.proj, &mut s.tmp, t, h)?;
+            launch(
+                k_add_rms,
+                kernels::add_rmsnorm::plan(
+                    &lim,
+                    &s.proj.view(0, &[t, h])?,
+                    &mut s.res.view_mut(0, &[t, h])?,
+                    &layer.mlp_norm,
+                    &mut s.normed.view_mut(0, &[t, h])?,
+                    eps,
+                ),
+            )?;
+            marks.mark("gate_up")?;
+            project(&dev, gemv, &s.normed.view(0, &[t, h])?, &layer.w_gate_up, &layer.b_gate_up, &mut s.gate_up, &mut s.tmp, t, 2 * inter)?;
+            marks.mark("swiglu")?;
+            dev.launch_engine(&plan_swiglu_rows(&lim, &s.gate_up.view(0, &[t, 2 * inter])?, &s.act.view(0, &[t, inter])?)?)?;
+            marks.mark("down")?;
+            project(&dev, gemv, &s.act.view(0, &[t, inter])?, &layer.w_down, &layer.b_down, &mut s.proj, &mut s.tmp, t, h)?;
+        }
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        if fused {
+            // Every sequence fed one token: its last row is its only row.
+            marks.mark("lm_head")?;
+            let f = GemvFusion { norm: Some((&self.norm, eps)), ..GemvFusion::default() };
+            dev.launch_engine(&plan_gemv(&lim, &s.res.view(0, &[t, h])?, head, &s.logits.view(0, &[nb, c.vocab])?, &f)?)?;
+            marks.mark("end")?;
+            return self.finish_forward(nb, marks, host_t0);
+        }
+        marks.mark("final_norm")?;
+        launch(
+            k_add_rms,
+            kernels::add_rmsnorm::plan(
+                &lim,
+                &s.proj.view(0, &[t, h])?,
+                &mut s.res.view_mut(0, &[t, h])?,
+                &self.norm,
+                &mut s.normed.view_mut(0, &[t, h])?,
+                eps,
+            ),
+        )?;
+        marks.mark("lm_head")?;
+        dev.launch_engine(&plan_gather(&lim, &s.normed.view(0, &[t, h])?, &v_last, &s.last.view(0, &[nb, h])?)?)?;
+        gemm(&s.last.view(0, &[nb, h])?, head, &s.logits.view(0, &[nb, c.vocab])?)?;
+        marks.mark("end")?;
+        self.finish_forward(nb, marks, host_t0)
+    }
+
+    /// Records the rows of logits filled and, when profiling, the stage times.
+    fn finish_forward(&mut self, nb: usize, marks: Marks<'_>, host_t0: std::time::Instant) -> Result<()> {
+        let host_ms = host_t0.elapsed().as_secs_f64() * 1e3;
+        let times = marks.collect()?;
+        self.rows = nb;
+        if self.profiling {
+            let e = self.profile.entry("(host enqueue)").or_insert((0.0, 0));
+            e.0 += host_ms;
+            e.1 += 1;
+            for (name, ms) in times {
+                let e = self.profile.entry(name).or_insert((0.0, 0));
+                e.0 += ms;
+                e.1 += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Times every stage of each later forward with events (slower: one event per
+    /// stage), accumulating into [`GpuModel::take_profile`].
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profiling = on;
+    }
+
+    /// Accumulated (milliseconds, forwards) per stage since the last call, and clears it.
+    pub fn take_profile(&mut self) -> Vec<(&'static str, f64, usize)> {
+        std::mem::take(&mut self.profile).into_iter().map(|(k, (ms, n))| (k, ms, n)).collect()
+    }
+
+    /// The last forward's logits, `[sequences, vocab]` row-major, copied to the host.
+    pub fn logits(&self) -> Result<Vec<f32>> {
+        let v = self.s.logits.view(0, &[self.rows, self.cfg.vocab])?;
+        let bytes = self.dev.read_bytes(&v)?;
+        Ok(bytes.chunks_exact(4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+
+    /// Draws the next token of each sequence of the last forward with its sampler.
+    /// Greedy runs an argmax on the GPU and copies one id per sequence; top-k sampling
+    /// (k up to [`TOPK_MAX`]) copies k candidates; penalties, or sampling without a
+    /// top-k bound, copy the row's logits (the penalties need every logit).
+    pub fn sample(&mut self, samplers: &mut [&mut Sampler]) -> Result<Vec<u32>> {
+        if samplers.len() != self.rows {
+            return Err(ModelError::Invalid(format!("{} samplers for {} sequences", samplers.len(), self.rows)));
+        }
+        let (rows, vocab) = (self.rows, self.cfg.vocab);
+        let lim = *self.dev.limits();
+        let logits = self.s.logits.view(0, &[rows, vocab])?;
+        let greedy = samplers.iter().all(|s| s.params().temperature == 0.0 && !s.has_penalties());
+        if greedy {
+            let out = self.s.next.view(0, &[rows])?;
+            self.dev.launch_engine(&plan_argmax(&lim, &logits, &out)?)?;
+            let bytes = self.dev.read_bytes(&out)?;
+            let ids: Vec<u32> = bytes.chunks_exact(4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as u32).collect();
+            for (s, &id) in samplers.iter_mut().zip(&ids) {
+                s.observe(&[id]);
+            }
+            return Ok(ids);
+        }
+        let k = samplers.iter().map(|s| s.params().top_k).max().unwrap_or(0);
+        let top = samplers.iter().all(|s| !s.has_penalties() && s.params().top_k > 0) && k <= TOPK_MAX.min(vocab);
+        if top {
+            let vals = self.s.topk_vals.view(0, &[rows, k])?;
+            let ids = self.s.topk_ids.view(0, &[rows, k])?;
+            self.dev.launch_engine(&plan_topk(&lim, &logits, k, &vals, &ids)?)?;
+            let vb = self.dev.read_bytes(&vals)?;
+            let ib = self.dev.read_bytes(&ids)?;
+            let v: Vec<f32> = vb.chunks_exact(4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect();
+            let i: Vec<u32> = ib.chunks_exact(4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as u32).collect();
+            return samplers
+                .iter_mut()
+                .enumerate()
+                .map(|(r, s)| {
+                    s.sample_candidates(i[r * k..(r + 1) * k].iter().copied().zip(v[r * k..(r + 1) * k].iter().copied()).collect())
+                })
+                .collect();
+        }
+        let all = self.logits()?;
+        samplers.iter_mut().enumerate().map(|(r, s)| s.sample(&mut all[r * vocab..(r + 1) * vocab].to_vec())).collect()
+    }
+
+    /// Feeds `tokens` to `seq` in chunks of at most `max_batch_tokens` and returns the
+    /// next token drawn by `sampler` (one sequence; the generation loop's step).
+    pub fn step(&mut self, seq: &mut KvSeq, tokens: &[u32], sampler: &mut Sampler) -> Result<u32> {
+        for chunk in tokens.chunks(self.opts.max_batch_tokens.max(1)) {
+            self.forward(&mut [SeqTokens { seq, tokens: chunk }])?;
+        }
+        let ids = self.sample(&mut [sampler])?;
+        ids.first().copied().ok_or_else(|| ModelError::Invalid("no token was sampled".into()))
+    }
+}

@@ -1,0 +1,597 @@
+//! Plans for the inference engine's own operations: matrix products through the vendor
+//! BLAS ([`plan_gemm`]) and the engine kernels of `templates/engine.hip.tera` (row
+//! gather, argmax, top-k). Pure functions of shapes and limits, like the DSL launchers'
+//! plans, so they are tested without a GPU; the devices run them.
+
+use rocmforge_dsl::args::ArgError;
+use rocmforge_dsl::DType;
+
+use crate::plan::{ArgValue, DeviceLimits, LaunchError, TensorArg};
+
+/// A checked launch of an engine kernel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnginePlan {
+    /// The kernel symbol (`rf_gather_bf16`, ...).
+    pub symbol: String,
+    /// Workgroups per dimension.
+    pub grid: [u32; 3],
+    /// Threads per workgroup.
+    pub block: [u32; 3],
+    /// Arguments in parameter order.
+    pub args: Vec<ArgValue>,
+}
+
+impl EnginePlan {
+    /// One 8-byte slot per parameter, as [`crate::LaunchPlan::param_slots`].
+    pub fn param_slots(&self) -> Vec<[u8; 8]> {
+        crate::plan::slots(&self.args)
+    }
+}
+
+/// `out[m, n] = sum_k x[m, k] * w[n, k]` (a linear layer, weights `[out, in]` as in
+/// HF checkpoints), f32 accumulation, through the vendor BLAS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GemmPlan {
+    /// Rows of `x` and `out` (tokens).
+    pub m: i32,
+    /// Rows of `w`, columns of `out`.
+    pub n: i32,
+    /// The reduced dimension.
+    pub k: i32,
+    /// Dtype of `x` and `w`.
+    pub dtype: DType,
+    /// Dtype of `out`: the input dtype or f32.
+    pub out_dtype: DType,
+    /// Device addresses.
+    pub x: u64,
+    /// Weight address.
+    pub w: u64,
+    /// Output address.
+    pub out: u64,
+}
+
+fn shape_err(kernel: &str, param: &str, expected: String, got: &[usize]) -> LaunchError {
+    LaunchError::Args(ArgError::Shape { kernel: kernel.into(), param: param.into(), expected, got: got.to_vec() })
+}
+
+fn dtype_err(kernel: &str, param: &str, expected: String, got: DType) -> LaunchError {
+    LaunchError::Args(ArgError::DType { kernel: kernel.into(), param: param.into(), expected, got, hint: String::new() })
+}
+
+/// `(rows, cols)` of a tensor of rank 1 or more, leading dimensions flattened.
+fn rows_cols(kernel: &str, param: &str, t: &dyn TensorArg) -> Result<(u64, u64), LaunchError> {
+    let s = t.shape();
+    let Some((&cols, lead)) = s.split_last() else {
+        return Err(shape_err(kernel, param, "at least one dimension".into(), s));
+    };
+    let rows = lead.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
+    match rows {
+        Some(r) if r > 0 && cols > 0 => Ok((r, cols as u64)),
+        _ => Err(shape_err(kernel, param, "a non-empty tensor".into(), s)),
+    }
+}
+
+fn int(kernel: &str, what: &'static str, v: u64) -> Result<i32, LaunchError> {
+    i32::try_from(v).map_err(|_| LaunchError::Limit { kernel: kernel.into(), what, value: v, limit: i32::MAX as u64 })
+}
+
+/// Plans `out = x @ w^T`: `x` `[.., K]`, `w` `[N, K]`, `out` `[.., N]` with as many rows
+/// as `x`. `x` and `w` share a float dtype; `out` has it too, or is f32 (logits).
+pub fn plan_gemm(x: &dyn TensorArg, w: &dyn TensorArg, out: &dyn TensorArg) -> Result<GemmPlan, LaunchError> {
+    const K: &str = "gemm";
+    let dtype = x.dtype();
+    if !dtype.is_float() {
+        return Err(dtype_err(K, "x", "f32, f16 or bf16".into(), dtype));
+    }
+    if w.dtype() != dtype {
+        return Err(dtype_err(K, "w", dtype.to_string(), w.dtype()));
+    }
+    if out.dtype() != dtype && out.dtype() != DType::F32 {
+        return Err(dtype_err(K, "out", format!("{dtype} or f32"), out.dtype()));
+    }
+    let (m, k) = rows_cols(K, "x", x)?;
+    if w.shape().len() != 2 || w.shape()[1] as u64 != k || w.shape()[0] == 0 {
+        return Err(shape_err(K, "w", format!("[N, {k}] (the last dimension of x)"), w.shape()));
+    }
+    let n = w.shape()[0] as u64;
+    let (om, on) = rows_cols(K, "out", out)?;
+    if om != m || on != n {
+        return Err(shape_err(K, "out", format!("{m} rows of {n} (rows of x, rows of w)"), out.shape()));
+    }
+    Ok(GemmPlan {
+        m: int(K, "rows", m)?,
+        n: int(K, "output columns", n)?,
+        k: int(K, "reduced dimension", k)?,
+        dtype,
+        out_dtype: out.dtype(),
+        x: x.device_ptr(),
+        w: w.device_ptr(),
+        out: out.device_ptr(),
+    })
+}
+
+fn engine_symbol(kernel: &str, dtype: DType) -> Result<String, LaunchError> {
+    if !dtype.is_float() {
+        return Err(dtype_err(kernel, "x", "f32, f16 or bf16".into(), dtype));
+    }
+    Ok(format!("rf_{kernel}_{}", dtype.name()))
+}
+
+fn rows_grid(limits: &DeviceLimits, rows: u64) -> [u32; 3] {
+    [rows.min(u64::from(limits.max_grid[0])).max(1) as u32, 1, 1]
+}
+
+fn i64_of(kernel: &str, what: &'static str, v: u64) -> Result<i64, LaunchError> {
+    i64::try_from(v).map_err(|_| LaunchError::Limit { kernel: kernel.into(), what, value: v, limit: i64::MAX as u64 })
+}
+
+/// Plans `out[r] = table[idx[r]]`: `table` `[rows, cols]`, `idx` i32 `[n]`, `out` `[n, cols]`
+/// in the table's dtype. An index out of range gives a zero row on the device; callers
+/// check ids first (a zero row is not a meaningful embedding).
+pub fn plan_gather(
+    limits: &DeviceLimits,
+    table: &dyn TensorArg,
+    idx: &dyn TensorArg,
+    out: &dyn TensorArg,
+) -> Result<EnginePlan, LaunchError> {
+    const K: &str = "gather";
+    let symbol = engine_symbol(K, table.dtype())?;
+    if idx.dtype() != DType::I32 {
+        return Err(dtype_err(K, "idx", "i32".into(), idx.dtype()));
+    }
+    if out.dtype() != table.dtype() {
+        return Err(dtype_err(K, "out", table.dtype().to_string(), out.dtype()));
+    }
+    let ts = table.shape();
+    if ts.len() != 2 || ts[0] == 0 || ts[1] == 0 {
+        return Err(shape_err(K, "table", "[rows, cols], non-empty".into(), ts));
+    }
+    let n = match idx.shape() {
+        [n] if *n > 0 => *n as u64,
+        s => return Err(shape_err(K, "idx", "[n], non-empty".into(), s)),
+    };
+    if out.shape() != [n as usize, ts[1]] {
+        return Err(shape_err(K, "out", format!("[{n}, {}]", ts[1]), out.shape()));
+    }
+    let elem = table.dtype().size() as u64;
+    let vec = (ts[1] as u64 * elem).is_multiple_of(16) && table.device_ptr().is_multiple_of(16) && out.device_ptr().is_multiple_of(16);
+    Ok(EnginePlan {
+        symbol,
+        grid: rows_grid(limits, n),
+        block: [256, 1, 1],
+        args: vec![
+            ArgValue::Ptr(table.device_ptr()),
+            ArgValue::Ptr(idx.device_ptr()),
+            ArgValue::Ptr(out.device_ptr()),
+            ArgValue::I64(i64_of(K, "rows", n)?),
+            ArgValue::I64(i64_of(K, "cols", ts[1] as u64)?),
+            ArgValue::I64(i64_of(K, "table rows", ts[0] as u64)?),
+            ArgValue::I32(i32::from(vec)),
+        ],
+    })
+}
+
+/// Plans `out[r] = argmax(x[r, :])` (lowest index on ties): `x` `[rows, cols]` (or
+/// `[cols]`), `out` i32 `[rows]`.
+pub fn plan_argmax(limits: &DeviceLimits, x: &dyn TensorArg, out: &dyn TensorArg) -> Result<EnginePlan, LaunchError> {
+    const K: &str = "argmax";
+    let symbol = engine_symbol(K, x.dtype())?;
+    let (rows, cols) = rows_cols(K, "x", x)?;
+    int(K, "columns", cols)?;
+    if out.dtype() != DType::I32 {
+        return Err(dtype_err(K, "out", "i32".into(), out.dtype()));
+    }
+    if out.shape().iter().product::<usize>() as u64 != rows {
+        return Err(shape_err(K, "out", format!("{rows} elements, one per row of x"), out.shape()));
+    }
+    block_1024(K, limits)?;
+    Ok(EnginePlan {
+        symbol,
+        grid: rows_grid(limits, rows),
+        block: [1024, 1, 1],
+        args: vec![
+            ArgValue::Ptr(x.device_ptr()),
+            ArgValue::I64(i64_of(K, "rows", rows)?),
+            ArgValue::I64(i64_of(K, "cols", cols)?),
+            ArgValue::Ptr(out.device_ptr()),
+        ],
+    })
+}
+
+fn block_1024(kernel: &str, limits: &DeviceLimits) -> Result<(), LaunchError> {
+    if limits.max_threads_per_block < 1024 {
+        return Err(LaunchError::Limit {
+            kernel: kernel.into(),
+            what: "threads per workgroup",
+            value: 1024,
+            limit: u64::from(limits.max_threads_per_block),
+        });
+    }
+    Ok(())
+}
+
+/// Most candidates [`plan_topk`] selects per row.
+pub const TOPK_MAX: usize = 1024;
+
+/// Plans the `k` largest values of each row of `x` `[rows, cols]` with their indices,
+/// unordered: `vals` f32 `[rows, k]`, `ids` i32 `[rows, k]`; `1 <= k <= min(cols, TOPK_MAX)`.
+pub fn plan_topk(
+    limits: &DeviceLimits,
+    x: &dyn TensorArg,
+    k: usize,
+    vals: &dyn TensorArg,
+    ids: &dyn TensorArg,
+) -> Result<EnginePlan, LaunchError> {
+    const K: &str = "topk";
+    let symbol = engine_symbol(K, x.dtype())?;
+    let (rows, cols) = rows_cols(K, "x", x)?;
+    int(K, "columns", cols)?;
+    let max = cols.min(TOPK_MAX as u64);
+    if k == 0 || k as u64 > max {
+        return Err(LaunchError::Limit { kernel: K.into(), what: "k", value: k as u64, limit: max });
+    }
+    if vals.dtype() != DType::F32 {
+        return Err(dtype_err(K, "vals", "f32".into(), vals.dtype()));
+    }
+    if ids.dtype() != DType::I32 {
+        return Err(dtype_err(K, "ids", "i32".into(), ids.dtype()));
+    }
+    for (name, t) in [("vals", vals), ("ids", ids)] {
+        if t.shape() != [rows as usize, k] {
+            return Err(shape_err(K, name, format!("[{rows}, {k}]"), t.shape()));
+        }
+    }
+    block_1024(K, limits)?;
+    Ok(EnginePlan {
+        symbol,
+        grid: rows_grid(limits, rows),
+        block: [1024, 1, 1],
+        args: vec![
+            ArgValue::Ptr(x.device_ptr()),
+            ArgValue::I64(i64_of(K, "rows", rows)?),
+            ArgValue::I64(i64_of(K, "cols", cols)?),
+            ArgValue::I32(k as i32),
+            ArgValue::Ptr(vals.device_ptr()),
+            ArgValue::Ptr(ids.device_ptr()),
+        ],
+    })
+}
+
+/// Most rows of `x` the matrix-vector kernel takes (decode of up to this many tokens).
+pub const GEMV_MAX_ROWS: usize = 8;
+
+/// What a matrix-vector product fuses around itself (decode steps).
+#[derive(Clone, Copy, Default)]
+pub struct GemvFusion<'a> {
+    /// RMSNorm of each row of `x` first, with this weight `[k]` and epsilon.
+    pub norm: Option<(&'a dyn TensorArg, f32)>,
+    /// SwiGLU of `x` first: `x` is `[m, 2k]`, gate columns then up.
+    pub swiglu: bool,
+    /// `+ bias[r]`, `[n]`.
+    pub bias: Option<&'a dyn TensorArg>,
+    /// `+ res[m, r]`, `[m, n]` (may be the output itself: a residual add in place).
+    pub residual: Option<&'a dyn TensorArg>,
+}
+
+impl std::fmt::Debug for GemvFusion<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GemvFusion")
+            .field("norm", &self.norm.is_some())
+            .field("swiglu", &self.swiglu)
+            .field("bias", &self.bias.is_some())
+            .field("residual", &self.residual.is_some())
+            .finish()
+    }
+}
+
+/// Plans `out = f(x) @ w^T (+ bias) (+ res)` for a few rows of `x` (at most
+/// [`GEMV_MAX_ROWS`]) with the bandwidth-bound matrix-vector kernel instead of the
+/// vendor BLAS; `f` is the identity, an RMSNorm or SwiGLU ([`GemvFusion`]). Shapes as
+/// [`plan_gemm`] (with SwiGLU, `x` has twice `w`'s columns).
+pub fn plan_gemv(
+    limits: &DeviceLimits,
+    x: &dyn TensorArg,
+    w: &dyn TensorArg,
+    out: &dyn TensorArg,
+    fuse: &GemvFusion<'_>,
+) -> Result<EnginePlan, LaunchError> {
+    const K: &str = "gemv";
+    let dtype = x.dtype();
+    let (xm, xk) = rows_cols(K, "x", x)?;
+    let k = if fuse.swiglu {
+        if xk % 2 != 0 {
+            return Err(shape_err(K, "x", "[m, 2k]: gate and up columns".into(), x.shape()));
+        }
+        xk / 2
+    } else {
+        xk
+    };
+    // The product's checks on the shapes it sees: x as [m, k].
+    let xd = crate::plan::TensorDesc::new(dtype, &[xm as usize, k as usize], x.device_ptr());
+    let g = plan_gemm(&xd, w, out)?;
+    let m = g.m as usize;
+    if m > GEMV_MAX_ROWS {
+        return Err(LaunchError::Limit { kernel: K.into(), what: "rows of x", value: m as u64, limit: GEMV_MAX_ROWS as u64 });
+    }
+    if fuse.norm.is_some() && fuse.swiglu {
+        return Err(LaunchError::Kernel("gemv fuses an RMSNorm or a SwiGLU, not both".into()));
+    }
+    let vector = |name: &str, t: &dyn TensorArg, len: u64| -> Result<u64, LaunchError> {
+        if t.dtype() != dtype {
+            return Err(dtype_err(K, name, dtype.to_string(), t.dtype()));
+        }
+        if t.shape().iter().product::<usize>() as u64 != len {
+            return Err(shape_err(K, name, format!("{len} elements"), t.shape()));
+        }
+        Ok(t.device_ptr())
+    };
+    let (norm, eps) = match fuse.norm {
+        Some((t, eps)) => (vector("norm_w", t, k)?, eps),
+        None => (0, 0.0),
+    };
+    let bias = fuse.bias.map(|t| vector("bias", t, g.n as u64)).transpose()?.unwrap_or(0);
+    let res = match fuse.residual {
+        Some(t) => {
+            if t.dtype() != out.dtype() {
+                return Err(dtype_err(K, "res", out.dtype().to_string(), t.dtype()));
+            }
+            if t.shape() != out.shape() {
+                return Err(shape_err(K, "res", format!("{:?} (the output's shape)", out.shape()), t.shape()));
+            }
+            t.device_ptr()
+        }
+        None => 0,
+    };
+    if res != 0 && out.dtype() != dtype {
+        return Err(dtype_err(K, "out", format!("{dtype} with a residual"), out.dtype()));
+    }
+    let mt = m.next_power_of_two();
+    let v = (16 / dtype.size()) as i32;
+    let vec = g.k % v == 0 && [g.x, g.w, norm].iter().all(|p| p.is_multiple_of(16));
+    let mode = if fuse.norm.is_some() {
+        1
+    } else if fuse.swiglu {
+        2
+    } else {
+        0
+    };
+    Ok(EnginePlan {
+        symbol: format!("rf_gemv{mt}_{}", dtype.name()),
+        grid: rows_grid(limits, (g.n as u64).div_ceil(4)),
+        block: [128, 1, 1],
+        args: vec![
+            ArgValue::Ptr(g.x),
+            ArgValue::Ptr(g.w),
+            ArgValue::Ptr(g.out),
+            ArgValue::I32(g.m),
+            ArgValue::I64(i64::from(g.n)),
+            ArgValue::I32(g.k),
+            ArgValue::I32(i32::from(vec)),
+            ArgValue::I32(i32::from(g.out_dtype != dtype)),
+            ArgValue::I32(mode),
+            ArgValue::Ptr(norm),
+            ArgValue::F32(eps),
+            ArgValue::Ptr(bias),
+            ArgValue::Ptr(res),
+        ],
+    })
+}
+
+/// The tensors of [`plan_qkv_post`].
+#[derive(Clone, Copy)]
+pub struct QkvPost<'a> {
+    /// The fused product `[tokens, (heads + 2 kv_heads) * head_dim]`.
+    pub qkv: &'a dyn TensorArg,
+    /// Rotated queries out, `[tokens, heads, head_dim]`.
+    pub q_out: &'a dyn TensorArg,
+    /// Paged key cache `[pages, page_size, kv_heads, head_dim]`.
+    pub k_cache: &'a dyn TensorArg,
+    /// Paged value cache, same shape.
+    pub v_cache: &'a dyn TensorArg,
+    /// i32 `[tokens]`: positions.
+    pub pos: &'a dyn TensorArg,
+    /// i32 `[tokens]`: cache slots (`page * page_size + offset`; negative: skipped).
+    pub slots: &'a dyn TensorArg,
+    /// f32 `[half_rot]`: rotary frequencies (`half_rot <= head_dim / 2`).
+    pub inv_freq: &'a dyn TensorArg,
+    /// Per-head RMSNorm weights `[head_dim]` for q and k (Qwen3), or neither.
+    pub qk_norm: Option<(&'a dyn TensorArg, &'a dyn TensorArg)>,
+}
+
+impl std::fmt::Debug for QkvPost<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QkvPost").field("qkv", &self.qkv.shape()).field("q_out", &self.q_out.shape()).finish()
+    }
+}
+
+/// Plans the fused stage after the q/k/v product: per-head norm (optional), rotary
+/// embedding of q and k, q out, k and v into the paged caches.
+pub fn plan_qkv_post(limits: &DeviceLimits, a: &QkvPost<'_>, mscale: f32, eps: f32) -> Result<EnginePlan, LaunchError> {
+    const K: &str = "qkv_post";
+    let dt = a.qkv.dtype();
+    let symbol = engine_symbol(K, dt)?;
+    let qs = a.q_out.shape();
+    let cs = a.k_cache.shape();
+    let (&[t, heads, d], &[_, _, kvh, cd]) = (qs, cs) else {
+        return Err(shape_err(K, "q_out / k_cache", "[tokens, heads, head_dim] and [pages, page_size, kv_heads, head_dim]".into(), qs));
+    };
+    if d == 0 || d > 256 || cd != d || t == 0 || heads == 0 || kvh == 0 {
+        return Err(shape_err(K, "k_cache", format!("[pages, page_size, kv_heads, {d}] with head_dim 1 to 256"), cs));
+    }
+    if a.v_cache.shape() != cs {
+        return Err(shape_err(K, "v_cache", format!("{cs:?} (the k cache's shape)"), a.v_cache.shape()));
+    }
+    let nh = heads + 2 * kvh;
+    if a.qkv.shape().iter().product::<usize>() != t * nh * d {
+        return Err(shape_err(K, "qkv", format!("[{t}, {}] (tokens, (heads + 2 kv_heads) x head_dim)", nh * d), a.qkv.shape()));
+    }
+    for (name, x) in [("q_out", a.q_out), ("k_cache", a.k_cache), ("v_cache", a.v_cache)] {
+        if x.dtype() != dt {
+            return Err(dtype_err(K, name, dt.to_string(), x.dtype()));
+        }
+    }
+    for (name, x) in [("pos", a.pos), ("slots", a.slots)] {
+        if x.dtype() != DType::I32 {
+            return Err(dtype_err(K, name, "i32".into(), x.dtype()));
+        }
+        if x.shape() != [t] {
+            return Err(shape_err(K, name, format!("[{t}]"), x.shape()));
+        }
+    }
+    if a.inv_freq.dtype() != DType::F32 {
+        return Err(dtype_err(K, "inv_freq", "f32".into(), a.inv_freq.dtype()));
+    }
+    let half = match a.inv_freq.shape() {
+        [h] if *h > 0 && 2 * *h <= d => *h,
+        s => return Err(shape_err(K, "inv_freq", format!("[n] with 1 <= n <= {}", d / 2), s)),
+    };
+    let (qn, kn) = match a.qk_norm {
+        Some((q, k)) => {
+            for (name, x) in [("q_norm", q), ("k_norm", k)] {
+                if x.dtype() != dt {
+                    return Err(dtype_err(K, name, dt.to_string(), x.dtype()));
+                }
+                if x.shape() != [d] {
+                    return Err(shape_err(K, name, format!("[{d}]"), x.shape()));
+                }
+            }
+            (q.device_ptr(), k.device_ptr())
+        }
+        None => (0, 0),
+    };
+    let items = (t as u64).checked_mul(nh as u64).ok_or(LaunchError::Limit {
+        kernel: K.into(),
+        what: "items",
+        value: u64::MAX,
+        limit: i64::MAX as u64,
+    })?;
+    Ok(EnginePlan {
+        symbol,
+        grid: rows_grid(limits, items.div_ceil(4)),
+        block: [128, 1, 1],
+        args: vec![
+            ArgValue::Ptr(a.qkv.device_ptr()),
+            ArgValue::Ptr(a.q_out.device_ptr()),
+            ArgValue::Ptr(a.k_cache.device_ptr()),
+            ArgValue::Ptr(a.v_cache.device_ptr()),
+            ArgValue::Ptr(a.pos.device_ptr()),
+            ArgValue::Ptr(a.slots.device_ptr()),
+            ArgValue::Ptr(a.inv_freq.device_ptr()),
+            ArgValue::F32(mscale),
+            ArgValue::Ptr(qn),
+            ArgValue::Ptr(kn),
+            ArgValue::F32(eps),
+            ArgValue::I64(i64_of(K, "tokens", t as u64)?),
+            ArgValue::I32(int(K, "heads", heads as u64)?),
+            ArgValue::I32(int(K, "kv heads", kvh as u64)?),
+            ArgValue::I32(d as i32),
+            ArgValue::I32(half as i32),
+        ],
+    })
+}
+
+/// Plans `out[r, j] = silu(x[r, j]) * x[r, inter + j]`: `x` `[rows, 2 inter]` (the fused
+/// gate/up product), `out` `[rows, inter]`.
+pub fn plan_swiglu_rows(limits: &DeviceLimits, x: &dyn TensorArg, out: &dyn TensorArg) -> Result<EnginePlan, LaunchError> {
+    const K: &str = "swiglu_rows";
+    let symbol = engine_symbol(K, x.dtype())?;
+    let (rows, cols) = rows_cols(K, "x", x)?;
+    if cols % 2 != 0 {
+        return Err(shape_err(K, "x", "[rows, 2 inter] (an even number of columns)".into(), x.shape()));
+    }
+    if out.dtype() != x.dtype() {
+        return Err(dtype_err(K, "out", x.dtype().to_string(), out.dtype()));
+    }
+    let (orows, ocols) = rows_cols(K, "out", out)?;
+    if orows != rows || ocols * 2 != cols {
+        return Err(shape_err(K, "out", format!("[{rows}, {}]", cols / 2), out.shape()));
+    }
+    let n = rows.saturating_mul(cols / 2);
+    Ok(EnginePlan {
+        symbol,
+        grid: rows_grid(limits, n.div_ceil(256)),
+        block: [256, 1, 1],
+        args: vec![
+            ArgValue::Ptr(x.device_ptr()),
+            ArgValue::Ptr(out.device_ptr()),
+            ArgValue::I64(i64_of(K, "rows", rows)?),
+            ArgValue::I64(i64_of(K, "inter", cols / 2)?),
+        ],
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+    use crate::plan::TensorDesc;
+
+    fn t(dtype: DType, shape: &[usize]) -> TensorDesc {
+        TensorDesc::new(dtype, shape, 0x1000)
+    }
+
+    #[test]
+    fn gemm_maps_rows_and_columns() {
+        let p = plan_gemm(&t(DType::BF16, &[3, 7, 64]), &t(DType::BF16, &[96, 64]), &t(DType::F32, &[21, 96])).unwrap();
+        assert_eq!((p.m, p.n, p.k, p.out_dtype), (21, 96, 64, DType::F32));
+        assert!(plan_gemm(&t(DType::BF16, &[4, 64]), &t(DType::F16, &[96, 64]), &t(DType::BF16, &[4, 96])).is_err());
+        assert!(plan_gemm(&t(DType::BF16, &[4, 64]), &t(DType::BF16, &[96, 63]), &t(DType::BF16, &[4, 96])).is_err());
+        assert!(plan_gemm(&t(DType::BF16, &[4, 64]), &t(DType::BF16, &[96, 64]), &t(DType::BF16, &[5, 96])).is_err());
+        assert!(plan_gemm(&t(DType::BF16, &[4, 64]), &t(DType::BF16, &[96, 64]), &t(DType::F16, &[4, 96])).is_err());
+        assert!(plan_gemm(&t(DType::I32, &[4, 64]), &t(DType::I32, &[96, 64]), &t(DType::I32, &[4, 96])).is_err());
+        assert!(plan_gemm(&t(DType::BF16, &[0, 64]), &t(DType::BF16, &[96, 64]), &t(DType::BF16, &[0, 96])).is_err());
+        let big = plan_gemm(&t(DType::F16, &[1 << 31, 1]), &t(DType::F16, &[1, 1]), &t(DType::F16, &[1 << 31, 1]));
+        assert!(matches!(big, Err(LaunchError::Limit { .. })));
+    }
+
+    #[test]
+    fn engine_plans_check_their_arguments() {
+        let l = DeviceLimits::NVIDIA_SM90;
+        let p = plan_gather(&l, &t(DType::BF16, &[100, 64]), &t(DType::I32, &[5]), &t(DType::BF16, &[5, 64])).unwrap();
+        assert_eq!((p.symbol.as_str(), p.grid[0], p.args[6]), ("rf_gather_bf16", 5, ArgValue::I32(1)));
+        let odd = plan_gather(&l, &t(DType::BF16, &[100, 63]), &t(DType::I32, &[5]), &t(DType::BF16, &[5, 63])).unwrap();
+        assert_eq!(odd.args[6], ArgValue::I32(0));
+        assert!(plan_gather(&l, &t(DType::BF16, &[100, 64]), &t(DType::U32, &[5]), &t(DType::BF16, &[5, 64])).is_err());
+        assert!(plan_gather(&l, &t(DType::BF16, &[100, 64]), &t(DType::I32, &[5]), &t(DType::BF16, &[4, 64])).is_err());
+        let a = plan_argmax(&l, &t(DType::F32, &[3, 1000]), &t(DType::I32, &[3])).unwrap();
+        assert_eq!((a.symbol.as_str(), a.grid[0]), ("rf_argmax_f32", 3));
+        assert!(plan_argmax(&l, &t(DType::F32, &[3, 1000]), &t(DType::I32, &[2])).is_err());
+        let k = plan_topk(&l, &t(DType::F16, &[2, 1000]), 50, &t(DType::F32, &[2, 50]), &t(DType::I32, &[2, 50])).unwrap();
+        assert_eq!(k.args[3], ArgValue::I32(50));
+        for bad_k in [0, 1001, TOPK_MAX + 1] {
+            let r = plan_topk(&l, &t(DType::F16, &[2, 1000]), bad_k, &t(DType::F32, &[2, bad_k]), &t(DType::I32, &[2, bad_k]));
+            assert!(matches!(r, Err(LaunchError::Limit { .. })), "k = {bad_k}");
+        }
+        let qkv = t(DType::BF16, &[3, (4 + 2 * 2) * 64]);
+        let (q, kc, i32s, f) = (t(DType::BF16, &[3, 4, 64]), t(DType::BF16, &[10, 16, 2, 64]), t(DType::I32, &[3]), t(DType::F32, &[32]));
+        let a = QkvPost { qkv: &qkv, q_out: &q, k_cache: &kc, v_cache: &kc, pos: &i32s, slots: &i32s, inv_freq: &f, qk_norm: None };
+        let p = plan_qkv_post(&l, &a, 1.0, 1e-6).unwrap();
+        assert_eq!((p.symbol.as_str(), p.grid[0], p.args.len()), ("rf_qkv_post_bf16", 6, 16));
+        let wrong = t(DType::BF16, &[3, 7 * 64]);
+        assert!(plan_qkv_post(&l, &QkvPost { qkv: &wrong, ..a }, 1.0, 1e-6).is_err());
+        let long_freq = t(DType::F32, &[33]);
+        assert!(plan_qkv_post(&l, &QkvPost { inv_freq: &long_freq, ..a }, 1.0, 1e-6).is_err());
+        let nw = t(DType::BF16, &[63]);
+        assert!(plan_qkv_post(&l, &QkvPost { qk_norm: Some((&nw, &nw)), ..a }, 1.0, 1e-6).is_err());
+        assert!(plan_swiglu_rows(&l, &t(DType::F16, &[4, 20]), &t(DType::F16, &[4, 10])).is_ok());
+        assert!(plan_swiglu_rows(&l, &t(DType::F16, &[4, 20]), &t(DType::F16, &[4, 20])).is_err());
+        let none = GemvFusion::default();
+        let gv = plan_gemv(&l, &t(DType::BF16, &[3, 64]), &t(DType::BF16, &[96, 64]), &t(DType::F32, &[3, 96]), &none).unwrap();
+        assert_eq!((gv.symbol.as_str(), gv.grid[0], gv.args[6], gv.args[7]), ("rf_gemv4_bf16", 24, ArgValue::I32(1), ArgValue::I32(1)));
+        assert!(plan_gemv(&l, &t(DType::BF16, &[9, 64]), &t(DType::BF16, &[96, 64]), &t(DType::BF16, &[9, 96]), &none).is_err());
+        let (nw, r) = (t(DType::BF16, &[64]), t(DType::BF16, &[3, 96]));
+        let fused = GemvFusion { norm: Some((&nw, 1e-5)), residual: Some(&r), ..none };
+        let p = plan_gemv(&l, &t(DType::BF16, &[3, 64]), &t(DType::BF16, &[96, 64]), &t(DType::BF16, &[3, 96]), &fused).unwrap();
+        assert_eq!(p.args[8], ArgValue::I32(1));
+        let sw = GemvFusion { swiglu: true, ..none };
+        let p = plan_gemv(&l, &t(DType::BF16, &[3, 128]), &t(DType::BF16, &[96, 64]), &t(DType::BF16, &[3, 96]), &sw).unwrap();
+        assert_eq!((p.args[5], p.args[8]), (ArgValue::I32(64), ArgValue::I32(2)));
+        let both = GemvFusion { swiglu: true, norm: Some((&nw, 1e-5)), ..none };
+        assert!(plan_gemv(&l, &t(DType::BF16, &[3, 128]), &t(DType::BF16, &[96, 64]), &t(DType::BF16, &[3, 96]), &both).is_err());
+        let short = t(DType::BF16, &[63]);
+        let bad = GemvFusion { norm: Some((&short, 1e-5)), ..none };
+        assert!(plan_gemv(&l, &t(DType::BF16, &[3, 64]), &t(DType::BF16, &[96, 64]), &t(DType::BF16, &[3, 96]), &bad).is_err());
+        let small = DeviceLimits { max_threads_per_block: 512, ..l };
+        assert!(plan_argmax(&small, &t(DType::F32, &[3, 1000]), &t(DType::I32, &[3])).is_err());
+    }
+}
