@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-build}" = build ]; then
     mkdir -p .gpu
-    cargo build --release -p rocmforge-models --features cuda --example selftest --example model_check --example bench
-    for e in selftest model_check bench; do cp target/release/examples/$e .gpu/$e; done
+    cargo build --release -p rocmforge-models --features cuda --example selftest --example model_check --example bench --example generate
+    for e in selftest model_check bench generate; do cp target/release/examples/$e .gpu/$e; done
     for b in kernels attention; do
         exe=$(cargo bench -p rocmforge --features cuda --bench "$b" --no-run --message-format=json 2>/dev/null \
             | B="$b" python3 -c 'import os,sys,json
@@ -16,7 +16,7 @@ for l in sys.stdin:
     if m.get("reason")=="compiler-artifact" and m["target"]["name"]==os.environ["B"] and m.get("executable"): print(m["executable"])' | tail -n1)
         cp "$exe" ".gpu/bench-$b"
     done
-    strip .gpu/selftest .gpu/model_check .gpu/bench .gpu/bench-kernels .gpu/bench-attention
+    strip .gpu/selftest .gpu/model_check .gpu/bench .gpu/generate .gpu/bench-kernels .gpu/bench-attention
     ls -la .gpu
 else
     out=${OUT:-gpu-logs}
@@ -29,6 +29,12 @@ else
     if [ "${2:-all}" = models ]; then
         # GPU inference (issue 6): agreement with the CPU, then bench + the HF peer per preset.
         .gpu/model_check > "$out/model-check.log" 2>&1; echo "model_check exit $?"
+        # generate on the GPU and on the CPU: the same greedy ids on an f32 fixture.
+        for d in cpu cuda:0; do
+            .gpu/generate --model tests/fixtures/models/llama --device $d --prompt "The quick brown fox" --max-tokens 24 --ignore-eos --temperature 0 --output json \
+                > "$out/generate-${d%%:*}.json" 2>> "$out/model-check.log"
+        done
+        python3 -c 'import json,sys; a,b=(json.load(open(sys.argv[1]+"/generate-"+d+".json")) for d in ("cpu","cuda")); print("generate cpu vs cuda:0 greedy ids identical:", a["generated_ids"]==b["generated_ids"], b["generated_ids"][:8], b["device"])' "$out" | tee -a "$out/model-check.log"
         grep -E "FAIL|error" "$out/model-check.log" | head -20; tail -n 1 "$out/model-check.log"
         for p in ${PRESETS:-llama3.2-1b llama3-8b qwen2.5-7b}; do
             .gpu/bench --preset "$p" --output json ${BENCH_ARGS:-} > "$out/bench-$p.json" 2>> "$out/bench.err"; echo "bench $p exit $?"

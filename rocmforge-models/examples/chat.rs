@@ -43,7 +43,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    let (model, demo) = common::load(&args.model)?;
+    let (model, demo) = common::load(&args.model, false)?;
     if demo {
         println!("note: no --model given: chatting with the built-in tiny demo model (random weights); its replies are meaningless");
     }

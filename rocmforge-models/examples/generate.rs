@@ -1,5 +1,5 @@
-//! Generates text from a Hugging Face model directory on the CPU, streaming it as it
-//! comes. With no `--model`, runs the built-in tiny demo model (deterministic random
+//! Generates text from a Hugging Face model directory on the CPU (or, built with
+//! `--features cuda`, on an NVIDIA GPU with `--device cuda:0`), streaming it as it comes. With no `--model`, runs the built-in tiny demo model (deterministic random
 //! weights, byte vocabulary), so it works on any machine.
 //!
 //! ```text
@@ -29,7 +29,7 @@ enum Output {
     Json,
 }
 
-/// Generate text with a RocmForge model (CPU).
+/// Generate text with a RocmForge model (CPU, or an NVIDIA GPU with --device cuda:0).
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Args {
@@ -60,7 +60,7 @@ fn main() -> ExitCode {
 
 fn run(args: &Args) -> Result<(), String> {
     let text_out = args.output == Output::Text;
-    let (model, demo) = common::load(&args.model)?;
+    let (model, demo) = common::load(&args.model, true)?;
     let cfg = model.transformer.config();
     if demo && text_out {
         println!(
@@ -98,20 +98,23 @@ fn run(args: &Args) -> Result<(), String> {
         print!("{prompt_text}");
         let _ = stdout.flush();
     }
-    let g = model
-        .generate(&prompt_ids, &opts, |piece| {
-            if text_out {
-                print!("{piece}");
-                let _ = stdout.flush();
-            }
-        })
-        .map_err(|e| e.to_string())?;
+    let mut on_text = |piece: &str| {
+        if text_out {
+            print!("{piece}");
+            let _ = stdout.flush();
+        }
+    };
+    let device = args.model.device.clone();
+    let g = match common::cuda_ordinal(&device) {
+        Some(ordinal) => gpu_generate(&model, ordinal, &prompt_ids, &opts, &mut on_text)?,
+        None => model.generate(&prompt_ids, &opts, on_text).map_err(|e| e.to_string())?,
+    };
     let name = model.dir.as_ref().map_or("demo".to_string(), |d| d.display().to_string());
     match args.output {
         Output::Text => {
             println!();
             eprintln!(
-                "\nprefill: {} tokens, {:.1} tok/s; decode: {} tokens, {:.1} tok/s; stopped by {:?} (cpu, {})",
+                "\nprefill: {} tokens, {:.1} tok/s; decode: {} tokens, {:.1} tok/s; stopped by {:?} ({device}, {})",
                 g.prompt_ids.len(),
                 g.prefill_tok_s,
                 g.generated_ids.len(),
@@ -123,7 +126,7 @@ fn run(args: &Args) -> Result<(), String> {
         Output::Json => {
             let obj = serde_json::json!({
                 "model": name,
-                "device": "cpu",
+                "device": device,
                 "prompt_ids": g.prompt_ids,
                 "generated_ids": g.generated_ids,
                 "text": g.text,
@@ -137,4 +140,48 @@ fn run(args: &Args) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The generation on GPU `ordinal`: weights in the checkpoint's dtype (bf16 when it
+/// declares none), a KV cache for this prompt and answer, greedy or top-k sampling on the
+/// GPU.
+#[cfg(feature = "cuda")]
+fn gpu_generate(
+    model: &rocmforge_models::Model,
+    ordinal: usize,
+    prompt_ids: &[u32],
+    opts: &GenerateOptions,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<rocmforge_models::Generation, String> {
+    use rocmforge_models::config::WeightDType;
+    use rocmforge_models::gpu::{GpuModel, GpuOptions};
+    use rocmforge_runtime::DType;
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let dir = model.dir.as_ref().ok_or("the GPU path needs --model DIR")?;
+    let cfg = model.transformer.config().clone();
+    let dtype = match cfg.dtype {
+        Some(WeightDType::F32) => DType::F32,
+        Some(WeightDType::F16) => DType::F16,
+        _ => DType::BF16,
+    };
+    let dev = rocmforge_runtime::cuda::CudaDevice::open(ordinal).map_err(|e| err(&e))?;
+    let ck = rocmforge_models::weights::Checkpoint::open(dir).map_err(|e| err(&e))?;
+    let tokens = prompt_ids.len() + opts.max_tokens + 1;
+    let gopts = GpuOptions { dtype, max_seqs: 1, max_kv_tokens: Some(tokens), ..GpuOptions::default() };
+    let mut g = GpuModel::load(&dev, cfg, &mut &ck, gopts, |_, _| {}).map_err(|e| err(&e))?;
+    let mut seq = g.new_sequence();
+    let r = rocmforge_models::model::generation_loop(&model.codec, prompt_ids, opts, on_text, &mut |t, s| g.step(&mut seq, t, s));
+    g.release(seq);
+    r.map_err(|e| err(&e))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gpu_generate(
+    _model: &rocmforge_models::Model,
+    _ordinal: usize,
+    _prompt_ids: &[u32],
+    _opts: &GenerateOptions,
+    _on_text: &mut dyn FnMut(&str),
+) -> Result<rocmforge_models::Generation, String> {
+    Err("this build has no GPU support: add `--features cuda` to the cargo command".into())
 }

@@ -17,8 +17,8 @@ pub struct ModelArgs {
     /// the built-in demo model runs (random weights, byte vocabulary).
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
-    /// Device to run on: `cpu`. (The GPU forward runs in the `bench` example, feature
-    /// `cuda`; generate and chat do not use it yet.)
+    /// Device to run on: `cpu`, or `cuda:N` for `generate` in a build with `--features
+    /// cuda` (with --model; the checkpoint's weights are also read for the CPU once).
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -85,21 +85,32 @@ impl SamplingArgs {
     }
 }
 
-/// Loads the model the flags name; `Ok((model, true))` for the built-in demo.
-pub fn load(args: &ModelArgs) -> Result<(Model, bool), String> {
-    if args.device != "cpu" {
+/// The CUDA ordinal of a `cuda:N` device name.
+pub fn cuda_ordinal(device: &str) -> Option<usize> {
+    device.strip_prefix("cuda:").and_then(|n| n.parse().ok())
+}
+
+/// Loads the model the flags name; `Ok((model, true))` for the built-in demo. `gpu_ok`:
+/// the caller runs `cuda:N` itself (the tokenizer, template and defaults come from here).
+pub fn load(args: &ModelArgs, gpu_ok: bool) -> Result<(Model, bool), String> {
+    let gpu = cuda_ordinal(&args.device).is_some();
+    if args.device != "cpu" && !(gpu && gpu_ok) {
         return Err(format!(
-            "device `{}`: generate and chat run on `cpu` only so far; the GPU forward runs in the `bench` example \
-             (`cargo run --release --features cuda -p rocmforge-models --example bench -- --model DIR`) and is checked \
-             against the CPU by the `model_check` example",
-            args.device
+            "device `{}`: this program runs on `cpu`{}; the GPU forward runs in `generate --device cuda:N` and the `bench` \
+             example (build with --features cuda)",
+            args.device,
+            if gpu_ok { " or `cuda:N`" } else { " only" }
         ));
+    }
+    if gpu && !cfg!(feature = "cuda") {
+        return Err(format!("device `{}` needs a build with the GPU: add `--features cuda` to the cargo command", args.device));
     }
     match &args.model {
         Some(dir) => {
             let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
             Model::load(dir, LoadOptions { progress }).map(|m| (m, false)).map_err(|e| e.to_string())
         }
+        None if gpu => Err("the built-in demo model runs on the cpu only: pass --model DIR to run on the GPU".into()),
         None => rocmforge_models::demo::model(0x5eed).map(|m| (m, true)).map_err(|e| e.to_string()),
     }
 }
