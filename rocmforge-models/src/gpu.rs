@@ -169,6 +169,27 @@ impl Marks<'_> {
 /// past two, cuBLAS took less time on the H200 (each extra row re-reads x per warp).
 const GEMV_ROWS: usize = 2;
 
+/// `res += proj; normed = rmsnorm(res) * w` over the first `t` rows of the scratch.
+fn add_norm(
+    dev: &CudaDevice,
+    k: &'static Kernel,
+    (proj, res, normed): (&DeviceTensor, &mut DeviceTensor, &mut DeviceTensor),
+    w: &DeviceTensor,
+    t: usize,
+    h: usize,
+    eps: f32,
+) -> Result<()> {
+    let plan = kernels::add_rmsnorm::plan(
+        dev.limits(),
+        &proj.view(0, &[t, h])?,
+        &mut res.view_mut(0, &[t, h])?,
+        w,
+        &mut normed.view_mut(0, &[t, h])?,
+        eps,
+    )?;
+    Ok(dev.launch(k, &plan)?)
+}
+
 /// An optional tensor as a launch argument.
 fn bias(b: &Option<DeviceTensor>) -> Option<&dyn TensorArg> {
     b.as_ref().map(|b| b as &dyn TensorArg)
@@ -575,17 +596,7 @@ impl GpuModel {
                     kernels::rmsnorm::plan(&lim, &s.res.view(0, &[t, h])?, &layer.attn_norm, &mut s.normed.view_mut(0, &[t, h])?, eps),
                 )?;
             } else {
-                launch(
-                    k_add_rms,
-                    kernels::add_rmsnorm::plan(
-                        &lim,
-                        &s.proj.view(0, &[t, h])?,
-                        &mut s.res.view_mut(0, &[t, h])?,
-                        &layer.attn_norm,
-                        &mut s.normed.view_mut(0, &[t, h])?,
-                        eps,
-                    ),
-                )?;
+                add_norm(&dev, k_add_rms, (&s.proj, &mut s.res, &mut s.normed), &layer.attn_norm, t, h, eps)?;
             }
             if !fused {
                 marks.mark("qkv")?;
@@ -642,17 +653,7 @@ impl GpuModel {
                 continue;
             }
             project(&dev, gemv, &s.attn.view(0, &[t, qd])?, &layer.wo, &layer.bo, &mut s.proj, &mut s.tmp, t, h)?;
-            launch(
-                k_add_rms,
-                kernels::add_rmsnorm::plan(
-                    &lim,
-                    &s.proj.view(0, &[t, h])?,
-                    &mut s.res.view_mut(0, &[t, h])?,
-                    &layer.mlp_norm,
-                    &mut s.normed.view_mut(0, &[t, h])?,
-                    eps,
-                ),
-            )?;
+            add_norm(&dev, k_add_rms, (&s.proj, &mut s.res, &mut s.normed), &layer.mlp_norm, t, h, eps)?;
             marks.mark("gate_up")?;
             project(&dev, gemv, &s.normed.view(0, &[t, h])?, &layer.w_gate_up, &layer.b_gate_up, &mut s.gate_up, &mut s.tmp, t, 2 * inter)?;
             marks.mark("swiglu")?;
@@ -670,17 +671,7 @@ impl GpuModel {
             return self.finish_forward(nb, marks, host_t0);
         }
         marks.mark("final_norm")?;
-        launch(
-            k_add_rms,
-            kernels::add_rmsnorm::plan(
-                &lim,
-                &s.proj.view(0, &[t, h])?,
-                &mut s.res.view_mut(0, &[t, h])?,
-                &self.norm,
-                &mut s.normed.view_mut(0, &[t, h])?,
-                eps,
-            ),
-        )?;
+        add_norm(&dev, k_add_rms, (&s.proj, &mut s.res, &mut s.normed), &self.norm, t, h, eps)?;
         marks.mark("lm_head")?;
         dev.launch_engine(&plan_gather(&lim, &s.normed.view(0, &[t, h])?, &v_last, &s.last.view(0, &[nb, h])?)?)?;
         gemm(&s.last.view(0, &[nb, h])?, head, &s.logits.view(0, &[nb, c.vocab])?)?;

@@ -149,59 +149,57 @@ impl Checkpoint {
         self.entries.values().map(|e| e.end - e.begin).sum()
     }
 
-    /// A tensor as f32, checked against the shape the architecture expects.
-    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Weight> {
+    /// The stored dtype, bytes and byte offset of tensor `name`, checked against the shape
+    /// the architecture expects; and the error maker for that tensor.
+    fn locate(&self, name: &str, shape: &[usize]) -> Result<(Dtype, &[u8], usize, &Shard)> {
         let e = self.entries.get(name).ok_or_else(|| ModelError::MissingTensor { name: name.to_string(), files: self.files() })?;
         let shard = &self.shards[e.shard];
-        let bad = |reason: String| ModelError::BadTensor { path: shard.path.clone(), name: name.to_string(), reason };
         if e.shape != shape {
-            return Err(bad(format!("shape {:?}, expected {shape:?}", e.shape)));
+            return Err(bad_tensor(shard, name, format!("shape {:?}, expected {shape:?}", e.shape)));
         }
         let (begin, end) = (shard.data_start + e.begin, shard.data_start + e.end);
-        let bytes = shard.map.get(begin..end).ok_or_else(|| bad("data offsets run past the end of the file".into()))?;
-        let data = match e.dtype {
-            Dtype::F32 if cfg!(target_endian = "little") && bytemuck::try_cast_slice::<u8, f32>(bytes).is_ok() => {
-                return Ok(Weight {
-                    data: WeightData::Mapped { map: Arc::clone(&shard.map), start: begin, len: bytes.len() / 4 },
-                    shape: shape.to_vec(),
-                })
-            }
-            Dtype::F32 => widen(bytes, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))?,
-            Dtype::F16 => widen(bytes, 2, |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())?,
-            Dtype::BF16 => widen(bytes, 2, |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())?,
-            other => return Err(bad(format!("dtype {other:?} is not supported (F32, F16, BF16)"))),
-        };
-        Ok(Weight { data: WeightData::Owned(data), shape: shape.to_vec() })
+        let bytes = shard.map.get(begin..end).ok_or_else(|| bad_tensor(shard, name, "data offsets run past the end of the file".into()))?;
+        Ok((e.dtype, bytes, begin, shard))
     }
-}
 
-impl Checkpoint {
+    /// A tensor as f32, checked against the shape the architecture expects.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Weight> {
+        let (dtype, bytes, begin, shard) = self.locate(name, shape)?;
+        if dtype == Dtype::F32 && cfg!(target_endian = "little") && bytemuck::try_cast_slice::<u8, f32>(bytes).is_ok() {
+            return Ok(Weight {
+                data: WeightData::Mapped { map: Arc::clone(&shard.map), start: begin, len: bytes.len() / 4 },
+                shape: shape.to_vec(),
+            });
+        }
+        Ok(Weight { data: WeightData::Owned(to_f32(dtype, bytes, shard, name)?), shape: shape.to_vec() })
+    }
+
     /// A tensor's bytes converted to `dtype` storage (f32, f16 or bf16, little-endian),
     /// checked against the expected shape: what the GPU uploads (no f32 copy on the way).
     pub fn get_as(&self, name: &str, shape: &[usize], dtype: rocmforge_dsl::DType) -> Result<Vec<u8>> {
         use rocmforge_dsl::DType as D;
-        let e = self.entries.get(name).ok_or_else(|| ModelError::MissingTensor { name: name.to_string(), files: self.files() })?;
-        let shard = &self.shards[e.shard];
-        let bad = |reason: String| ModelError::BadTensor { path: shard.path.clone(), name: name.to_string(), reason };
-        if e.shape != shape {
-            return Err(bad(format!("shape {:?}, expected {shape:?}", e.shape)));
-        }
-        let (begin, end) = (shard.data_start + e.begin, shard.data_start + e.end);
-        let bytes = shard.map.get(begin..end).ok_or_else(|| bad("data offsets run past the end of the file".into()))?;
-        let same = matches!((e.dtype, dtype), (Dtype::F32, D::F32) | (Dtype::F16, D::F16) | (Dtype::BF16, D::BF16));
-        if same {
+        let (stored, bytes, _, shard) = self.locate(name, shape)?;
+        if matches!((stored, dtype), (Dtype::F32, D::F32) | (Dtype::F16, D::F16) | (Dtype::BF16, D::BF16)) {
             let mut out = Vec::new();
             out.try_reserve_exact(bytes.len()).map_err(|_| ModelError::OutOfMemory { bytes: bytes.len(), what: "weights" })?;
             out.extend_from_slice(bytes);
             return Ok(out);
         }
-        let src: Vec<f32> = match e.dtype {
-            Dtype::F32 => widen(bytes, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))?,
-            Dtype::F16 => widen(bytes, 2, |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())?,
-            Dtype::BF16 => widen(bytes, 2, |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())?,
-            other => return Err(bad(format!("dtype {other:?} is not supported (F32, F16, BF16)"))),
-        };
-        Ok(encode(&src, dtype))
+        Ok(encode(&to_f32(stored, bytes, shard, name)?, dtype))
+    }
+}
+
+fn bad_tensor(shard: &Shard, name: &str, reason: String) -> ModelError {
+    ModelError::BadTensor { path: shard.path.clone(), name: name.to_string(), reason }
+}
+
+/// Stored values widened to f32.
+fn to_f32(dtype: Dtype, bytes: &[u8], shard: &Shard, name: &str) -> Result<Vec<f32>> {
+    match dtype {
+        Dtype::F32 => widen(bytes, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        Dtype::F16 => widen(bytes, 2, |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        Dtype::BF16 => widen(bytes, 2, |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        other => Err(bad_tensor(shard, name, format!("dtype {other:?} is not supported (F32, F16, BF16)"))),
     }
 }
 
