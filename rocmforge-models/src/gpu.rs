@@ -80,6 +80,26 @@ struct Scratch {
     topk_ids: DeviceTensor,
 }
 
+/// Where each index array starts in the i32 staging buffer (`Scratch::index`): ids,
+/// positions and slots (`max_batch_tokens` each), query offsets (`max_seqs + 1`),
+/// lengths and last rows (`max_seqs` each), then the block table.
+#[derive(Debug, Clone, Copy)]
+struct IndexOffsets {
+    pos: usize,
+    slots: usize,
+    cu: usize,
+    lens: usize,
+    last: usize,
+    table: usize,
+}
+
+impl IndexOffsets {
+    fn new(tmax: usize, smax: usize) -> Self {
+        let cu = 3 * tmax;
+        IndexOffsets { pos: tmax, slots: 2 * tmax, cu, lens: cu + smax + 1, last: cu + 2 * smax + 1, table: cu + 3 * smax + 1 }
+    }
+}
+
 /// The shape of one staged step.
 #[derive(Debug, Clone, Copy)]
 struct Layout {
@@ -337,7 +357,7 @@ impl GpuModel {
             gate_up: dev.alloc(dt, &[t * 2 * i])?,
             act: dev.alloc(dt, &[t * i])?,
             tmp: dev.alloc(dt, &[t * wide])?,
-            index: dev.alloc(DType::I32, &[3 * t + 3 * sq + 1 + sq * max_blocks])?,
+            index: dev.alloc(DType::I32, &[IndexOffsets::new(t, sq).table + sq * max_blocks])?,
             last: dev.alloc(dt, &[sq * h])?,
             logits: dev.alloc(DType::F32, &[sq * cfg.vocab])?,
             next: dev.alloc(DType::I32, &[sq])?,
@@ -486,47 +506,29 @@ impl GpuModel {
     fn stage(&mut self, batch: &[SeqTokens<'_>], t: usize, width: usize) -> Result<Layout> {
         let nb = batch.len();
         let bs = self.opts.block_size;
-        let (tmax, smax) = (self.opts.max_batch_tokens, self.opts.max_seqs);
-        let mut ids = Vec::with_capacity(t);
-        let mut pos = Vec::with_capacity(t);
-        let mut slots = Vec::with_capacity(t);
-        let mut cu_q = vec![0i32];
-        let mut kv_lens = Vec::with_capacity(nb);
-        let mut last = Vec::with_capacity(nb);
-        let mut table = vec![0i32; nb * width];
-        let (mut max_q, mut max_kv) = (0usize, 0usize);
+        let o = IndexOffsets::new(self.opts.max_batch_tokens, self.opts.max_seqs);
+        // Written in place: one buffer, one copy to the device per step.
+        let mut staged = vec![0i32; o.table + nb * width];
+        let (mut max_q, mut max_kv, mut row) = (0usize, 0usize, 0usize);
         for (bi, b) in batch.iter().enumerate() {
             let start = b.seq.len();
             for (j, &tok) in b.tokens.iter().enumerate() {
                 let p = start + j;
-                ids.push(tok as i32);
-                pos.push(p as i32);
-                slots.push((b.seq.blocks()[p / bs] as usize * bs + p % bs) as i32);
+                staged[row + j] = tok as i32;
+                staged[o.pos + row + j] = p as i32;
+                staged[o.slots + row + j] = (b.seq.blocks()[p / bs] as usize * bs + p % bs) as i32;
             }
             let end = start + b.tokens.len();
-            cu_q.push(cu_q[bi] + b.tokens.len() as i32);
-            kv_lens.push(end as i32);
-            last.push(cu_q[bi + 1] - 1);
+            row += b.tokens.len();
+            staged[o.cu + bi + 1] = row as i32;
+            staged[o.lens + bi] = end as i32;
+            staged[o.last + bi] = row as i32 - 1;
             for (k, &blk) in b.seq.blocks().iter().enumerate() {
-                table[bi * width + k] = blk as i32;
+                staged[o.table + bi * width + k] = blk as i32;
             }
             max_q = max_q.max(b.tokens.len());
             max_kv = max_kv.max(end);
         }
-        let o_pos = tmax;
-        let o_slots = 2 * tmax;
-        let o_cu = 3 * tmax;
-        let o_lens = o_cu + smax + 1;
-        let o_last = o_lens + smax;
-        let o_table = o_last + smax;
-        let mut staged = vec![0i32; o_table + nb * width];
-        staged[..t].copy_from_slice(&ids);
-        staged[o_pos..o_pos + t].copy_from_slice(&pos);
-        staged[o_slots..o_slots + t].copy_from_slice(&slots);
-        staged[o_cu..o_cu + nb + 1].copy_from_slice(&cu_q);
-        staged[o_lens..o_lens + nb].copy_from_slice(&kv_lens);
-        staged[o_last..o_last + nb].copy_from_slice(&last);
-        staged[o_table..].copy_from_slice(&table);
         let bytes: Vec<u8> = staged.iter().flat_map(|v| v.to_ne_bytes()).collect();
         self.dev.write(&mut self.s.index, 0, &bytes)?;
         Ok(Layout { t, nb, width, max_q, max_kv })
@@ -537,25 +539,19 @@ impl GpuModel {
         let Layout { t, nb, width, max_q, max_kv } = *layout;
         let dev = Arc::clone(&self.dev);
         let lim = *dev.limits();
-        let c = self.cfg.clone();
+        let c = &self.cfg;
         let (h, hd) = (c.hidden, c.head_dim);
         let (qd, kvd, inter) = (c.heads * hd, c.kv_heads * hd, c.intermediate);
-        let (tmax, smax) = (self.opts.max_batch_tokens, self.opts.max_seqs);
-        let o_pos = tmax;
-        let o_slots = 2 * tmax;
-        let o_cu = 3 * tmax;
-        let o_lens = o_cu + smax + 1;
-        let o_last = o_lens + smax;
-        let o_table = o_last + smax;
+        let o = IndexOffsets::new(self.opts.max_batch_tokens, self.opts.max_seqs);
         let s = &mut self.s;
         let idx = &s.index;
         let v_ids = idx.view(0, &[t])?;
-        let v_pos = idx.view(o_pos, &[t])?;
-        let v_slots = idx.view(o_slots, &[t])?;
-        let v_cu = idx.view(o_cu, &[nb + 1])?;
-        let v_lens = idx.view(o_lens, &[nb])?;
-        let v_last = idx.view(o_last, &[nb])?;
-        let v_table = idx.view(o_table, &[nb, width])?;
+        let v_pos = idx.view(o.pos, &[t])?;
+        let v_slots = idx.view(o.slots, &[t])?;
+        let v_cu = idx.view(o.cu, &[nb + 1])?;
+        let v_lens = idx.view(o.lens, &[nb])?;
+        let v_last = idx.view(o.last, &[nb])?;
+        let v_table = idx.view(o.table, &[nb, width])?;
         let seqs = AttnSeqs {
             cu_q: &v_cu,
             kv: KvIndex::Paged { block_table: &v_table, kv_lens: &v_lens },
