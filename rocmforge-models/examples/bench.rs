@@ -280,6 +280,8 @@ fn run(args: &Args) -> Res<serde_json::Value> {
         dtype,
         max_batch_tokens: args.max_batch_tokens,
         gpu_memory_fraction: args.gpu_memory_fraction,
+        cuda_graphs: !args.no_graphs,
+        gemv: !args.no_gemv,
         ..GpuOptions::default()
     };
     let (free0, total) = dev.memory_info()?;

@@ -187,6 +187,35 @@ fn rand_rows(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| (rng.next_f32() * 2.0 - 1.0) * 8.0).collect()
 }
 
+/// `v` rounded to `dtype` (the values a device tensor of that dtype holds).
+fn round(v: &[f32], dtype: DType) -> Vec<f32> {
+    match dtype {
+        DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
+        DType::BF16 => v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect(),
+        _ => v.to_vec(),
+    }
+}
+
+/// Little-endian device bytes of `dtype` (f32, f16, bf16) as f32.
+fn decode(bytes: &[u8], dtype: DType) -> Vec<f32> {
+    match dtype {
+        DType::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        DType::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        _ => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+    }
+}
+
+/// nMSE bound of a matrix-vector product written in `out`: f32 accumulation of k
+/// products (~k * 2^-24 relative) and, for 16-bit outputs, one rounding (2^-9 bf16,
+/// 2^-12 f16 relative).
+fn gemv_bound(out: DType) -> f64 {
+    match out {
+        DType::BF16 => 1e-5,
+        DType::F16 => 1e-6,
+        _ => 1e-10,
+    }
+}
+
 fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res<()> {
     let lim = *dev.limits();
     for dtype in [DType::F32, DType::F16, DType::BF16] {
@@ -238,18 +267,12 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
             tally.check(ok, format!("engine topk   {dtype:<5} [{rows}, {cols}] k {k}: values and ids match the host's top {k}"));
         }
         // Matrix-vector products (decode) against an f64 host product: 16-byte and
-        // element paths (k 72 and 77), 1 to 8 rows, storage-dtype and f32 outputs.
-        for (m, n, kk) in [(1usize, 300usize, 72usize), (3, 100, 77), (8, 257, 4096), (5, 64, 72)] {
+        // element paths (k 72 and 77), 1 to 8 rows, k up to 14336 (4120 leaves a partial
+        // round of loads), storage-dtype and f32 outputs.
+        for (m, n, kk) in [(1usize, 300usize, 72usize), (3, 100, 77), (8, 257, 4096), (5, 64, 72), (1, 64, 14336), (2, 33, 4120)] {
             let xs = rand_rows(rng, m * kk);
             let ws = rand_rows(rng, n * kk);
-            let round = |v: &[f32]| -> Vec<f32> {
-                match dtype {
-                    DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
-                    DType::BF16 => v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect(),
-                    _ => v.to_vec(),
-                }
-            };
-            let (xr, wr) = (round(&xs), round(&ws));
+            let (xr, wr) = (round(&xs, dtype), round(&ws, dtype));
             let want: Vec<f32> = (0..m * n)
                 .map(|i| (0..kk).map(|c| f64::from(xr[(i / n) * kk + c]) * f64::from(wr[(i % n) * kk + c])).sum::<f64>() as f32)
                 .collect();
@@ -259,20 +282,9 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
                 let mut out = dev.alloc(out_dt, &[m, n])?;
                 dev.poison(&mut out)?;
                 dev.launch_engine(&rocmforge_runtime::engine::plan_gemv(&lim, &x, &w, &out, &Default::default())?)?;
-                let bytes = dev.read_bytes(&out)?;
-                let got: Vec<f32> = match out_dt {
-                    DType::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-                    DType::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-                    _ => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-                };
-                // f32 accumulation of k products (~k * 2^-24 relative) and, for 16-bit
-                // outputs, one rounding (2^-9 bf16, 2^-12 f16 relative).
-                let bound = match out_dt {
-                    DType::BF16 => 1e-5,
-                    DType::F16 => 1e-6,
-                    _ => 1e-10,
-                };
+                let got = decode(&dev.read_bytes(&out)?, out_dt);
                 let e = nmse(&got, &want);
+                let bound = gemv_bound(out_dt);
                 tally.check(
                     e <= bound,
                     format!("engine gemv  {dtype:<5} -> {out_dt:<5} [{m}, {kk}] x [{n}, {kk}]^T: nmse {e:.2e} (bound {bound:.0e})"),

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rocmforge_dsl::ir::Kind;
+use rocmforge_dsl::ir::{Kind, Layout, ParamTy, ScalarTy};
 use rocmforge_dsl::rope::{inv_freq, RopeScaling};
 use rocmforge_dsl::spec::RowMode;
 use rocmforge_models::kernels;
@@ -61,17 +61,20 @@ fn shapes(k: &Kernel, spec: &Spec, rng: &mut Rng) -> Vec<Vec<HostArg>> {
                 _ => vec![(3, 3), (7, 4097), (2, cap), (3, cap + 5), (2, 20_000)],
             };
             for (rows, cols) in cases {
-                let args = match k.name.as_str() {
-                    "softmax" => vec![t(rng, &[rows, cols], 8.0), t(rng, &[rows, cols], 1.0), HostArg::F32(0.3 + rng.next_f32())],
-                    "rmsnorm" => vec![t(rng, &[rows, cols], 4.0), t(rng, &[cols], 2.0), t(rng, &[rows, cols], 1.0), HostArg::F32(1e-5)],
-                    _ => vec![
-                        t(rng, &[rows, cols], 4.0),
-                        t(rng, &[rows, cols], 4.0),
-                        t(rng, &[cols], 2.0),
-                        t(rng, &[rows, cols], 1.0),
-                        HostArg::F32(1e-5),
-                    ],
-                };
+                // From the declaration: Rows<T> is [rows, cols], &[T] a vector over the
+                // columns; `eps` is small, other f32 scalars (softmax's scale) near 1.
+                let args = k
+                    .params
+                    .iter()
+                    .map(|p| match p.ty {
+                        ParamTy::Tensor { layout: Layout::Rows, .. } => t(rng, &[rows, cols], 4.0),
+                        ParamTy::Tensor { .. } => t(rng, &[cols], 2.0),
+                        ParamTy::Scalar(ScalarTy::F32) if p.name == "eps" => HostArg::F32(1e-5),
+                        ParamTy::Scalar(ScalarTy::F32) => HostArg::F32(0.3 + rng.next_f32()),
+                        ParamTy::Scalar(ScalarTy::I32) => HostArg::I32(3),
+                        ParamTy::Scalar(ScalarTy::U32) => HostArg::U32(3),
+                    })
+                    .collect();
                 out.push(args);
             }
         }

@@ -639,8 +639,10 @@ impl GpuModel {
                 marks.mark("gate_up")?;
                 let f = GemvFusion { norm: Some((&layer.mlp_norm, eps)), bias: bias(&layer.b_gate_up), ..GemvFusion::default() };
                 dev.launch_engine(&plan_gemv(&lim, &r, &layer.w_gate_up, &s.gate_up.view(0, &[t, 2 * inter])?, &f)?)?;
-                // SwiGLU on its own: fused into the down product, every warp would
-                // recompute it for the whole row (measured 3x slower on the H200).
+                // SwiGLU on its own. Fused into the down product, every warp recomputes it
+                // for the whole row (3x slower, H200); fused into the gate/up product as
+                // an epilogue (each warp streams gate row j and up row j), decode was 2-4%
+                // slower on the H100 (benches/RESULTS.md, 2026-11-27 e).
                 marks.mark("swiglu")?;
                 dev.launch_engine(&plan_swiglu_rows(&lim, &s.gate_up.view(0, &[t, 2 * inter])?, &s.act.view(0, &[t, inter])?)?)?;
                 marks.mark("down")?;

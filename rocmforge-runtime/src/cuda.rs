@@ -214,6 +214,36 @@ impl CudaDevice {
     pub fn arch(&self) -> &str {
         &self.arch
     }
+
+    /// Queues `f` on the device's stream.
+    ///
+    /// # Safety
+    /// `f` is a function of this device's context; `params` holds one pointer per kernel
+    /// parameter, each to a value of the width the kernel declares, and every device
+    /// pointer among them is live until the kernel has run; grid and block are within
+    /// the device limits.
+    unsafe fn launch_raw(
+        &self,
+        f: &CudaFunction,
+        grid: [u32; 3],
+        block: [u32; 3],
+        shared: u32,
+        params: &mut [*mut std::ffi::c_void],
+    ) -> Result<(), CudaError> {
+        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+        // SAFETY: forwarded from this function's contract.
+        unsafe {
+            cu::launch_kernel(
+                f.cu_function(),
+                (grid[0], grid[1], grid[2]),
+                (block[0], block[1], block[2]),
+                shared,
+                self.stream.cu_stream(),
+                params,
+            )
+        }
+        .map_err(drv("cuLaunchKernel"))
+    }
     /// Launch limits.
     pub fn limits(&self) -> &DeviceLimits {
         &self.limits
@@ -468,17 +498,7 @@ impl CudaDevice {
         // width the generated signature declares (pointers and long long: 8 bytes;
         // float, int, unsigned: the first 4). Grid and block are within the device
         // limits. The pointers are live device allocations owned by the caller.
-        unsafe {
-            cu::launch_kernel(
-                f.cu_function(),
-                (plan.grid[0], plan.grid[1], plan.grid[2]),
-                (plan.block[0], plan.block[1], plan.block[2]),
-                plan.shared_bytes,
-                self.stream.cu_stream(),
-                &mut params,
-            )
-        }
-        .map_err(drv("cuLaunchKernel"))
+        unsafe { self.launch_raw(&f, plan.grid, plan.block, plan.shared_bytes, &mut params) }
     }
 
     /// Copies host bytes into `dst` starting at byte `offset`, in stream order (after the
@@ -642,23 +662,12 @@ impl CudaDevice {
             message,
             log: String::new(),
         })?;
-        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
         let mut storage = plan.param_slots();
         let mut params: Vec<*mut std::ffi::c_void> = storage.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
         // SAFETY: engine plans (crate::engine) check every tensor's dtype and shape against
         // the kernel's signature in templates/engine.hip.tera and pass one slot per
         // parameter in its declared width; grid and block are within the device limits.
-        unsafe {
-            cu::launch_kernel(
-                f.cu_function(),
-                (plan.grid[0], plan.grid[1], plan.grid[2]),
-                (plan.block[0], plan.block[1], plan.block[2]),
-                0,
-                self.stream.cu_stream(),
-                &mut params,
-            )
-        }
-        .map_err(drv("cuLaunchKernel"))
+        unsafe { self.launch_raw(&f, plan.grid, plan.block, 0, &mut params) }
     }
 
     /// Replaces the workspace with a zeroed one of at least `need` bytes.
