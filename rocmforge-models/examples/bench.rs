@@ -21,10 +21,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
-use rocmforge_dsl::rope::RopeScaling;
-use rocmforge_models::arch::Arch;
 use rocmforge_models::config::ModelConfig;
 use rocmforge_models::gpu::{GpuModel, GpuOptions, RandomWeights, SeqTokens};
+use rocmforge_models::memory::ModelPreset;
 use rocmforge_models::sampling::{Sampler, SamplingParams};
 use rocmforge_models::weights::Checkpoint;
 use rocmforge_runtime::cuda::CudaDevice;
@@ -109,62 +108,13 @@ struct Args {
     output: Output,
 }
 
-fn preset(p: Preset) -> ModelConfig {
-    let llama3_rope =
-        RopeScaling::Llama3 { factor: 32.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192.0 };
-    let base = ModelConfig {
-        arch: Arch::Llama,
-        hidden: 4096,
-        intermediate: 14336,
-        layers: 32,
-        heads: 32,
-        kv_heads: 8,
-        head_dim: 128,
-        vocab: 128_256,
-        eps: 1e-5,
-        rope_theta: 500_000.0,
-        rope_scaling: RopeScaling::Default,
-        max_positions: 8192,
-        tie_embeddings: false,
-        qkv_bias: false,
-        o_bias: false,
-        mlp_bias: false,
-        qk_norm: false,
-        windows: vec![None; 32],
-        dtype: None,
-        bos_token_id: Some(128_000),
-        eos_token_ids: vec![128_001],
-    };
-    match p {
-        Preset::Llama3_8b => base,
-        Preset::Llama32_1b => ModelConfig {
-            hidden: 2048,
-            intermediate: 8192,
-            layers: 16,
-            head_dim: 64,
-            rope_scaling: llama3_rope,
-            max_positions: 131_072,
-            tie_embeddings: true,
-            windows: vec![None; 16],
-            ..base
-        },
-        Preset::Qwen25_7b => ModelConfig {
-            arch: Arch::Qwen2,
-            hidden: 3584,
-            intermediate: 18944,
-            layers: 28,
-            heads: 28,
-            kv_heads: 4,
-            vocab: 152_064,
-            eps: 1e-6,
-            rope_theta: 1_000_000.0,
-            max_positions: 32_768,
-            qkv_bias: true,
-            windows: vec![None; 28],
-            bos_token_id: None,
-            eos_token_ids: vec![151_643],
-            ..base
-        },
+impl From<Preset> for ModelPreset {
+    fn from(p: Preset) -> Self {
+        match p {
+            Preset::Llama3_8b => ModelPreset::Llama3_8b,
+            Preset::Llama32_1b => ModelPreset::Llama32_1b,
+            Preset::Qwen25_7b => ModelPreset::Qwen25_7b,
+        }
     }
 }
 
@@ -264,7 +214,7 @@ fn run(args: &Args) -> Res<serde_json::Value> {
     let (name, cfg, ck) = match &args.model {
         Some(dir) => (dir.display().to_string(), ModelConfig::from_dir(dir)?, Some(Checkpoint::open(dir)?)),
         None => {
-            let p = preset(args.preset);
+            let p = ModelPreset::from(args.preset).config();
             (
                 format!(
                     "{} (random weights, seed {})",

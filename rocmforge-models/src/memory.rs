@@ -3,9 +3,11 @@
 //! deterministic [`RandomWeights`]), the layout options ([`GpuOptions`]) and the memory
 //! plan ([`plan_memory`]): weights, activations and a KV cache from the free memory.
 
+use rocmforge_dsl::rope::RopeScaling;
 use rocmforge_dsl::DType;
 use rocmforge_runtime::engine::TOPK_MAX;
 
+use crate::arch::Arch;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::weights::{encode, Checkpoint};
@@ -107,6 +109,79 @@ pub fn tensor_list(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
         v.push(("lm_head.weight".to_string(), vec![cfg.vocab, h]));
     }
     v
+}
+
+/// The model shapes of the benchmarks (`bench --preset`), run with [`RandomWeights`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelPreset {
+    /// Llama-3-8B: 32 layers, hidden 4096, 32/8 heads of 128, MLP 14336, vocab 128256.
+    Llama3_8b,
+    /// Llama-3.2-1B: 16 layers, hidden 2048, 32/8 heads of 64, MLP 8192, tied embeddings.
+    Llama32_1b,
+    /// Qwen2.5-7B: 28 layers, hidden 3584, 28/4 heads of 128, MLP 18944, QKV bias.
+    Qwen25_7b,
+}
+
+impl ModelPreset {
+    /// The shape as a config (what the model's `config.json` would give).
+    pub fn config(self) -> ModelConfig {
+        let llama3_rope =
+            RopeScaling::Llama3 { factor: 32.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192.0 };
+        let base = ModelConfig {
+            arch: Arch::Llama,
+            hidden: 4096,
+            intermediate: 14336,
+            layers: 32,
+            heads: 32,
+            kv_heads: 8,
+            head_dim: 128,
+            vocab: 128_256,
+            eps: 1e-5,
+            rope_theta: 500_000.0,
+            rope_scaling: RopeScaling::Default,
+            max_positions: 8192,
+            tie_embeddings: false,
+            qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
+            qk_norm: false,
+            windows: vec![None; 32],
+            dtype: None,
+            bos_token_id: Some(128_000),
+            eos_token_ids: vec![128_001],
+        };
+        match self {
+            ModelPreset::Llama3_8b => base,
+            ModelPreset::Llama32_1b => ModelConfig {
+                hidden: 2048,
+                intermediate: 8192,
+                layers: 16,
+                head_dim: 64,
+                rope_scaling: llama3_rope,
+                max_positions: 131_072,
+                tie_embeddings: true,
+                windows: vec![None; 16],
+                ..base
+            },
+            ModelPreset::Qwen25_7b => ModelConfig {
+                arch: Arch::Qwen2,
+                hidden: 3584,
+                intermediate: 18944,
+                layers: 28,
+                heads: 28,
+                kv_heads: 4,
+                vocab: 152_064,
+                eps: 1e-6,
+                rope_theta: 1_000_000.0,
+                max_positions: 32_768,
+                qkv_bias: true,
+                windows: vec![None; 28],
+                bos_token_id: None,
+                eos_token_ids: vec![151_643],
+                ..base
+            },
+        }
+    }
 }
 
 /// How the GPU model is laid out in memory.
@@ -238,21 +313,7 @@ mod tests {
     use super::*;
 
     fn cfg_8b() -> ModelConfig {
-        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/llama");
-        let small = ModelConfig::from_dir(&dir).unwrap();
-        ModelConfig {
-            hidden: 4096,
-            intermediate: 14336,
-            layers: 32,
-            heads: 32,
-            kv_heads: 8,
-            head_dim: 128,
-            vocab: 128_256,
-            max_positions: 8192,
-            tie_embeddings: false,
-            windows: vec![None; 32],
-            ..small
-        }
+        ModelPreset::Llama3_8b.config()
     }
 
     #[test]

@@ -218,7 +218,7 @@ impl CudaDevice {
     /// Queues `f` on the device's stream.
     ///
     /// # Safety
-    /// `f` is a function of this device's context; `params` holds one pointer per kernel
+    /// The context is current on this thread; `f` is a function of it; `params` holds one pointer per kernel
     /// parameter, each to a value of the width the kernel declares, and every device
     /// pointer among them is live until the kernel has run; grid and block are within
     /// the device limits.
@@ -230,7 +230,6 @@ impl CudaDevice {
         shared: u32,
         params: &mut [*mut std::ffi::c_void],
     ) -> Result<(), CudaError> {
-        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
         // SAFETY: forwarded from this function's contract.
         unsafe {
             cu::launch_kernel(
@@ -497,7 +496,8 @@ impl CudaDevice {
         // slot per kernel parameter in order, each 8-byte slot holding the value in the
         // width the generated signature declares (pointers and long long: 8 bytes;
         // float, int, unsigned: the first 4). Grid and block are within the device
-        // limits. The pointers are live device allocations owned by the caller.
+        // limits. The pointers are live device allocations owned by the caller. The
+        // context was bound above.
         unsafe { self.launch_raw(&f, plan.grid, plan.block, plan.shared_bytes, &mut params) }
     }
 
@@ -662,11 +662,13 @@ impl CudaDevice {
             message,
             log: String::new(),
         })?;
+        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
         let mut storage = plan.param_slots();
         let mut params: Vec<*mut std::ffi::c_void> = storage.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
-        // SAFETY: engine plans (crate::engine) check every tensor's dtype and shape against
-        // the kernel's signature in templates/engine.hip.tera and pass one slot per
-        // parameter in its declared width; grid and block are within the device limits.
+        // SAFETY: the context is bound above. Engine plans (crate::engine) check every
+        // tensor's dtype and shape against the kernel's signature in
+        // templates/engine.hip.tera and pass one slot per parameter in its declared
+        // width; grid and block are within the device limits.
         unsafe { self.launch_raw(&f, plan.grid, plan.block, 0, &mut params) }
     }
 
