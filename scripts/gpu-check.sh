@@ -31,17 +31,33 @@ else
         # decode at batch 1 and 2 per preset (BENCH_ARGS adds flags), and per-kernel
         # times from Nsight Compute (serialized with a flushed L2, so launch gaps are not
         # in them; NCU_SKIP / NCU_COUNT pick the launches).
-        .gpu/selftest > "$out/selftest.log" 2>&1; echo "selftest exit $?"; tail -n 1 "$out/selftest.log"; grep -iE "fail" "$out/selftest.log" | head -20
+        # SKIP_SELFTEST=1 skips the DSL self-check; BATCHES and CONTEXT set the bench
+        # batches (1,2) and long context (0: none); VARIANTS is a ';'-separated list of
+        # extra bench flags, each run per preset after the plain run (an A/B in one job).
+        if [ -z "${SKIP_SELFTEST:-}" ]; then
+            .gpu/selftest > "$out/selftest.log" 2>&1; echo "selftest exit $?"; tail -n 1 "$out/selftest.log"; grep -iE "fail" "$out/selftest.log" | head -20
+        fi
         .gpu/model_check > "$out/model-check.log" 2>&1; echo "model_check exit $?"; grep -E "FAIL|error" "$out/model-check.log" | head; tail -n 1 "$out/model-check.log"
         for p in ${PRESETS:-llama3.2-1b llama3-8b}; do
-            .gpu/bench --preset "$p" --output json -p 512 -n 128 -b 1,2 --context 0 -r 5 --gpu-memory-fraction 0.3 ${BENCH_ARGS:-} > "$out/bench-$p.json" 2>> "$out/bench.err"; echo "bench $p exit $?"
-            python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[1].split("/")[-1], [(r["test"], round(r["tok_s"],1), round(r.get("fraction_of_limit",0),3)) for r in d["results"]])' "$out/bench-$p.json"
+            IFS=';' read -ra vs <<< ";${VARIANTS:-}"
+            for v in "${vs[@]}"; do
+                tag=$(echo "$v" | tr -cd 'a-z0-9-')
+                f="$out/bench-$p${tag:+-$tag}.json"
+                .gpu/bench --preset "$p" --output json -p 512 -n 128 -b ${BATCHES:-1,2} --context ${CONTEXT:-0} -r 5 --gpu-memory-fraction 0.3 ${BENCH_ARGS:-} $v > "$f" 2>> "$out/bench.err"; echo "bench $p $v exit $?"
+                python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(sys.argv[1].split("/")[-1], [(r["test"], round(r["tok_s"],1), round(r.get("fraction_of_limit",0),3)) for r in d["results"]])' "$f"
+            done
         done
         if [ -n "${NCU_COUNT:-}" ]; then
             NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
-            timeout 300 "$NCU" --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum --csv --launch-skip ${NCU_SKIP:-300} --launch-count "$NCU_COUNT" \
-                .gpu/bench --preset llama3.2-1b -p 16 -n 16 -b 1 --context 0 -r 1 --gpu-memory-fraction 0.3 --output json > "$out/ncu-1b.csv" 2> "$out/ncu.err"
-            echo "ncu exit $?"; tail -n 3 "$out/ncu.err"
+            # NCU_KERNELS: a kernel-name regex; NCU_VARIANTS: bench flag sets (';'-separated).
+            IFS=';' read -ra nvs <<< ";${NCU_VARIANTS:-}"
+            for v in "${nvs[@]}"; do
+                tag=$(echo "$v" | tr -cd 'a-z0-9-')
+                timeout 300 "$NCU" --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum --csv ${NCU_KERNELS:+--kernel-name regex:$NCU_KERNELS} \
+                    --launch-skip ${NCU_SKIP:-300} --launch-count "$NCU_COUNT" \
+                    .gpu/bench --preset llama3.2-1b -p ${NCU_PROMPT:-16} -n 16 -b 1 --context 0 -r 1 --gpu-memory-fraction 0.3 --output json $v > "$out/ncu-1b${tag:+-$tag}.csv" 2> "$out/ncu.err"
+                echo "ncu $v exit $?"; tail -n 3 "$out/ncu.err"
+            done
         fi
         exit 0
     fi

@@ -28,7 +28,7 @@ use rocmforge_models::transformer::Logits;
 use rocmforge_models::weights::{encode, Checkpoint};
 use rocmforge_models::{LoadOptions, Model};
 use rocmforge_runtime::cuda::CudaDevice;
-use rocmforge_runtime::engine::{plan_argmax, plan_gather, plan_topk};
+use rocmforge_runtime::engine::{argmax_workspace, plan_argmax, plan_gather, plan_topk};
 use rocmforge_runtime::DType;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -216,8 +216,16 @@ fn gemv_bound(out: DType) -> f64 {
     }
 }
 
+/// A u32 tensor of `n` zeros.
+fn zeroed(dev: &Arc<CudaDevice>, n: usize) -> Res<rocmforge_runtime::cuda::DeviceTensor> {
+    Ok(dev.upload_bytes(DType::U32, &[n.max(1)], &vec![0u8; 4 * n.max(1)])?)
+}
+
 fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res<()> {
     let lim = *dev.limits();
+    // One set of counters for every argmax below, of every shape, as the model uses
+    // them: each launch must leave them zero for the next.
+    let argmax_counters = zeroed(dev, 8)?;
     for dtype in [DType::F32, DType::F16, DType::BF16] {
         for (rows, cols) in [(1usize, 128_256usize), (5, 1000), (3, 32_000), (2, 17)] {
             let mut host = rand_rows(rng, rows * cols);
@@ -232,7 +240,8 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
             let x = dev.upload_bytes(dtype, &[rows, cols], &encode(&host, dtype))?;
             let mut out = dev.alloc(DType::I32, &[rows])?;
             dev.poison(&mut out)?;
-            dev.launch_engine(&plan_argmax(&lim, &x, &out)?)?;
+            let ws = dev.alloc(DType::F32, &[argmax_workspace(rows, cols)])?;
+            dev.launch_engine(&plan_argmax(&lim, &x, &out, &argmax_counters, &ws)?)?;
             let got: Vec<u32> =
                 dev.read_bytes(&out)?.chunks_exact(4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as u32).collect();
             let want: Vec<u32> = rounded.chunks_exact(cols).map(argmax).collect();

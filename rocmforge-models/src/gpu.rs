@@ -15,7 +15,8 @@ use std::sync::Arc;
 use rocmforge_dsl::rope::inv_freq;
 use rocmforge_runtime::cuda::{CudaDevice, CudaError, CudaEvent, DeviceGraph, DeviceTensor};
 use rocmforge_runtime::engine::{
-    plan_argmax, plan_gather, plan_gemm, plan_gemv, plan_qkv_post, plan_swiglu_rows, plan_topk, GemvFusion, QkvPost, TOPK_MAX,
+    argmax_workspace, plan_argmax, plan_gather, plan_gemm, plan_gemv, plan_qkv_post, plan_swiglu_rows, plan_topk, GemvFusion, QkvPost,
+    TOPK_MAX,
 };
 use rocmforge_runtime::{AttnSeqs, DType, Kernel, KvIndex, LaunchError, LaunchPlan, TensorArg};
 
@@ -78,11 +79,17 @@ struct Scratch {
     next: DeviceTensor,
     topk_vals: DeviceTensor,
     topk_ids: DeviceTensor,
+    /// The argmax's workspace (f32) and counters (u32, zeroed at allocation; every
+    /// launch leaves them zero).
+    argmax_ws: DeviceTensor,
+    argmax_counters: DeviceTensor,
 }
 
-/// Where each index array starts in the i32 staging buffer (`Scratch::index`): ids,
-/// positions and slots (`max_batch_tokens` each), query offsets (`max_seqs + 1`),
-/// lengths and last rows (`max_seqs` each), then the block table.
+/// Where each index array starts in the i32 staging buffer (`Scratch::index`) for a step
+/// of `t` tokens in `s` sequences: ids, positions and slots (`t` each), query offsets
+/// (`s + 1`), lengths and last rows (`s` each), then the block table. Packed to the
+/// step, so a decode step copies a few hundred bytes; the buffer is sized for
+/// `max_batch_tokens` and `max_seqs`.
 #[derive(Debug, Clone, Copy)]
 struct IndexOffsets {
     pos: usize,
@@ -208,6 +215,14 @@ fn add_norm(
         eps,
     )?;
     Ok(dev.launch(k, &plan)?)
+}
+
+/// A u32 tensor of `n` zeros (a workspace whose counters start at zero).
+fn zeroed(dev: &Arc<CudaDevice>, n: usize) -> Result<DeviceTensor> {
+    let n = n.max(1);
+    let mut t = dev.alloc(DType::U32, &[n])?;
+    dev.write(&mut t, 0, &vec![0u8; n * 4])?;
+    Ok(t)
 }
 
 /// An optional tensor as a launch argument.
@@ -363,6 +378,8 @@ impl GpuModel {
             next: dev.alloc(DType::I32, &[sq])?,
             topk_vals: dev.alloc(DType::F32, &[sq * TOPK_MAX])?,
             topk_ids: dev.alloc(DType::I32, &[sq * TOPK_MAX])?,
+            argmax_ws: dev.alloc(DType::F32, &[argmax_workspace(sq, cfg.vocab).max(1)])?,
+            argmax_counters: zeroed(dev, sq)?,
         };
         // Compile (or read from the disk cache) what the forward launches, up front.
         dev.prepare_engine()?;
@@ -506,7 +523,7 @@ impl GpuModel {
     fn stage(&mut self, batch: &[SeqTokens<'_>], t: usize, width: usize) -> Result<Layout> {
         let nb = batch.len();
         let bs = self.opts.block_size;
-        let o = IndexOffsets::new(self.opts.max_batch_tokens, self.opts.max_seqs);
+        let o = IndexOffsets::new(t, nb);
         // Written in place: one buffer, one copy to the device per step.
         let mut staged = vec![0i32; o.table + nb * width];
         let (mut max_q, mut max_kv, mut row) = (0usize, 0usize, 0usize);
@@ -542,7 +559,7 @@ impl GpuModel {
         let c = &self.cfg;
         let (h, hd) = (c.hidden, c.head_dim);
         let (qd, kvd, inter) = (c.heads * hd, c.kv_heads * hd, c.intermediate);
-        let o = IndexOffsets::new(self.opts.max_batch_tokens, self.opts.max_seqs);
+        let o = IndexOffsets::new(t, nb);
         let s = &mut self.s;
         let idx = &s.index;
         let v_ids = idx.view(0, &[t])?;
@@ -641,8 +658,9 @@ impl GpuModel {
                 dev.launch_engine(&plan_gemv(&lim, &r, &layer.w_gate_up, &s.gate_up.view(0, &[t, 2 * inter])?, &f)?)?;
                 // SwiGLU on its own. Fused into the down product, every warp recomputes it
                 // for the whole row (3x slower, H200); fused into the gate/up product as
-                // an epilogue (each warp streams gate row j and up row j), decode was 2-4%
-                // slower on the H100 (benches/RESULTS.md, 2026-11-27 e).
+                // an epilogue, decode was 2-5% slower on the H100 both with each warp
+                // streaming gate row j and up row j and with warp pairs combining through
+                // shared memory (benches/RESULTS.md, 2026-11-27 e and f).
                 marks.mark("swiglu")?;
                 dev.launch_engine(&plan_swiglu_rows(&lim, &s.gate_up.view(0, &[t, 2 * inter])?, &s.act.view(0, &[t, inter])?)?)?;
                 marks.mark("down")?;
@@ -727,7 +745,7 @@ impl GpuModel {
         let greedy = samplers.iter().all(|s| s.params().temperature == 0.0 && !s.has_penalties());
         if greedy {
             let out = self.s.next.view(0, &[rows])?;
-            self.dev.launch_engine(&plan_argmax(&lim, &logits, &out)?)?;
+            self.dev.launch_engine(&plan_argmax(&lim, &logits, &out, &self.s.argmax_counters, &self.s.argmax_ws)?)?;
             let bytes = self.dev.read_bytes(&out)?;
             let ids: Vec<u32> = bytes.chunks_exact(4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as u32).collect();
             for (s, &id) in samplers.iter_mut().zip(&ids) {

@@ -171,9 +171,35 @@ pub fn plan_gather(
     })
 }
 
+/// Columns one argmax workgroup reduces ([`plan_argmax`] cuts a row into chunks).
+const ARGMAX_CHUNK: u64 = 2048;
+/// Most chunks of one argmax row.
+const ARGMAX_MAX_PARTS: u64 = 1024;
+
+fn argmax_parts(cols: u64) -> (u64, u64) {
+    let parts = cols.div_ceil(ARGMAX_CHUNK).clamp(1, ARGMAX_MAX_PARTS);
+    (parts, cols.div_ceil(parts))
+}
+
+/// f32 elements of the workspace [`plan_argmax`] needs for `rows` rows of `cols`: a
+/// (value, index) pair per chunk.
+pub fn argmax_workspace(rows: usize, cols: usize) -> usize {
+    let (parts, _) = argmax_parts(cols as u64);
+    rows.saturating_mul(2 * parts as usize)
+}
+
 /// Plans `out[r] = argmax(x[r, :])` (lowest index on ties): `x` `[rows, cols]` (or
-/// `[cols]`), `out` i32 `[rows]`.
-pub fn plan_argmax(limits: &DeviceLimits, x: &dyn TensorArg, out: &dyn TensorArg) -> Result<EnginePlan, LaunchError> {
+/// `[cols]`), `out` i32 `[rows]`. A row is cut into chunks of about 2048 columns, one
+/// workgroup each, and the last to finish reduces them: `counters` is u32, at least
+/// `rows` elements, zero before the first launch (each launch leaves them zero); `ws`
+/// is f32, at least [`argmax_workspace`] elements.
+pub fn plan_argmax(
+    limits: &DeviceLimits,
+    x: &dyn TensorArg,
+    out: &dyn TensorArg,
+    counters: &dyn TensorArg,
+    ws: &dyn TensorArg,
+) -> Result<EnginePlan, LaunchError> {
     const K: &str = "argmax";
     let symbol = engine_symbol(K, x.dtype())?;
     let (rows, cols) = rows_cols(K, "x", x)?;
@@ -184,18 +210,39 @@ pub fn plan_argmax(limits: &DeviceLimits, x: &dyn TensorArg, out: &dyn TensorArg
     if out.shape().iter().product::<usize>() as u64 != rows {
         return Err(shape_err(K, "out", format!("{rows} elements, one per row of x"), out.shape()));
     }
-    block_1024(K, limits)?;
+    workspace(K, "counters", counters, DType::U32, rows as usize)?;
+    workspace(K, "ws", ws, DType::F32, argmax_workspace(rows as usize, cols as usize))?;
+    if rows > u64::from(limits.max_grid[1]) {
+        return Err(LaunchError::Limit { kernel: K.into(), what: "rows", value: rows, limit: u64::from(limits.max_grid[1]) });
+    }
+    let (parts, chunk) = argmax_parts(cols);
     Ok(EnginePlan {
         symbol,
-        grid: rows_grid(limits, rows),
-        block: [1024, 1, 1],
+        grid: [parts as u32, rows as u32, 1],
+        block: [256, 1, 1],
         args: vec![
             ArgValue::Ptr(x.device_ptr()),
             ArgValue::I64(i64_of(K, "rows", rows)?),
             ArgValue::I64(i64_of(K, "cols", cols)?),
+            ArgValue::I64(chunk as i64),
+            ArgValue::I32(parts as i32),
             ArgValue::Ptr(out.device_ptr()),
+            ArgValue::Ptr(counters.device_ptr()),
+            ArgValue::Ptr(ws.device_ptr()),
         ],
     })
+}
+
+/// Checks a workspace of `dtype` with at least `need` elements.
+fn workspace(kernel: &str, name: &str, ws: &dyn TensorArg, dtype: DType, need: usize) -> Result<(), LaunchError> {
+    if ws.dtype() != dtype {
+        return Err(dtype_err(kernel, name, dtype.to_string(), ws.dtype()));
+    }
+    let have = ws.shape().iter().product::<usize>();
+    if have < need {
+        return Err(shape_err(kernel, name, format!("at least {need} elements"), ws.shape()));
+    }
+    Ok(())
 }
 
 fn block_1024(kernel: &str, limits: &DeviceLimits) -> Result<(), LaunchError> {
@@ -553,9 +600,16 @@ mod tests {
         assert_eq!(odd.args[6], ArgValue::I32(0));
         assert!(plan_gather(&l, &t(DType::BF16, &[100, 64]), &t(DType::U32, &[5]), &t(DType::BF16, &[5, 64])).is_err());
         assert!(plan_gather(&l, &t(DType::BF16, &[100, 64]), &t(DType::I32, &[5]), &t(DType::BF16, &[4, 64])).is_err());
-        let a = plan_argmax(&l, &t(DType::F32, &[3, 1000]), &t(DType::I32, &[3])).unwrap();
-        assert_eq!((a.symbol.as_str(), a.grid[0]), ("rf_argmax_f32", 3));
-        assert!(plan_argmax(&l, &t(DType::F32, &[3, 1000]), &t(DType::I32, &[2])).is_err());
+        let (cnt, ws) = (t(DType::U32, &[3]), t(DType::F32, &[argmax_workspace(3, 128_256)]));
+        let a = plan_argmax(&l, &t(DType::F32, &[3, 128_256]), &t(DType::I32, &[3]), &cnt, &ws).unwrap();
+        // 63 chunks of 2036 columns a row, one workgroup each.
+        assert_eq!((a.symbol.as_str(), a.grid, a.args[3]), ("rf_argmax_f32", [63, 3, 1], ArgValue::I64(2036)));
+        assert_eq!(argmax_workspace(3, 128_256), 3 * 2 * 63);
+        assert!(plan_argmax(&l, &t(DType::F32, &[3, 1000]), &t(DType::I32, &[2]), &cnt, &ws).is_err());
+        let short = t(DType::F32, &[argmax_workspace(3, 128_256) - 1]);
+        assert!(plan_argmax(&l, &t(DType::F32, &[3, 128_256]), &t(DType::I32, &[3]), &cnt, &short).is_err());
+        assert!(plan_argmax(&l, &t(DType::F32, &[3, 10]), &t(DType::I32, &[3]), &t(DType::U32, &[2]), &ws).is_err());
+        assert!(plan_argmax(&l, &t(DType::F32, &[3, 10]), &t(DType::I32, &[3]), &cnt, &t(DType::U32, &[60])).is_err());
         let k = plan_topk(&l, &t(DType::F16, &[2, 1000]), 50, &t(DType::F32, &[2, 50]), &t(DType::I32, &[2, 50])).unwrap();
         assert_eq!(k.args[3], ArgValue::I32(50));
         for bad_k in [0, 1001, TOPK_MAX + 1] {
@@ -592,6 +646,6 @@ mod tests {
         let bad = GemvFusion { norm: Some((&short, 1e-5)), ..none };
         assert!(plan_gemv(&l, &t(DType::BF16, &[3, 64]), &t(DType::BF16, &[96, 64]), &t(DType::BF16, &[3, 96]), &bad).is_err());
         let small = DeviceLimits { max_threads_per_block: 512, ..l };
-        assert!(plan_argmax(&small, &t(DType::F32, &[3, 1000]), &t(DType::I32, &[3])).is_err());
+        assert!(plan_topk(&small, &t(DType::F16, &[2, 1000]), 50, &t(DType::F32, &[2, 50]), &t(DType::I32, &[2, 50])).is_err());
     }
 }
