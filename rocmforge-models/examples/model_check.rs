@@ -187,24 +187,6 @@ fn rand_rows(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| (rng.next_f32() * 2.0 - 1.0) * 8.0).collect()
 }
 
-/// `v` rounded to `dtype` (the values a device tensor of that dtype holds).
-fn round(v: &[f32], dtype: DType) -> Vec<f32> {
-    match dtype {
-        DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
-        DType::BF16 => v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect(),
-        _ => v.to_vec(),
-    }
-}
-
-/// Little-endian device bytes of `dtype` (f32, f16, bf16) as f32.
-fn decode(bytes: &[u8], dtype: DType) -> Vec<f32> {
-    match dtype {
-        DType::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        DType::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        _ => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-    }
-}
-
 /// nMSE bound of a matrix-vector product written in `out`: f32 accumulation of k
 /// products (~k * 2^-24 relative) and, for 16-bit outputs, one rounding (2^-9 bf16,
 /// 2^-12 f16 relative).
@@ -216,27 +198,18 @@ fn gemv_bound(out: DType) -> f64 {
     }
 }
 
-/// A u32 tensor of `n` zeros.
-fn zeroed(dev: &Arc<CudaDevice>, n: usize) -> Res<rocmforge_runtime::cuda::DeviceTensor> {
-    Ok(dev.upload_bytes(DType::U32, &[n.max(1)], &vec![0u8; 4 * n.max(1)])?)
-}
-
 fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res<()> {
     let lim = *dev.limits();
     // One set of counters for every argmax below, of every shape, as the model uses
     // them: each launch must leave them zero for the next.
-    let argmax_counters = zeroed(dev, 8)?;
+    let argmax_counters = dev.zeros(DType::U32, &[8])?;
     for dtype in [DType::F32, DType::F16, DType::BF16] {
         for (rows, cols) in [(1usize, 128_256usize), (5, 1000), (3, 32_000), (2, 17)] {
             let mut host = rand_rows(rng, rows * cols);
             // A tie for the maximum in row 0: the lower index must win.
             host[cols / 3] = 100.0;
             host[cols / 2] = 100.0;
-            let rounded: Vec<f32> = match dtype {
-                DType::F16 => host.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
-                DType::BF16 => host.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect(),
-                _ => host.clone(),
-            };
+            let rounded: Vec<f32> = host.iter().map(|&x| dtype.round_f32(x)).collect();
             let x = dev.upload_bytes(dtype, &[rows, cols], &encode(&host, dtype))?;
             let mut out = dev.alloc(DType::I32, &[rows])?;
             dev.poison(&mut out)?;
@@ -281,7 +254,8 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
         for (m, n, kk) in [(1usize, 300usize, 72usize), (3, 100, 77), (8, 257, 4096), (5, 64, 72), (1, 64, 14336), (2, 33, 4120)] {
             let xs = rand_rows(rng, m * kk);
             let ws = rand_rows(rng, n * kk);
-            let (xr, wr) = (round(&xs, dtype), round(&ws, dtype));
+            let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| dtype.round_f32(x)).collect() };
+            let (xr, wr) = (round(&xs), round(&ws));
             let want: Vec<f32> = (0..m * n)
                 .map(|i| (0..kk).map(|c| f64::from(xr[(i / n) * kk + c]) * f64::from(wr[(i % n) * kk + c])).sum::<f64>() as f32)
                 .collect();
@@ -291,7 +265,7 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
                 let mut out = dev.alloc(out_dt, &[m, n])?;
                 dev.poison(&mut out)?;
                 dev.launch_engine(&rocmforge_runtime::engine::plan_gemv(&lim, &x, &w, &out, &Default::default())?)?;
-                let got = decode(&dev.read_bytes(&out)?, out_dt);
+                let got = dev.download(&out)?.to_f32_vec();
                 let e = nmse(&got, &want);
                 let bound = gemv_bound(out_dt);
                 tally.check(

@@ -217,14 +217,6 @@ fn add_norm(
     Ok(dev.launch(k, &plan)?)
 }
 
-/// A u32 tensor of `n` zeros (a workspace whose counters start at zero).
-fn zeroed(dev: &Arc<CudaDevice>, n: usize) -> Result<DeviceTensor> {
-    let n = n.max(1);
-    let mut t = dev.alloc(DType::U32, &[n])?;
-    dev.write(&mut t, 0, &vec![0u8; n * 4])?;
-    Ok(t)
-}
-
 /// An optional tensor as a launch argument.
 fn bias(b: &Option<DeviceTensor>) -> Option<&dyn TensorArg> {
     b.as_ref().map(|b| b as &dyn TensorArg)
@@ -379,7 +371,7 @@ impl GpuModel {
             topk_vals: dev.alloc(DType::F32, &[sq * TOPK_MAX])?,
             topk_ids: dev.alloc(DType::I32, &[sq * TOPK_MAX])?,
             argmax_ws: dev.alloc(DType::F32, &[argmax_workspace(sq, cfg.vocab).max(1)])?,
-            argmax_counters: zeroed(dev, sq)?,
+            argmax_counters: dev.zeros(DType::U32, &[sq])?,
         };
         // Compile (or read from the disk cache) what the forward launches, up front.
         dev.prepare_engine()?;

@@ -307,9 +307,21 @@ impl CudaDevice {
 
     /// Fills a tensor with all-ones bytes: NaN in f32, f16 and bf16.
     pub fn poison(&self, d: &mut DeviceTensor) -> Result<(), CudaError> {
+        self.fill(d, 0xff)
+    }
+
+    /// Allocates a tensor of zero bytes (a memset in stream order): counters that a
+    /// kernel protocol needs at zero before its first launch.
+    pub fn zeros(self: &Arc<Self>, dtype: DType, shape: &[usize]) -> Result<DeviceTensor, CudaError> {
+        let mut d = self.alloc(dtype, shape)?;
+        self.fill(&mut d, 0)?;
+        Ok(d)
+    }
+
+    fn fill(&self, d: &mut DeviceTensor, byte: u8) -> Result<(), CudaError> {
         self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
         // SAFETY: writes exactly the allocation's bytes, in stream order.
-        unsafe { cu::memset_d8_async(d.ptr, 0xff, d.bytes, self.stream.cu_stream()) }.map_err(drv("cuMemsetD8Async"))
+        unsafe { cu::memset_d8_async(d.ptr, byte, d.bytes, self.stream.cu_stream()) }.map_err(drv("cuMemsetD8Async"))
     }
 
     /// Device-to-device copy of `src` into `dst` (same byte size), on the stream.
