@@ -49,11 +49,12 @@ else
         done
         if [ -n "${NCU_COUNT:-}" ]; then
             NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
-            # NCU_KERNELS: a kernel-name regex; NCU_VARIANTS: bench flag sets (';'-separated).
+            # NCU_KERNELS: a kernel-name regex; NCU_VARIANTS: bench flag sets (';'-separated);
+            # NCU_METRICS: the metrics (time and DRAM bytes read by default).
             IFS=';' read -ra nvs <<< ";${NCU_VARIANTS:-}"
             for v in "${nvs[@]}"; do
                 tag=$(echo "$v" | tr -cd 'a-z0-9-')
-                timeout 300 "$NCU" --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum --csv ${NCU_KERNELS:+--kernel-name regex:$NCU_KERNELS} \
+                timeout 300 "$NCU" --clock-control none --metrics ${NCU_METRICS:-gpu__time_duration.sum,dram__bytes_read.sum} --csv ${NCU_KERNELS:+--kernel-name regex:$NCU_KERNELS} \
                     --launch-skip ${NCU_SKIP:-300} --launch-count "$NCU_COUNT" \
                     .gpu/bench --preset llama3.2-1b -p ${NCU_PROMPT:-16} -n 16 -b 1 --context 0 -r 1 --gpu-memory-fraction 0.3 --output json $v > "$out/ncu-1b${tag:+-$tag}.csv" 2> "$out/ncu.err"
                 echo "ncu $v exit $?"; tail -n 3 "$out/ncu.err"

@@ -96,6 +96,10 @@ struct Args {
     /// Decode products through cuBLAS instead of the matrix-vector kernel.
     #[arg(long)]
     no_gemv: bool,
+    /// Decode with the SwiGLU and the q/k/v stage as kernels of their own instead of
+    /// epilogues of the gate/up and q/k/v products.
+    #[arg(long)]
+    no_pair_epilogues: bool,
     /// Decode without CUDA graphs (one launch per kernel).
     #[arg(long)]
     no_graphs: bool,
@@ -232,6 +236,7 @@ fn run(args: &Args) -> Res<serde_json::Value> {
         gpu_memory_fraction: args.gpu_memory_fraction,
         cuda_graphs: !args.no_graphs,
         gemv: !args.no_gemv,
+        pair_epilogues: !args.no_pair_epilogues,
         ..GpuOptions::default()
     };
     let (free0, total) = dev.memory_info()?;
@@ -326,6 +331,7 @@ fn run(args: &Args) -> Res<serde_json::Value> {
         "dtype": dtype.to_string(),
         "decode_products": if args.no_gemv { "cublas" } else { "gemv kernel" },
         "cuda_graphs": !args.no_graphs,
+        "pair_epilogues": !args.no_gemv && !args.no_pair_epilogues,
         "weight_bytes": mem.weights,
         "kv_cache_tokens": mem.kv_tokens,
         "kv_cache_bytes": mem.kv_bytes(),

@@ -28,7 +28,10 @@ use rocmforge_models::transformer::Logits;
 use rocmforge_models::weights::{encode, Checkpoint};
 use rocmforge_models::{LoadOptions, Model};
 use rocmforge_runtime::cuda::CudaDevice;
-use rocmforge_runtime::engine::{argmax_workspace, plan_argmax, plan_gather, plan_topk};
+use rocmforge_runtime::engine::{
+    argmax_workspace, plan_argmax, plan_gather, plan_gemv, plan_gemv_pairs, plan_qkv_post, plan_swiglu_rows, plan_topk, GemvFusion,
+    PairEpilogue, QkvPost,
+};
 use rocmforge_runtime::DType;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -264,7 +267,7 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
             for out_dt in [dtype, DType::F32] {
                 let mut out = dev.alloc(out_dt, &[m, n])?;
                 dev.poison(&mut out)?;
-                dev.launch_engine(&rocmforge_runtime::engine::plan_gemv(&lim, &x, &w, &out, &Default::default())?)?;
+                dev.launch_engine(&plan_gemv(&lim, &x, &w, &out, &Default::default())?)?;
                 let got = dev.download(&out)?.to_f32_vec();
                 let e = nmse(&got, &want);
                 let bound = gemv_bound(out_dt);
@@ -293,6 +296,108 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
             })
             .collect();
         tally.check(got == want, format!("engine gather {dtype:<5} [{rows}, {cols}] by {idx:?}: bit-exact"));
+        pair_checks(dev, rng, tally, dtype)?;
+    }
+    Ok(())
+}
+
+/// Bytes of `t` and how many `dtype` elements of them differ from `want`'s.
+fn differing(
+    dev: &CudaDevice,
+    got: &rocmforge_runtime::cuda::DeviceTensor,
+    want: &rocmforge_runtime::cuda::DeviceTensor,
+    dtype: DType,
+) -> Res<(f64, usize)> {
+    let (g, w) = (dev.download(got)?.to_f32_vec(), dev.download(want)?.to_f32_vec());
+    let diff = dev
+        .read_bytes(got)?
+        .chunks_exact(dtype.size())
+        .zip(dev.read_bytes(want)?.chunks_exact(dtype.size()))
+        .filter(|(a, b)| a != b)
+        .count();
+    Ok((nmse(&g, &w), diff))
+}
+
+/// The paired matrix-vector kernel (SwiGLU and q/k/v stage epilogues) against the two
+/// launches it replaces (`plan_gemv` then `plan_swiglu_rows` / `plan_qkv_post`), on
+/// the same random inputs: both must write the same outputs (the same arithmetic in the
+/// same order; the bound only allows for a contraction the compiler may pick
+/// differently), and the caches must be unchanged outside the written slots.
+fn pair_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally, dtype: DType) -> Res<()> {
+    let lim = *dev.limits();
+    let up = |v: &[f32], shape: &[usize]| dev.upload_bytes(dtype, shape, &encode(v, dtype));
+    // SwiGLU after the gate/up product: with and without the norm and bias, the 16-byte
+    // and element paths, 1 to 5 rows.
+    for (m, inter, k, fused) in [(1usize, 300usize, 256usize, true), (3, 64, 77, false), (5, 129, 4120, true)] {
+        let x = up(&rand_rows(rng, m * k), &[m, k])?;
+        let w = up(&rand_rows(rng, 2 * inter * k).iter().map(|v| v / 16.0).collect::<Vec<_>>(), &[2 * inter, k])?;
+        let nw = up(&rand_rows(rng, k), &[k])?;
+        let b = up(&rand_rows(rng, 2 * inter), &[2 * inter])?;
+        let norm = fused.then_some((&nw as &dyn rocmforge_runtime::TensorArg, 1e-5f32));
+        let bias = fused.then_some(&b as &dyn rocmforge_runtime::TensorArg);
+        let mut y = dev.alloc(dtype, &[m, 2 * inter])?;
+        let mut want = dev.alloc(dtype, &[m, inter])?;
+        let mut got = dev.alloc(dtype, &[m, inter])?;
+        for t in [&mut y, &mut want, &mut got] {
+            dev.poison(t)?;
+        }
+        let f = GemvFusion { norm, bias, ..GemvFusion::default() };
+        dev.launch_engine(&plan_gemv(&lim, &x, &w, &y, &f)?)?;
+        dev.launch_engine(&plan_swiglu_rows(&lim, &y, &want)?)?;
+        dev.launch_engine(&plan_gemv_pairs(&lim, &x, &w, norm, bias, &PairEpilogue::SwiGlu { out: &got })?)?;
+        let (e, diff) = differing(dev, &got, &want, dtype)?;
+        tally.check(
+            e <= 1e-12,
+            format!("engine gemv pairs + SwiGLU {dtype:<5} [{m}, {k}] x [{}, {k}]^T, norm+bias {fused}: nmse {e:.1e} vs gemv + swiglu_rows, {diff} of {} differ", 2 * inter, m * inter),
+        );
+    }
+    // The q/k/v stage: full and partial rotation, GQA 2, a skipped slot (-1), head dims
+    // 64 and 128, with and without the norm and bias; the caches start random and must
+    // equal the reference's everywhere (written slots and the rest).
+    for (m, heads, kvh, hd, half, k, fused) in
+        [(1usize, 4usize, 2usize, 64usize, 32usize, 256usize, true), (2, 4, 2, 64, 16, 72, false), (3, 8, 2, 128, 64, 77, true)]
+    {
+        let (pages, page) = (4usize, 16usize);
+        let n = (heads + 2 * kvh) * hd;
+        let x = up(&rand_rows(rng, m * k), &[m, k])?;
+        let w = up(&rand_rows(rng, n * k).iter().map(|v| v / 16.0).collect::<Vec<_>>(), &[n, k])?;
+        let nw = up(&rand_rows(rng, k), &[k])?;
+        let b = up(&rand_rows(rng, n), &[n])?;
+        let norm = fused.then_some((&nw as &dyn rocmforge_runtime::TensorArg, 1e-5f32));
+        let bias = fused.then_some(&b as &dyn rocmforge_runtime::TensorArg);
+        let i32s = |v: &[i32]| dev.upload_bytes(DType::I32, &[v.len()], &v.iter().flat_map(|x| x.to_ne_bytes()).collect::<Vec<u8>>());
+        let pos = i32s(&[7, 1000, 3][..m])?;
+        let slots = i32s(&[37, -1, 5][..m])?;
+        let inv: Vec<f32> = (0..half).map(|i| 10000f32.powf(-(i as f32) / half as f32)).collect();
+        let inv_freq = dev.upload_bytes(DType::F32, &[half], &inv.iter().flat_map(|x| x.to_ne_bytes()).collect::<Vec<u8>>())?;
+        let cache0 = rand_rows(rng, pages * page * kvh * hd);
+        let cshape = [pages, page, kvh, hd];
+        let (kw, vw, kg, vg) = (up(&cache0, &cshape)?, up(&cache0, &cshape)?, up(&cache0, &cshape)?, up(&cache0, &cshape)?);
+        let mut qkv = dev.alloc(dtype, &[m, n])?;
+        let mut qw = dev.alloc(dtype, &[m, heads, hd])?;
+        let mut qg = dev.alloc(dtype, &[m, heads, hd])?;
+        for t in [&mut qkv, &mut qw, &mut qg] {
+            dev.poison(t)?;
+        }
+        let f = GemvFusion { norm, bias, ..GemvFusion::default() };
+        dev.launch_engine(&plan_gemv(&lim, &x, &w, &qkv, &f)?)?;
+        let post =
+            QkvPost { qkv: &qkv, q_out: &qw, k_cache: &kw, v_cache: &vw, pos: &pos, slots: &slots, inv_freq: &inv_freq, qk_norm: None };
+        dev.launch_engine(&plan_qkv_post(&lim, &post, 0.9, 1e-5)?)?;
+        let epi =
+            PairEpilogue::QkvStage { q_out: &qg, k_cache: &kg, v_cache: &vg, pos: &pos, slots: &slots, inv_freq: &inv_freq, mscale: 0.9 };
+        dev.launch_engine(&plan_gemv_pairs(&lim, &x, &w, norm, bias, &epi)?)?;
+        let mut worst = 0f64;
+        let mut diffs = Vec::new();
+        for (g, r) in [(&qg, &qw), (&kg, &kw), (&vg, &vw)] {
+            let (e, d) = differing(dev, g, r, dtype)?;
+            worst = worst.max(e);
+            diffs.push(d);
+        }
+        tally.check(
+            worst <= 1e-12,
+            format!("engine gemv pairs + q/k/v stage {dtype:<5} m {m} heads {heads}/{kvh} d {hd} rot {} k {k}, norm+bias {fused}: nmse {worst:.1e} vs gemv + qkv_post, differing (q, k cache, v cache) {diffs:?}", 2 * half),
+        );
     }
     Ok(())
 }

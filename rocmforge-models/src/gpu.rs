@@ -15,8 +15,8 @@ use std::sync::Arc;
 use rocmforge_dsl::rope::inv_freq;
 use rocmforge_runtime::cuda::{CudaDevice, CudaError, CudaEvent, DeviceGraph, DeviceTensor};
 use rocmforge_runtime::engine::{
-    argmax_workspace, plan_argmax, plan_gather, plan_gemm, plan_gemv, plan_qkv_post, plan_swiglu_rows, plan_topk, GemvFusion, QkvPost,
-    TOPK_MAX,
+    argmax_workspace, plan_argmax, plan_gather, plan_gemm, plan_gemv, plan_gemv_pairs, plan_qkv_post, plan_swiglu_rows, plan_topk,
+    GemvFusion, PairEpilogue, QkvPost, TOPK_MAX,
 };
 use rocmforge_runtime::{AttnSeqs, DType, Kernel, KvIndex, LaunchError, LaunchPlan, TensorArg};
 
@@ -585,10 +585,32 @@ impl GpuModel {
         // Decode of up to GEMV_ROWS sequences, one token each: products run the
         // matrix-vector kernel with the norms and residual adds fused into them.
         let fused = gemv && t == nb && t <= GEMV_ROWS;
+        // The pair epilogues at one sequence only: at two, the paired products cost
+        // more than the launches they save (H100, 1B: 1147 against 1216 tok/s; 8B: 241
+        // against 253; at one, 843 against 828 and 173.6 against 172.6).
+        let pairs = self.opts.pair_epilogues && t == 1;
         for (l, layer) in self.layers.iter().enumerate() {
             // Attention block input: RMSNorm, with the previous MLP's residual add fused.
             marks.mark("norm")?;
-            if fused {
+            // Decode with the pair epilogues: the q/k/v product does the q/k/v stage
+            // (rotary embedding, q out, k and v into the pages) itself, except where
+            // per-head norms need a whole head (Qwen3).
+            let qkv_stage = fused && pairs && layer.q_norm.is_none() && layer.k_norm.is_none();
+            if qkv_stage {
+                marks.mark("qkv")?;
+                let x = s.res.view(0, &[t, h])?;
+                let q_out = s.q.view_mut(0, &[t, c.heads, hd])?;
+                let epi = PairEpilogue::QkvStage {
+                    q_out: &q_out,
+                    k_cache: &self.k_cache[l],
+                    v_cache: &self.v_cache[l],
+                    pos: &v_pos,
+                    slots: &v_slots,
+                    inv_freq: &self.inv_freq,
+                    mscale: self.mscale,
+                };
+                dev.launch_engine(&plan_gemv_pairs(&lim, &x, &layer.wqkv, Some((&layer.attn_norm, eps)), bias(&layer.bqkv), &epi)?)?;
+            } else if fused {
                 // Decode: the norm runs inside the q/k/v product; the residual adds
                 // inside the o and down products.
                 marks.mark("qkv")?;
@@ -607,9 +629,9 @@ impl GpuModel {
                 marks.mark("qkv")?;
                 project(&dev, gemv, &s.normed.view(0, &[t, h])?, &layer.wqkv, &layer.bqkv, &mut s.qkv, &mut s.tmp, t, qd + 2 * kvd)?;
             }
-            marks.mark("qkv_post")?;
             let (kc, vc) = (&mut self.k_cache[l], &mut self.v_cache[l]);
-            {
+            if !qkv_stage {
+                marks.mark("qkv_post")?;
                 let qkv = s.qkv.view(0, &[t, qd + 2 * kvd])?;
                 let q_out = s.q.view_mut(0, &[t, c.heads, hd])?;
                 let norms = match (&layer.q_norm, &layer.k_norm) {
@@ -646,15 +668,17 @@ impl GpuModel {
                 let f = GemvFusion { bias: bias(&layer.bo), residual: Some(&r), ..GemvFusion::default() };
                 dev.launch_engine(&plan_gemv(&lim, &s.attn.view(0, &[t, qd])?, &layer.wo, &r, &f)?)?;
                 marks.mark("gate_up")?;
-                let f = GemvFusion { norm: Some((&layer.mlp_norm, eps)), bias: bias(&layer.b_gate_up), ..GemvFusion::default() };
-                dev.launch_engine(&plan_gemv(&lim, &r, &layer.w_gate_up, &s.gate_up.view(0, &[t, 2 * inter])?, &f)?)?;
-                // SwiGLU on its own. Fused into the down product, every warp recomputes it
-                // for the whole row (3x slower, H200); fused into the gate/up product as
-                // an epilogue, decode was 2-5% slower on the H100 both with each warp
-                // streaming gate row j and up row j and with warp pairs combining through
-                // shared memory (benches/RESULTS.md, 2026-11-27 e and f).
-                marks.mark("swiglu")?;
-                dev.launch_engine(&plan_swiglu_rows(&lim, &s.gate_up.view(0, &[t, 2 * inter])?, &s.act.view(0, &[t, inter])?)?)?;
+                let norm = Some((&layer.mlp_norm as &dyn TensorArg, eps));
+                if pairs {
+                    // One warp per (gate row j, up row j), the SwiGLU in its epilogue.
+                    let epi = PairEpilogue::SwiGlu { out: &s.act.view(0, &[t, inter])? };
+                    dev.launch_engine(&plan_gemv_pairs(&lim, &r, &layer.w_gate_up, norm, bias(&layer.b_gate_up), &epi)?)?;
+                } else {
+                    let f = GemvFusion { norm, bias: bias(&layer.b_gate_up), ..GemvFusion::default() };
+                    dev.launch_engine(&plan_gemv(&lim, &r, &layer.w_gate_up, &s.gate_up.view(0, &[t, 2 * inter])?, &f)?)?;
+                    marks.mark("swiglu")?;
+                    dev.launch_engine(&plan_swiglu_rows(&lim, &s.gate_up.view(0, &[t, 2 * inter])?, &s.act.view(0, &[t, inter])?)?)?;
+                }
                 marks.mark("down")?;
                 let f = GemvFusion { bias: bias(&layer.b_down), residual: Some(&r), ..GemvFusion::default() };
                 dev.launch_engine(&plan_gemv(&lim, &s.act.view(0, &[t, inter])?, &layer.w_down, &r, &f)?)?;

@@ -206,6 +206,11 @@ pub struct GpuOptions {
     /// bandwidth-bound matrix-vector kernel, with the norms and residual adds fused into
     /// it, instead of cuBLAS.
     pub gemv: bool,
+    /// With `gemv`, decode of one sequence: the gate/up product computes the SwiGLU,
+    /// and the q/k/v product the rotary embedding and the cache writes, in their
+    /// epilogues (one warp per pair of weight rows), instead of separate kernels after
+    /// them (not for per-head q/k norms, which need a whole head).
+    pub pair_epilogues: bool,
 }
 
 impl Default for GpuOptions {
@@ -219,6 +224,7 @@ impl Default for GpuOptions {
             max_kv_tokens: None,
             cuda_graphs: true,
             gemv: true,
+            pair_epilogues: true,
         }
     }
 }

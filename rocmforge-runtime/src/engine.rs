@@ -451,62 +451,85 @@ impl std::fmt::Debug for QkvPost<'_> {
     }
 }
 
-/// Plans the fused stage after the q/k/v product: per-head norm (optional), rotary
-/// embedding of q and k, q out, k and v into the paged caches.
-pub fn plan_qkv_post(limits: &DeviceLimits, a: &QkvPost<'_>, mscale: f32, eps: f32) -> Result<EnginePlan, LaunchError> {
-    const K: &str = "qkv_post";
+/// The sizes [`check_qkv_post`] found.
+struct QkvDims {
+    tokens: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    half_rot: usize,
+    q_norm: u64,
+    k_norm: u64,
+}
+
+/// The checks of the q/k/v stage's tensors, shared by [`plan_qkv_post`] and the fused
+/// stage of [`plan_gemv_pairs`] (which names itself in the errors).
+fn check_qkv_post(kernel: &str, a: &QkvPost<'_>) -> Result<QkvDims, LaunchError> {
     let dt = a.qkv.dtype();
-    let symbol = engine_symbol(K, dt)?;
     let qs = a.q_out.shape();
     let cs = a.k_cache.shape();
     let (&[t, heads, d], &[_, _, kvh, cd]) = (qs, cs) else {
-        return Err(shape_err(K, "q_out / k_cache", "[tokens, heads, head_dim] and [pages, page_size, kv_heads, head_dim]".into(), qs));
+        return Err(shape_err(
+            kernel,
+            "q_out / k_cache",
+            "[tokens, heads, head_dim] and [pages, page_size, kv_heads, head_dim]".into(),
+            qs,
+        ));
     };
     if d == 0 || d > 256 || cd != d || t == 0 || heads == 0 || kvh == 0 {
-        return Err(shape_err(K, "k_cache", format!("[pages, page_size, kv_heads, {d}] with head_dim 1 to 256"), cs));
+        return Err(shape_err(kernel, "k_cache", format!("[pages, page_size, kv_heads, {d}] with head_dim 1 to 256"), cs));
     }
     if a.v_cache.shape() != cs {
-        return Err(shape_err(K, "v_cache", format!("{cs:?} (the k cache's shape)"), a.v_cache.shape()));
+        return Err(shape_err(kernel, "v_cache", format!("{cs:?} (the k cache's shape)"), a.v_cache.shape()));
     }
     let nh = heads + 2 * kvh;
     if a.qkv.shape().iter().product::<usize>() != t * nh * d {
-        return Err(shape_err(K, "qkv", format!("[{t}, {}] (tokens, (heads + 2 kv_heads) x head_dim)", nh * d), a.qkv.shape()));
+        return Err(shape_err(kernel, "qkv", format!("[{t}, {}] (tokens, (heads + 2 kv_heads) x head_dim)", nh * d), a.qkv.shape()));
     }
     for (name, x) in [("q_out", a.q_out), ("k_cache", a.k_cache), ("v_cache", a.v_cache)] {
         if x.dtype() != dt {
-            return Err(dtype_err(K, name, dt.to_string(), x.dtype()));
+            return Err(dtype_err(kernel, name, dt.to_string(), x.dtype()));
         }
     }
     for (name, x) in [("pos", a.pos), ("slots", a.slots)] {
         if x.dtype() != DType::I32 {
-            return Err(dtype_err(K, name, "i32".into(), x.dtype()));
+            return Err(dtype_err(kernel, name, "i32".into(), x.dtype()));
         }
         if x.shape() != [t] {
-            return Err(shape_err(K, name, format!("[{t}]"), x.shape()));
+            return Err(shape_err(kernel, name, format!("[{t}]"), x.shape()));
         }
     }
     if a.inv_freq.dtype() != DType::F32 {
-        return Err(dtype_err(K, "inv_freq", "f32".into(), a.inv_freq.dtype()));
+        return Err(dtype_err(kernel, "inv_freq", "f32".into(), a.inv_freq.dtype()));
     }
     let half = match a.inv_freq.shape() {
         [h] if *h > 0 && 2 * *h <= d => *h,
-        s => return Err(shape_err(K, "inv_freq", format!("[n] with 1 <= n <= {}", d / 2), s)),
+        s => return Err(shape_err(kernel, "inv_freq", format!("[n] with 1 <= n <= {}", d / 2), s)),
     };
-    let (qn, kn) = match a.qk_norm {
+    let (q_norm, k_norm) = match a.qk_norm {
         Some((q, k)) => {
             for (name, x) in [("q_norm", q), ("k_norm", k)] {
                 if x.dtype() != dt {
-                    return Err(dtype_err(K, name, dt.to_string(), x.dtype()));
+                    return Err(dtype_err(kernel, name, dt.to_string(), x.dtype()));
                 }
                 if x.shape() != [d] {
-                    return Err(shape_err(K, name, format!("[{d}]"), x.shape()));
+                    return Err(shape_err(kernel, name, format!("[{d}]"), x.shape()));
                 }
             }
             (q.device_ptr(), k.device_ptr())
         }
         None => (0, 0),
     };
-    let items = (t as u64).checked_mul(nh as u64).ok_or(LaunchError::Limit {
+    Ok(QkvDims { tokens: t, heads, kv_heads: kvh, head_dim: d, half_rot: half, q_norm, k_norm })
+}
+
+/// Plans the fused stage after the q/k/v product: per-head norm (optional), rotary
+/// embedding of q and k, q out, k and v into the paged caches.
+pub fn plan_qkv_post(limits: &DeviceLimits, a: &QkvPost<'_>, mscale: f32, eps: f32) -> Result<EnginePlan, LaunchError> {
+    const K: &str = "qkv_post";
+    let symbol = engine_symbol(K, a.qkv.dtype())?;
+    let d = check_qkv_post(K, a)?;
+    let items = (d.tokens as u64).checked_mul((d.heads + 2 * d.kv_heads) as u64).ok_or(LaunchError::Limit {
         kernel: K.into(),
         what: "items",
         value: u64::MAX,
@@ -525,15 +548,160 @@ pub fn plan_qkv_post(limits: &DeviceLimits, a: &QkvPost<'_>, mscale: f32, eps: f
             ArgValue::Ptr(a.slots.device_ptr()),
             ArgValue::Ptr(a.inv_freq.device_ptr()),
             ArgValue::F32(mscale),
-            ArgValue::Ptr(qn),
-            ArgValue::Ptr(kn),
+            ArgValue::Ptr(d.q_norm),
+            ArgValue::Ptr(d.k_norm),
             ArgValue::F32(eps),
-            ArgValue::I64(i64_of(K, "tokens", t as u64)?),
-            ArgValue::I32(int(K, "heads", heads as u64)?),
-            ArgValue::I32(int(K, "kv heads", kvh as u64)?),
-            ArgValue::I32(d as i32),
-            ArgValue::I32(half as i32),
+            ArgValue::I64(i64_of(K, "tokens", d.tokens as u64)?),
+            ArgValue::I32(int(K, "heads", d.heads as u64)?),
+            ArgValue::I32(int(K, "kv heads", d.kv_heads as u64)?),
+            ArgValue::I32(d.head_dim as i32),
+            ArgValue::I32(d.half_rot as i32),
         ],
+    })
+}
+
+/// What [`plan_gemv_pairs`] does with the two results of each pair of weight rows.
+#[derive(Clone, Copy)]
+pub enum PairEpilogue<'a> {
+    /// `out[m, j] = silu(y[m, j]) * y[m, j + n / 2]` for the product `y` `[m, n]` (`w`
+    /// holds the gate rows, then the up rows); `out` `[m, n / 2]`. What
+    /// [`plan_swiglu_rows`] does after [`plan_gemv`], in one launch.
+    SwiGlu {
+        /// `[m, n / 2]`.
+        out: &'a dyn TensorArg,
+    },
+    /// The q/k/v stage of [`plan_qkv_post`] (rotary embedding of q and k, q out, k and v
+    /// into the paged caches) on the product, which is never stored. Per-head norms
+    /// (Qwen3) need a whole head: those run the product and [`plan_qkv_post`].
+    QkvStage {
+        /// `[m, heads, head_dim]`.
+        q_out: &'a dyn TensorArg,
+        /// `[pages, page_size, kv_heads, head_dim]`.
+        k_cache: &'a dyn TensorArg,
+        /// Same shape as `k_cache`.
+        v_cache: &'a dyn TensorArg,
+        /// i32 `[m]`.
+        pos: &'a dyn TensorArg,
+        /// i32 `[m]`, negative: skipped.
+        slots: &'a dyn TensorArg,
+        /// f32 `[half_rot]`.
+        inv_freq: &'a dyn TensorArg,
+        /// Scale of cos and sin (YaRN).
+        mscale: f32,
+    },
+}
+
+impl std::fmt::Debug for PairEpilogue<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PairEpilogue::SwiGlu { out } => f.debug_struct("SwiGlu").field("out", &out.shape()).finish(),
+            PairEpilogue::QkvStage { q_out, k_cache, .. } => {
+                f.debug_struct("QkvStage").field("q_out", &q_out.shape()).field("k_cache", &k_cache.shape()).finish()
+            }
+        }
+    }
+}
+
+/// Plans `y = f(x) @ w^T (+ bias)` for a few rows of `x` (at most [`GEMV_MAX_ROWS`])
+/// with one warp per pair of weight rows, and the [`PairEpilogue`] on each pair's two
+/// results, so the product is never stored: the SwiGLU after the gate/up product, or
+/// the q/k/v stage after the q/k/v product. `f` is the identity or the RMSNorm of
+/// `norm`. Each result is computed and rounded exactly as [`plan_gemv`] computes and
+/// stores it, so the outputs equal the two launches they replace.
+pub fn plan_gemv_pairs(
+    limits: &DeviceLimits,
+    x: &dyn TensorArg,
+    w: &dyn TensorArg,
+    norm: Option<(&dyn TensorArg, f32)>,
+    bias: Option<&dyn TensorArg>,
+    epi: &PairEpilogue<'_>,
+) -> Result<EnginePlan, LaunchError> {
+    const K: &str = "gemv_pairs";
+    let dtype = x.dtype();
+    engine_symbol(K, dtype)?;
+    let (m, k) = rows_cols(K, "x", x)?;
+    let (n, wk) = rows_cols(K, "w", w)?;
+    if w.dtype() != dtype {
+        return Err(dtype_err(K, "w", dtype.to_string(), w.dtype()));
+    }
+    if wk != k {
+        return Err(shape_err(K, "w", format!("[n, {k}] (x's columns)"), w.shape()));
+    }
+    if m > GEMV_MAX_ROWS as u64 {
+        return Err(LaunchError::Limit { kernel: K.into(), what: "rows of x", value: m, limit: GEMV_MAX_ROWS as u64 });
+    }
+    if n % 2 != 0 {
+        return Err(shape_err(K, "w", "[n, k] with n even (pairs of rows)".into(), w.shape()));
+    }
+    let vector = |name: &str, t: &dyn TensorArg, len: u64| -> Result<u64, LaunchError> {
+        if t.dtype() != dtype {
+            return Err(dtype_err(K, name, dtype.to_string(), t.dtype()));
+        }
+        if t.shape().iter().product::<usize>() as u64 != len {
+            return Err(shape_err(K, name, format!("{len} elements"), t.shape()));
+        }
+        Ok(t.device_ptr())
+    };
+    let (norm_w, eps) = match norm {
+        Some((t, eps)) => (vector("norm_w", t, k)?, eps),
+        None => (0, 0.0),
+    };
+    let bias = bias.map(|t| vector("bias", t, n)).transpose()?.unwrap_or(0);
+    let none = [ArgValue::Ptr(0), ArgValue::Ptr(0), ArgValue::Ptr(0), ArgValue::Ptr(0), ArgValue::Ptr(0), ArgValue::F32(0.0)];
+    let (epi_code, out, stage, sizes) = match *epi {
+        PairEpilogue::SwiGlu { out } => {
+            if out.dtype() != dtype {
+                return Err(dtype_err(K, "out", dtype.to_string(), out.dtype()));
+            }
+            if out.shape() != [m as usize, (n / 2) as usize] {
+                return Err(shape_err(K, "out", format!("[{m}, {}]", n / 2), out.shape()));
+            }
+            (1, out.device_ptr(), none, [0; 4])
+        }
+        PairEpilogue::QkvStage { q_out, k_cache, v_cache, pos, slots, inv_freq, mscale } => {
+            let product = crate::plan::TensorDesc::new(dtype, &[m as usize, n as usize], 0);
+            let post = QkvPost { qkv: &product, q_out, k_cache, v_cache, pos, slots, inv_freq, qk_norm: None };
+            let d = check_qkv_post(K, &post)?;
+            if d.head_dim % 2 != 0 {
+                return Err(shape_err(K, "k_cache", "[pages, page_size, kv_heads, head_dim] with head_dim even".into(), k_cache.shape()));
+            }
+            let stage = [
+                ArgValue::Ptr(k_cache.device_ptr()),
+                ArgValue::Ptr(v_cache.device_ptr()),
+                ArgValue::Ptr(pos.device_ptr()),
+                ArgValue::Ptr(slots.device_ptr()),
+                ArgValue::Ptr(inv_freq.device_ptr()),
+                ArgValue::F32(mscale),
+            ];
+            // Checked above: head_dim <= 256, and the counts fit the product's i32 rows.
+            let sizes = [int(K, "heads", d.heads as u64)?, int(K, "kv heads", d.kv_heads as u64)?, d.head_dim as i32, d.half_rot as i32];
+            (2, q_out.device_ptr(), stage, sizes)
+        }
+    };
+    let v = (16 / dtype.size()) as u64;
+    let vec = k % v == 0 && [x.device_ptr(), w.device_ptr(), norm_w].iter().all(|p| p.is_multiple_of(16));
+    let pairs = n / 2;
+    let mut args = vec![
+        ArgValue::Ptr(x.device_ptr()),
+        ArgValue::Ptr(w.device_ptr()),
+        ArgValue::Ptr(out),
+        ArgValue::I32(m as i32),
+        ArgValue::I64(i64_of(K, "pairs", pairs)?),
+        ArgValue::I32(int(K, "reduced dimension", k)?),
+        ArgValue::I32(i32::from(vec)),
+        ArgValue::I32(i32::from(norm.is_some())),
+        ArgValue::Ptr(norm_w),
+        ArgValue::F32(eps),
+        ArgValue::Ptr(bias),
+        ArgValue::I32(epi_code),
+    ];
+    args.extend(stage);
+    args.extend(sizes.map(ArgValue::I32));
+    Ok(EnginePlan {
+        symbol: format!("rf_gemv_pair{}_{}", (m as usize).next_power_of_two(), dtype.name()),
+        grid: rows_grid(limits, pairs.div_ceil(4)),
+        block: [128, 1, 1],
+        args,
     })
 }
 
@@ -645,6 +813,22 @@ mod tests {
         let short = t(DType::BF16, &[63]);
         let bad = GemvFusion { norm: Some((&short, 1e-5)), ..none };
         assert!(plan_gemv(&l, &t(DType::BF16, &[3, 64]), &t(DType::BF16, &[96, 64]), &t(DType::BF16, &[3, 96]), &bad).is_err());
+        // Paired products: the pairs set the grid; the epilogue's shapes are checked.
+        let (x, w, act) = (t(DType::BF16, &[3, 64]), t(DType::BF16, &[96, 64]), t(DType::BF16, &[3, 48]));
+        let p = plan_gemv_pairs(&l, &x, &w, Some((&nw, 1e-5)), None, &PairEpilogue::SwiGlu { out: &act }).unwrap();
+        assert_eq!(
+            (p.symbol.as_str(), p.grid[0], p.args.len(), p.args[4], p.args[11]),
+            ("rf_gemv_pair4_bf16", 12, 22, ArgValue::I64(48), ArgValue::I32(1))
+        );
+        assert!(plan_gemv_pairs(&l, &x, &w, None, None, &PairEpilogue::SwiGlu { out: &r }).is_err());
+        assert!(plan_gemv_pairs(&l, &x, &t(DType::BF16, &[95, 64]), None, None, &PairEpilogue::SwiGlu { out: &act }).is_err());
+        assert!(plan_gemv_pairs(&l, &t(DType::BF16, &[9, 64]), &w, None, None, &PairEpilogue::SwiGlu { out: &act }).is_err());
+        let wqkv = t(DType::BF16, &[(4 + 2 * 2) * 64, 64]);
+        let stage = PairEpilogue::QkvStage { q_out: &q, k_cache: &kc, v_cache: &kc, pos: &i32s, slots: &i32s, inv_freq: &f, mscale: 1.0 };
+        let p = plan_gemv_pairs(&l, &x, &wqkv, None, None, &stage).unwrap();
+        assert_eq!((p.grid[0], &p.args[18..]), (64, &[ArgValue::I32(4), ArgValue::I32(2), ArgValue::I32(64), ArgValue::I32(32)][..]));
+        // A product that is not the (heads + 2 kv_heads) x head_dim rows of the stage.
+        assert!(plan_gemv_pairs(&l, &x, &t(DType::BF16, &[7 * 64, 64]), None, None, &stage).is_err());
         let small = DeviceLimits { max_threads_per_block: 512, ..l };
         assert!(plan_topk(&small, &t(DType::F16, &[2, 1000]), 50, &t(DType::F32, &[2, 50]), &t(DType::I32, &[2, 50])).is_err());
     }
