@@ -316,7 +316,8 @@ fn run(args: &Args) -> Res<serde_json::Value> {
             g.set_profiling(false);
             let stages = g.take_profile();
             let total: f64 = stages.iter().filter(|s| !s.0.starts_with('(')).map(|s| s.1).sum();
-            let forwards = stages.iter().map(|s| s.2).max().unwrap_or(1).max(1);
+            // One host-enqueue entry per forward (the stages count once per layer).
+            let forwards = stages.iter().find(|s| s.0 == "(host enqueue)").map_or(1, |s| s.2).max(1);
             eprintln!("profile {label}: {:.3} ms of GPU time per forward over {forwards} forwards", total / forwards as f64);
             for (stage, ms, _) in &stages {
                 eprintln!("  {stage:<16} {:>9.3} ms/forward {:>6.1}%", ms / forwards as f64, 100.0 * ms / total.max(1e-12));

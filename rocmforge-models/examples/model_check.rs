@@ -1,6 +1,7 @@
 //! GPU model check: the GPU forward against the CPU decoder on the committed fixtures
-//! (tests/fixtures/models), and the engine kernels (argmax, top-k, gather) against the
-//! host on fresh random inputs. Prints one line per check; exits non-zero on a failure.
+//! (tests/fixtures/models), and the engine kernels (argmax, top-k, gather, matrix-vector
+//! products) against the host on fresh random inputs, and the paired products against
+//! the launches they replace. Prints one line per check; exits non-zero on a failure.
 //!
 //! Per fixture and prompt, both paths feed the prompt and then the CPU's 24 greedy tokens
 //! through their paged caches; at every step the GPU's last-position logits are compared
@@ -253,8 +254,11 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
         }
         // Matrix-vector products (decode) against an f64 host product: 16-byte and
         // element paths (k 72 and 77), 1 to 8 rows, k up to 14336 (4120 leaves a partial
-        // round of loads), storage-dtype and f32 outputs.
-        for (m, n, kk) in [(1usize, 300usize, 72usize), (3, 100, 77), (8, 257, 4096), (5, 64, 72), (1, 64, 14336), (2, 33, 4120)] {
+        // round of loads), storage-dtype and f32 outputs; two or more rows with k >= 2048
+        // run the split kernel (two warps a row), on both paths (k 4120 and 2051).
+        for (m, n, kk) in
+            [(1usize, 300usize, 72usize), (3, 100, 77), (8, 257, 4096), (5, 64, 72), (1, 64, 14336), (2, 33, 4120), (3, 41, 2051)]
+        {
             let xs = rand_rows(rng, m * kk);
             let ws = rand_rows(rng, n * kk);
             let round = |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| dtype.round_f32(x)).collect() };
