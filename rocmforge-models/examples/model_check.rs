@@ -305,7 +305,8 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
     Ok(())
 }
 
-/// Bytes of `t` and how many `dtype` elements of them differ from `want`'s.
+/// The nMSE of `got` against `want`, and how many of their `dtype` elements differ in
+/// any bit.
 fn differing(
     dev: &CudaDevice,
     got: &rocmforge_runtime::cuda::DeviceTensor,

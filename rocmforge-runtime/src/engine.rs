@@ -331,6 +331,18 @@ impl std::fmt::Debug for GemvFusion<'_> {
     }
 }
 
+/// The address of a vector argument of a product (norm weight, bias): `len` elements of
+/// `dtype`, any shape.
+fn vector_arg(kernel: &str, name: &str, t: &dyn TensorArg, dtype: DType, len: u64) -> Result<u64, LaunchError> {
+    if t.dtype() != dtype {
+        return Err(dtype_err(kernel, name, dtype.to_string(), t.dtype()));
+    }
+    if t.shape().iter().product::<usize>() as u64 != len {
+        return Err(shape_err(kernel, name, format!("{len} elements"), t.shape()));
+    }
+    Ok(t.device_ptr())
+}
+
 /// Plans `out = f(x) @ w^T (+ bias) (+ res)` for a few rows of `x` (at most
 /// [`GEMV_MAX_ROWS`]) with the bandwidth-bound matrix-vector kernel instead of the
 /// vendor BLAS; `f` is the identity, an RMSNorm or SwiGLU ([`GemvFusion`]). Shapes as
@@ -365,15 +377,7 @@ pub fn plan_gemv(
     if fuse.norm.is_some() && fuse.swiglu {
         return Err(LaunchError::Kernel("gemv fuses an RMSNorm or a SwiGLU, not both".into()));
     }
-    let vector = |name: &str, t: &dyn TensorArg, len: u64| -> Result<u64, LaunchError> {
-        if t.dtype() != dtype {
-            return Err(dtype_err(K, name, dtype.to_string(), t.dtype()));
-        }
-        if t.shape().iter().product::<usize>() as u64 != len {
-            return Err(shape_err(K, name, format!("{len} elements"), t.shape()));
-        }
-        Ok(t.device_ptr())
-    };
+    let vector = |name: &str, t: &dyn TensorArg, len: u64| vector_arg(K, name, t, dtype, len);
     let (norm, eps) = match fuse.norm {
         Some((t, eps)) => (vector("norm_w", t, k)?, eps),
         None => (0, 0.0),
@@ -408,46 +412,25 @@ pub fn plan_gemv(
     // 2048 and more. H100, batch-2 decode: 1B 1284 against 1206 tok/s, 8B 265 against
     // 254; at one row it was slower (8B 168 against 174), four warps per row slower on 1B.
     let splits: u64 = if mode == 0 && m >= 2 && g.k >= 2048 { 2 } else { 1 };
-    if splits > 1 {
-        return Ok(EnginePlan {
-            symbol: format!("rf_gemv_split{mt}_{}", dtype.name()),
-            grid: rows_grid(limits, (g.n as u64).div_ceil(4 / splits)),
-            block: [128, 1, 1],
-            args: vec![
-                ArgValue::Ptr(g.x),
-                ArgValue::Ptr(g.w),
-                ArgValue::Ptr(g.out),
-                ArgValue::I32(g.m),
-                ArgValue::I64(i64::from(g.n)),
-                ArgValue::I32(g.k),
-                ArgValue::I32(i32::from(vec)),
-                ArgValue::I32(i32::from(g.out_dtype != dtype)),
-                ArgValue::I32(splits as i32),
-                ArgValue::Ptr(bias),
-                ArgValue::Ptr(res),
-            ],
-        });
-    }
-    Ok(EnginePlan {
-        symbol: format!("rf_gemv{mt}_{}", dtype.name()),
-        grid: rows_grid(limits, (g.n as u64).div_ceil(4)),
-        block: [128, 1, 1],
-        args: vec![
-            ArgValue::Ptr(g.x),
-            ArgValue::Ptr(g.w),
-            ArgValue::Ptr(g.out),
-            ArgValue::I32(g.m),
-            ArgValue::I64(i64::from(g.n)),
-            ArgValue::I32(g.k),
-            ArgValue::I32(i32::from(vec)),
-            ArgValue::I32(i32::from(g.out_dtype != dtype)),
-            ArgValue::I32(mode),
-            ArgValue::Ptr(norm),
-            ArgValue::F32(eps),
-            ArgValue::Ptr(bias),
-            ArgValue::Ptr(res),
-        ],
-    })
+    // The parameters both kernels start with.
+    let mut args = vec![
+        ArgValue::Ptr(g.x),
+        ArgValue::Ptr(g.w),
+        ArgValue::Ptr(g.out),
+        ArgValue::I32(g.m),
+        ArgValue::I64(i64::from(g.n)),
+        ArgValue::I32(g.k),
+        ArgValue::I32(i32::from(vec)),
+        ArgValue::I32(i32::from(g.out_dtype != dtype)),
+    ];
+    let (symbol, rows_per_block) = if splits > 1 {
+        args.extend([ArgValue::I32(splits as i32), ArgValue::Ptr(bias), ArgValue::Ptr(res)]);
+        (format!("rf_gemv_split{mt}_{}", dtype.name()), 4 / splits)
+    } else {
+        args.extend([ArgValue::I32(mode), ArgValue::Ptr(norm), ArgValue::F32(eps), ArgValue::Ptr(bias), ArgValue::Ptr(res)]);
+        (format!("rf_gemv{mt}_{}", dtype.name()), 4)
+    };
+    Ok(EnginePlan { symbol, grid: rows_grid(limits, (g.n as u64).div_ceil(rows_per_block)), block: [128, 1, 1], args })
 }
 
 /// The tensors of [`plan_qkv_post`].
@@ -659,15 +642,7 @@ pub fn plan_gemv_pairs(
     if n % 2 != 0 {
         return Err(shape_err(K, "w", "[n, k] with n even (pairs of rows)".into(), w.shape()));
     }
-    let vector = |name: &str, t: &dyn TensorArg, len: u64| -> Result<u64, LaunchError> {
-        if t.dtype() != dtype {
-            return Err(dtype_err(K, name, dtype.to_string(), t.dtype()));
-        }
-        if t.shape().iter().product::<usize>() as u64 != len {
-            return Err(shape_err(K, name, format!("{len} elements"), t.shape()));
-        }
-        Ok(t.device_ptr())
-    };
+    let vector = |name: &str, t: &dyn TensorArg, len: u64| vector_arg(K, name, t, dtype, len);
     let (norm_w, eps) = match norm {
         Some((t, eps)) => (vector("norm_w", t, k)?, eps),
         None => (0, 0.0),
