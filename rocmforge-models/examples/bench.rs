@@ -330,7 +330,7 @@ fn run(args: &Args) -> Res<serde_json::Value> {
         "model": name,
         "device": dev.name(),
         "dtype": dtype.to_string(),
-        "decode_products": if args.no_gemv { "cublas" } else { "gemv kernel" },
+        "decode_products": if args.no_gemv { "cublas" } else { "gemv kernel at one sequence, cublas at more" },
         "cuda_graphs": !args.no_graphs,
         "pair_epilogues": !args.no_gemv && !args.no_pair_epilogues,
         "weight_bytes": mem.weights,

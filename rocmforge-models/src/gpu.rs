@@ -193,8 +193,9 @@ impl Marks<'_> {
 }
 
 /// Rows up to which products run the matrix-vector kernel (when `GpuOptions::gemv`):
-/// past two, cuBLAS took less time on the H200 (each extra row re-reads x per warp).
-const GEMV_ROWS: usize = 2;
+/// from two rows on, cuBLAS took less time. H100, batch-2 decode with graphs: 1B 1475
+/// against 1284 tok/s, 8B 316 against 266 (`benches/logs/h100-2026-11-27-g/rows/`).
+const GEMV_ROWS: usize = 1;
 
 /// `res += proj; normed = rmsnorm(res) * w` over the first `t` rows of the scratch.
 fn add_norm(
@@ -587,7 +588,9 @@ impl GpuModel {
         let fused = gemv && t == nb && t <= GEMV_ROWS;
         // The pair epilogues at one sequence only: at two, the paired products cost
         // more than the launches they save (H100, 1B: 1147 against 1216 tok/s; 8B: 241
-        // against 253; at one, 843 against 828 and 173.6 against 172.6).
+        // against 253; at one, 843 against 828 and 173.6 against 172.6). Decode of one
+        // sequence is the only fused case while GEMV_ROWS is 1; this keeps the rule if
+        // it changes.
         let pairs = self.opts.pair_epilogues && t == 1;
         for (l, layer) in self.layers.iter().enumerate() {
             // Attention block input: RMSNorm, with the previous MLP's residual add fused.

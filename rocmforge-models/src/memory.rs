@@ -202,9 +202,9 @@ pub struct GpuOptions {
     pub max_kv_tokens: Option<usize>,
     /// Replay decode steps as CUDA graphs (one launch per step instead of one per kernel).
     pub cuda_graphs: bool,
-    /// Products of up to two rows (decode of one or two sequences) run the
-    /// bandwidth-bound matrix-vector kernel, with the norms and residual adds fused into
-    /// it, instead of cuBLAS.
+    /// Products of one row (decode of one sequence) run the bandwidth-bound
+    /// matrix-vector kernel, with the norms and residual adds fused into it, instead of
+    /// cuBLAS (from two rows on cuBLAS is faster).
     pub gemv: bool,
     /// With `gemv`, decode of one sequence: the gate/up product computes the SwiGLU,
     /// and the q/k/v product the rotary embedding and the cache writes, in their
