@@ -254,8 +254,7 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
         }
         // Matrix-vector products (decode) against an f64 host product: 16-byte and
         // element paths (k 72 and 77), 1 to 8 rows, k up to 14336 (4120 leaves a partial
-        // round of loads), storage-dtype and f32 outputs; two or more rows with k >= 2048
-        // run the split kernel (two warps a row), on both paths (k 4120 and 2051).
+        // round of loads), storage-dtype and f32 outputs.
         for (m, n, kk) in
             [(1usize, 300usize, 72usize), (3, 100, 77), (8, 257, 4096), (5, 64, 72), (1, 64, 14336), (2, 33, 4120), (3, 41, 2051)]
         {

@@ -591,14 +591,14 @@ impl GpuModel {
         // against 253; at one, 843 against 828 and 173.6 against 172.6). Decode of one
         // sequence is the only fused case while GEMV_ROWS is 1; this keeps the rule if
         // it changes.
-        let pairs = self.opts.pair_epilogues && t == 1;
+        let pairs = fused && self.opts.pair_epilogues && t == 1;
         for (l, layer) in self.layers.iter().enumerate() {
             // Attention block input: RMSNorm, with the previous MLP's residual add fused.
             marks.mark("norm")?;
             // Decode with the pair epilogues: the q/k/v product does the q/k/v stage
             // (rotary embedding, q out, k and v into the pages) itself, except where
             // per-head norms need a whole head (Qwen3).
-            let qkv_stage = fused && pairs && layer.q_norm.is_none() && layer.k_norm.is_none();
+            let qkv_stage = pairs && layer.q_norm.is_none() && layer.k_norm.is_none();
             if qkv_stage {
                 marks.mark("qkv")?;
                 let x = s.res.view(0, &[t, h])?;

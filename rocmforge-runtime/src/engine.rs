@@ -346,9 +346,7 @@ fn vector_arg(kernel: &str, name: &str, t: &dyn TensorArg, dtype: DType, len: u6
 /// Plans `out = f(x) @ w^T (+ bias) (+ res)` for a few rows of `x` (at most
 /// [`GEMV_MAX_ROWS`]) with the bandwidth-bound matrix-vector kernel instead of the
 /// vendor BLAS; `f` is the identity, an RMSNorm or SwiGLU ([`GemvFusion`]). Shapes as
-/// [`plan_gemm`] (with SwiGLU, `x` has twice `w`'s columns). One warp streams each
-/// weight row (`rf_gemv`), or two share it (`rf_gemv_split`: plain products of two or
-/// more rows with k >= 2048).
+/// [`plan_gemm`] (with SwiGLU, `x` has twice `w`'s columns).
 pub fn plan_gemv(
     limits: &DeviceLimits,
     x: &dyn TensorArg,
@@ -408,29 +406,26 @@ pub fn plan_gemv(
     } else {
         0
     };
-    // Two warps per weight row for plain products of two or more rows of x with k of
-    // 2048 and more. H100, batch-2 decode: 1B 1284 against 1206 tok/s, 8B 265 against
-    // 254; at one row it was slower (8B 168 against 174), four warps per row slower on 1B.
-    let splits: u64 = if mode == 0 && m >= 2 && g.k >= 2048 { 2 } else { 1 };
-    // The parameters both kernels start with.
-    let mut args = vec![
-        ArgValue::Ptr(g.x),
-        ArgValue::Ptr(g.w),
-        ArgValue::Ptr(g.out),
-        ArgValue::I32(g.m),
-        ArgValue::I64(i64::from(g.n)),
-        ArgValue::I32(g.k),
-        ArgValue::I32(i32::from(vec)),
-        ArgValue::I32(i32::from(g.out_dtype != dtype)),
-    ];
-    let (symbol, rows_per_block) = if splits > 1 {
-        args.extend([ArgValue::I32(splits as i32), ArgValue::Ptr(bias), ArgValue::Ptr(res)]);
-        (format!("rf_gemv_split{mt}_{}", dtype.name()), 4 / splits)
-    } else {
-        args.extend([ArgValue::I32(mode), ArgValue::Ptr(norm), ArgValue::F32(eps), ArgValue::Ptr(bias), ArgValue::Ptr(res)]);
-        (format!("rf_gemv{mt}_{}", dtype.name()), 4)
-    };
-    Ok(EnginePlan { symbol, grid: rows_grid(limits, (g.n as u64).div_ceil(rows_per_block)), block: [128, 1, 1], args })
+    Ok(EnginePlan {
+        symbol: format!("rf_gemv{mt}_{}", dtype.name()),
+        grid: rows_grid(limits, (g.n as u64).div_ceil(4)),
+        block: [128, 1, 1],
+        args: vec![
+            ArgValue::Ptr(g.x),
+            ArgValue::Ptr(g.w),
+            ArgValue::Ptr(g.out),
+            ArgValue::I32(g.m),
+            ArgValue::I64(i64::from(g.n)),
+            ArgValue::I32(g.k),
+            ArgValue::I32(i32::from(vec)),
+            ArgValue::I32(i32::from(g.out_dtype != dtype)),
+            ArgValue::I32(mode),
+            ArgValue::Ptr(norm),
+            ArgValue::F32(eps),
+            ArgValue::Ptr(bias),
+            ArgValue::Ptr(res),
+        ],
+    })
 }
 
 /// The tensors of [`plan_qkv_post`].
@@ -628,14 +623,12 @@ pub fn plan_gemv_pairs(
     const K: &str = "gemv_pairs";
     let dtype = x.dtype();
     engine_symbol(K, dtype)?;
-    let (m, k) = rows_cols(K, "x", x)?;
-    let (n, wk) = rows_cols(K, "w", w)?;
-    if w.dtype() != dtype {
-        return Err(dtype_err(K, "w", dtype.to_string(), w.dtype()));
-    }
-    if wk != k {
-        return Err(shape_err(K, "w", format!("[n, {k}] (x's columns)"), w.shape()));
-    }
+    let (m, _) = rows_cols(K, "x", x)?;
+    let (n, _) = rows_cols(K, "w", w)?;
+    // The product's checks (dtypes, x's columns against w's, sizes in range) on the
+    // product `[m, n]`, which is never stored.
+    let product = crate::plan::TensorDesc::new(dtype, &[m as usize, n as usize], 0);
+    let k = plan_gemm(x, w, &product)?.k as u64;
     if m > GEMV_MAX_ROWS as u64 {
         return Err(LaunchError::Limit { kernel: K.into(), what: "rows of x", value: m, limit: GEMV_MAX_ROWS as u64 });
     }
@@ -660,7 +653,6 @@ pub fn plan_gemv_pairs(
             (1, out.device_ptr(), none, [0; 4])
         }
         PairEpilogue::QkvStage { q_out, k_cache, v_cache, pos, slots, inv_freq, mscale } => {
-            let product = crate::plan::TensorDesc::new(dtype, &[m as usize, n as usize], 0);
             let post = QkvPost { qkv: &product, q_out, k_cache, v_cache, pos, slots, inv_freq, qk_norm: None };
             let d = check_qkv_post(K, &post)?;
             if d.head_dim % 2 != 0 {
@@ -680,7 +672,7 @@ pub fn plan_gemv_pairs(
         }
     };
     let v = (16 / dtype.size()) as u64;
-    let vec = k % v == 0 && [x.device_ptr(), w.device_ptr(), norm_w].iter().all(|p| p.is_multiple_of(16));
+    let vec = k.is_multiple_of(v) && [x.device_ptr(), w.device_ptr(), norm_w].iter().all(|p| p.is_multiple_of(16));
     let pairs = n / 2;
     let mut args = vec![
         ArgValue::Ptr(x.device_ptr()),
@@ -807,11 +799,6 @@ mod tests {
         let p = plan_gemv(&l, &t(DType::BF16, &[3, 64]), &t(DType::BF16, &[96, 64]), &t(DType::BF16, &[3, 96]), &fused).unwrap();
         assert_eq!(p.args[8], ArgValue::I32(1));
         let sw = GemvFusion { swiglu: true, ..none };
-        // Two warps a row: 4 rows of x, k 2048, no prologue; the products above keep one.
-        let sp = plan_gemv(&l, &t(DType::BF16, &[4, 2048]), &t(DType::BF16, &[96, 2048]), &t(DType::BF16, &[4, 96]), &none).unwrap();
-        assert_eq!((sp.symbol.as_str(), sp.grid[0], sp.args[8]), ("rf_gemv_split4_bf16", 48, ArgValue::I32(2)));
-        let one = plan_gemv(&l, &t(DType::BF16, &[1, 2048]), &t(DType::BF16, &[96, 2048]), &t(DType::BF16, &[1, 96]), &none).unwrap();
-        assert_eq!(one.symbol, "rf_gemv1_bf16");
         let p = plan_gemv(&l, &t(DType::BF16, &[3, 128]), &t(DType::BF16, &[96, 64]), &t(DType::BF16, &[3, 96]), &sw).unwrap();
         assert_eq!((p.args[5], p.args[8]), (ArgValue::I32(64), ArgValue::I32(2)));
         let both = GemvFusion { swiglu: true, norm: Some((&nw, 1e-5)), ..none };
