@@ -15,7 +15,7 @@ use std::sync::Arc;
 use rocmforge::models::kernels;
 use rocmforge::models::sampling::Rng;
 use rocmforge::runtime::cuda::{CudaDevice, DeviceTensor};
-use rocmforge::runtime::{plan_attention, Arg, AttnSeqs, DType, HostTensor, Kernel, KvIndex};
+use rocmforge::runtime::{plan_attention, Arg, AttnSeqs, DType, DeviceLimits, HostTensor, Kernel, KvIndex};
 
 mod common;
 use common::{random, same_size_copy_us, time_ms, ROTATE_BYTES};
@@ -82,6 +82,11 @@ fn make_set(
 }
 
 fn run(dev: &Arc<CudaDevice>, k: &Kernel, sets: &[Set], q_len: usize, kv: usize, scale: f32) -> f64 {
+    run_with(dev, dev.limits(), k, sets, q_len, kv, scale)
+}
+
+/// [`run`] planned for `limits` (the device's, or with a feature turned off).
+fn run_with(dev: &Arc<CudaDevice>, limits: &DeviceLimits, k: &Kernel, sets: &[Set], q_len: usize, kv: usize, scale: f32) -> f64 {
     let plans: Vec<_> = sets
         .iter()
         .map(|s| {
@@ -91,7 +96,7 @@ fn run(dev: &Arc<CudaDevice>, k: &Kernel, sets: &[Set], q_len: usize, kv: usize,
             };
             let seqs = AttnSeqs { cu_q: &s.cu_q, kv: kvi, max_q: q_len as u32, max_kv: kv as u32 };
             let args = [Arg::Tensor(&s.q), Arg::Tensor(&s.k), Arg::Tensor(&s.v), Arg::Tensor(&s.out), Arg::F32(scale)];
-            plan_attention(k, dev.limits(), &args, &seqs).unwrap()
+            plan_attention(k, limits, &args, &seqs).unwrap()
         })
         .collect();
     println!(
@@ -167,4 +172,21 @@ fn main() {
     println!("{:<38} {:>10} {:>9} {:>8} {:>10} {:>8}", "shape", "median us", "GB/s", "of copy", "copy us", "vs copy");
     rows.iter().for_each(|r| println!("{r}"));
     println!("\n(bytes: K and V read once, q read and out written; copy us: a device copy of the same bytes, timed the same way)");
+
+    if dev.limits().clusters {
+        // Two to eight splits of a tile combine in a thread-block cluster; the same launch
+        // planned without clusters combines through the global workspace.
+        println!("\ndecode split combine, bf16, paged 16, one query token: cluster (sm_90) vs workspace, median us");
+        let no_clusters = DeviceLimits { clusters: false, ..*dev.limits() };
+        for (b, h, kvh, hd, kv) in [(1usize, 32usize, 8usize, 64usize, 1024usize), (1, 32, 8, 128, 1024), (16, 32, 8, 128, 4096)] {
+            let d = DType::BF16;
+            let bytes = 2 * b * kv * kvh * hd * d.size() + 2 * b * h * hd * d.size();
+            let n = ROTATE_BYTES.div_ceil(bytes).max(2);
+            let sets: Vec<Set> = (0..n).map(|_| make_set(&dev, &mut rng, d, b, 1, kv, h, kvh, hd, Some(16))).collect();
+            let scale = 1.0 / (hd as f32).sqrt();
+            let with = run_with(&dev, dev.limits(), causal, &sets, 1, kv, scale);
+            let without = run_with(&dev, &no_clusters, causal, &sets, 1, kv, scale);
+            println!("  batch {b:>2} KV {kv} {h}/{kvh} heads d {hd}: cluster {:.1} us, workspace {:.1} us", with * 1e3, without * 1e3);
+        }
+    }
 }

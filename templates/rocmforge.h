@@ -300,4 +300,38 @@ RF_DEVICE unsigned int rf_pack2(float lo, float hi) {
 }
 #endif
 
+#if defined(RF_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// Thread-block clusters (sm_90+): the launch's cluster size and this workgroup's rank in
+// it, a barrier over the whole cluster (release/acquire: shared-memory writes before it
+// are visible to every workgroup of the cluster after it), and loads from another
+// workgroup's shared memory (distributed shared memory) at the address `p` has there.
+RF_DEVICE unsigned int rf_cluster_size() {
+    unsigned int n;
+    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(n));
+    return n;
+}
+RF_DEVICE unsigned int rf_cluster_rank() {
+    unsigned int r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+RF_DEVICE void rf_cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+RF_DEVICE float rf_dsmem_load(const float* p, unsigned int rank) {
+    unsigned int remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(rf_smem_addr(p)), "r"(rank));
+    float v;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+    return v;
+}
+RF_DEVICE rf_vec<float, 4> rf_dsmem_load4(const float* p, unsigned int rank) {
+    unsigned int remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(rf_smem_addr(p)), "r"(rank));
+    rf_vec<float, 4> v;
+    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v.v[0]), "=f"(v.v[1]), "=f"(v.v[2]), "=f"(v.v[3]) : "r"(remote) : "memory");
+    return v;
+}
+#endif
+
 #endif  // ROCMFORGE_H

@@ -153,12 +153,20 @@ fn plans_pick_decode_or_prefill_and_size_the_splits() {
     assert!(p.symbol.ends_with("_decode_mma"), "{}", p.symbol);
     assert_eq!(p.grid[1], 8, "one row of tiles per kv head");
     assert!(p.grid[2] >= 16, "splits {} too few to fill 132 SMs", p.grid[2]);
+    // More splits than a cluster holds combine through the workspace.
     assert!(p.workspace_bytes > 0);
-    // Batch 16 needs fewer splits.
+    assert_eq!(p.cluster_z, 1);
+    // Batch 16 needs fewer splits; on sm_90 they form one cluster per tile (no workspace),
+    // elsewhere they combine through the workspace.
     let mut s16 = shapes(DType::BF16, 16, 1, 4096, 32, 8, 128);
     let seqs16 = AttnSeqs { cu_q: &s16.cu_q, kv: KvIndex::Contiguous { cu_k: &s16.cu_k }, max_q: 1, max_kv: 4096 };
     let p16 = kernels::attention_causal::plan(&nv, &s16.q, &s16.k, &s16.v, &mut s16.out, 0.1, &seqs16).unwrap();
-    assert!(p16.grid[2] < p.grid[2]);
+    assert!(1 < p16.grid[2] && p16.grid[2] < p.grid[2], "splits {}", p16.grid[2]);
+    assert_eq!((p16.cluster_z, p16.workspace_bytes), (p16.grid[2], 0));
+    let no_clusters = DeviceLimits { clusters: false, ..nv };
+    let w16 = kernels::attention_causal::plan(&no_clusters, &s16.q, &s16.k, &s16.v, &mut s16.out, 0.1, &seqs16).unwrap();
+    assert_eq!((w16.grid, w16.cluster_z), (p16.grid, 1));
+    assert!(w16.workspace_bytes > 0);
     // Prefill of bf16 on an sm_90 device: the matrix-core kernel, > 48 KiB shared.
     let mut sp = shapes(DType::BF16, 2, 1000, 1000, 8, 2, 128);
     let seqs_p = AttnSeqs { cu_q: &sp.cu_q, kv: KvIndex::Contiguous { cu_k: &sp.cu_k }, max_q: 1000, max_kv: 1000 };
@@ -216,6 +224,12 @@ fn plans_refuse_bad_attention_arguments() {
     let seqs = AttnSeqs { cu_q: &s.cu_q, kv: KvIndex::Paged { block_table: &table, kv_lens: &lens }, max_q: 4, max_kv: 16 };
     let e = kernels::attention::plan(&nv, &s.q, &kp, &kp, &mut s.out, 0.1, &seqs).unwrap_err();
     assert!(e.to_string().contains("block_table"), "{e}");
+    // Pages of a size that is not a power of two (the kernels shift to find a page).
+    let kp24 = desc(DType::BF16, &[8, 24, 4, 64]);
+    let table = desc(DType::I32, &[2, 4]);
+    let seqs = AttnSeqs { cu_q: &s.cu_q, kv: KvIndex::Paged { block_table: &table, kv_lens: &lens }, max_q: 4, max_kv: 16 };
+    let e = kernels::attention::plan(&nv, &s.q, &kp24, &kp24, &mut s.out, 0.1, &seqs).unwrap_err();
+    assert!(e.to_string().contains("power-of-two page_size"), "{e}");
     // The generic planner points to the attention launcher.
     let a = kernels::attention::kernel().unwrap();
     let e = rocmforge::runtime::plan(a, &nv, &[]).unwrap_err();

@@ -436,6 +436,15 @@ fn attention_dims(kname: &str, tensors: &[(&str, Layout, &[usize])], index: &[Ar
         }
     };
     numel(kname, kn, k)?;
+    if paged && !k[1].is_power_of_two() {
+        // The kernels find a position's page with a shift and a mask.
+        return Err(ArgError::Shape {
+            kernel: kname.into(),
+            param: kn.into(),
+            expected: "[pages, page_size, kv_heads, head_dim] with a power-of-two page_size (16 or 32 are usual)".into(),
+            got: k.to_vec(),
+        });
+    }
     if v != k {
         return Err(ArgError::Shape {
             kernel: kname.into(),

@@ -274,6 +274,7 @@ fn attention_ctx(kernel: &Kernel, spec: &Spec, ctx: &mut tera::Context) {
     ctx.insert("dec_bkv", &crate::spec::decode_mma_tile(spec));
     ctx.insert("dec_stages", &crate::spec::DECODE_MMA_STAGES);
     ctx.insert("max_splits", &crate::spec::DECODE_MAX_SPLITS);
+    ctx.insert("max_cluster", &crate::spec::DECODE_MAX_CLUSTER);
     ctx.insert("store_x", &dtype.c_store("x"));
     ctx.insert("band_hi", &hi);
     ctx.insert("band_lo", &lo);

@@ -80,6 +80,10 @@ pub const DECODE_COUNTERS: u32 = 4096;
 /// Most splits of one decode launch.
 pub const DECODE_MAX_SPLITS: u32 = 256;
 
+/// Most splits of one tile combined in a thread-block cluster (sm_90; the portable
+/// cluster size).
+pub const DECODE_MAX_CLUSTER: u32 = 8;
+
 /// Query rows one decode workgroup holds (heads of a GQA group x query tokens).
 pub const DECODE_ROWS: u32 = 8;
 

@@ -171,9 +171,10 @@ impl CudaDevice {
             max_shared_bytes: attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as u32,
             compute_units: attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32,
             mma: false,
+            clusters: false,
         };
         let (major, minor) = ctx.compute_capability().map_err(drv("cuDeviceGetAttribute"))?;
-        let limits = DeviceLimits { mma: major >= 8, ..limits };
+        let limits = DeviceLimits { mma: major >= 8, clusters: major >= 9, ..limits };
         let name = ctx.name().map_err(drv("cuDeviceGetName"))?;
         let total_mem = ctx.total_mem().map_err(drv("cuDeviceTotalMem"))?;
         let compute_units = attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
@@ -215,21 +216,49 @@ impl CudaDevice {
         &self.arch
     }
 
-    /// Queues `f` on the device's stream.
+    /// Queues `f` on the device's stream. With `cluster_z > 1`, `cluster_z` workgroups along z form one thread-block cluster.
     ///
     /// # Safety
     /// The context is current on this thread; `f` is a function of it; `params` holds one pointer per kernel
     /// parameter, each to a value of the width the kernel declares, and every device
     /// pointer among them is live until the kernel has run; grid and block are within
-    /// the device limits.
+    /// the device limits; with `cluster_z > 1` the device supports clusters (sm_90+) and
+    /// `grid[2]` is a multiple of `cluster_z`.
     unsafe fn launch_raw(
         &self,
         f: &CudaFunction,
         grid: [u32; 3],
         block: [u32; 3],
         shared: u32,
+        cluster_z: u32,
         params: &mut [*mut std::ffi::c_void],
     ) -> Result<(), CudaError> {
+        if cluster_z > 1 {
+            // SAFETY: the attribute value is a plain union of integers; only the cluster
+            // dimension member is written and read.
+            let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+            attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+            attr.value.clusterDim.x = 1;
+            attr.value.clusterDim.y = 1;
+            attr.value.clusterDim.z = cluster_z;
+            let config = sys::CUlaunchConfig {
+                gridDimX: grid[0],
+                gridDimY: grid[1],
+                gridDimZ: grid[2],
+                blockDimX: block[0],
+                blockDimY: block[1],
+                blockDimZ: block[2],
+                sharedMemBytes: shared,
+                hStream: self.stream.cu_stream(),
+                attrs: &mut attr,
+                numAttrs: 1,
+            };
+            // SAFETY: forwarded from this function's contract; `config` and `attr` live
+            // across the call, which copies them.
+            return unsafe { sys::cuLaunchKernelEx(&config, f.cu_function(), params.as_mut_ptr(), std::ptr::null_mut()) }
+                .result()
+                .map_err(drv("cuLaunchKernelEx"));
+        }
         // SAFETY: forwarded from this function's contract.
         unsafe {
             cu::launch_kernel(
@@ -510,7 +539,7 @@ impl CudaDevice {
         // float, int, unsigned: the first 4). Grid and block are within the device
         // limits. The pointers are live device allocations owned by the caller. The
         // context was bound above.
-        unsafe { self.launch_raw(&f, plan.grid, plan.block, plan.shared_bytes, &mut params) }
+        unsafe { self.launch_raw(&f, plan.grid, plan.block, plan.shared_bytes, plan.cluster_z, &mut params) }
     }
 
     /// Copies host bytes into `dst` starting at byte `offset`, in stream order (after the
@@ -681,7 +710,7 @@ impl CudaDevice {
         // tensor's dtype and shape against the kernel's signature in
         // templates/engine.hip.tera and pass one slot per parameter in its declared
         // width; grid and block are within the device limits.
-        unsafe { self.launch_raw(&f, plan.grid, plan.block, 0, &mut params) }
+        unsafe { self.launch_raw(&f, plan.grid, plan.block, 0, 1, &mut params) }
     }
 
     /// Replaces the workspace with a zeroed one of at least `need` bytes.

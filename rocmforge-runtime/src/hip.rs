@@ -146,6 +146,7 @@ impl HipDevice {
             compute_units: p.multiProcessorCount.max(1) as u32,
             // No MFMA/WMMA attention prefill yet: the portable kernel runs.
             mma: false,
+            clusters: false,
         };
         let aot = code_objects.iter().find(|(t, _)| *t == arch).map(|(_, b)| *b);
         Ok(Arc::new(HipDevice {
@@ -313,6 +314,9 @@ impl HipDevice {
     pub fn launch(&self, kernel: &Kernel, plan: &LaunchPlan) -> Result<(), HipError> {
         if plan.kernel != kernel.name {
             return Err(LaunchError::Kernel(format!("plan for `{}` launched as `{}`", plan.kernel, kernel.name)).into());
+        }
+        if plan.cluster_z > 1 {
+            return Err(LaunchError::Kernel(format!("plan for `{}` asks for clusters, which HIP devices do not have", plan.kernel)).into());
         }
         self.bind()?;
         let f = self.function(kernel, &plan.spec, &plan.symbol)?;
