@@ -5,8 +5,11 @@
 //! - `pp N`: prompt processing, N tokens of one sequence (in chunks of
 //!   `--max-batch-tokens`), tokens/s;
 //! - `tg N`: generation, N greedy tokens of one sequence after a one-token prompt
-//!   (sampling on the GPU), tokens/s, and that as a fraction of the bandwidth limit
-//!   (the copy bandwidth measured in the same run over the weight bytes);
+//!   (argmax on the GPU, pipelined: `GpuModel::decode_greedy` feeds each token to the next
+//!   step on the device and reads the ids at the end), tokens/s, and that as a fraction
+//!   of the bandwidth limit (the copy bandwidth measured in the same run over the weight
+//!   bytes); `tg N token by token` is the same with the host reading each token before
+//!   the next step (the `step` loop);
 //! - `decode bN`: N sequences (32-token prompts) decoding together, tokens/s summed;
 //! - `ctx N`: one sequence prefilled to N tokens then decoding (checks the context fits).
 //!
@@ -208,6 +211,24 @@ fn decode(g: &mut GpuModel, batch: usize, prompt: usize, steps: usize) -> Res<f6
     r
 }
 
+/// `steps` greedy tokens of one sequence after a one-token prompt, pipelined on the GPU
+/// (`GpuModel::decode_greedy`); tokens/s of the decode steps.
+fn tg_pipelined(g: &mut GpuModel, steps: usize) -> Res<f64> {
+    let vocab = g.config().vocab;
+    let mut seq = g.new_sequence();
+    let mut sampler = Sampler::new(SamplingParams::default())?;
+    let r = (|| -> Res<f64> {
+        g.forward(&mut [SeqTokens { seq: &mut seq, tokens: &tokens(1, vocab, 1) }])?;
+        let first = g.sample(&mut [&mut sampler])?[0];
+        g.device().synchronize()?;
+        let t = Instant::now();
+        let ids = g.decode_greedy(&mut seq, first, steps)?;
+        Ok(ids.len() as f64 / t.elapsed().as_secs_f64())
+    })();
+    g.release(seq);
+    r
+}
+
 fn run(args: &Args) -> Res<serde_json::Value> {
     let dev = CudaDevice::open(0)?;
     let dtype = match args.dtype {
@@ -290,10 +311,22 @@ fn run(args: &Args) -> Res<serde_json::Value> {
         row(format!("pp{n}"), median(v), serde_json::json!({}));
     }
     if args.gen > 0 {
+        tg_pipelined(&mut g, 8)?;
+        let v: Vec<f64> = (0..reps).map(|_| tg_pipelined(&mut g, args.gen)).collect::<Res<_>>()?;
+        let tok_s = median(v);
+        row(
+            format!("tg{}", args.gen),
+            tok_s,
+            serde_json::json!({ "fraction_of_limit": tok_s / limit, "limit_tok_s": limit, "pipelined": true }),
+        );
         decode(&mut g, 1, 1, 8)?;
         let v: Vec<f64> = (0..reps).map(|_| decode(&mut g, 1, 1, args.gen)).collect::<Res<_>>()?;
         let tok_s = median(v);
-        row(format!("tg{}", args.gen), tok_s, serde_json::json!({ "fraction_of_limit": tok_s / limit, "limit_tok_s": limit }));
+        row(
+            format!("tg{} token by token", args.gen),
+            tok_s,
+            serde_json::json!({ "fraction_of_limit": tok_s / limit, "limit_tok_s": limit, "pipelined": false }),
+        );
     }
     for &b in &args.batch {
         let v: Vec<f64> = (0..reps).map(|_| decode(&mut g, b, 32, 64)).collect::<Res<_>>()?;

@@ -106,6 +106,29 @@ fn gpu_run(g: &mut GpuModel, prompt: &[u32], cpu_ids: &[u32]) -> Res<(Vec<u32>, 
     Ok((ids, all))
 }
 
+/// GPU greedy ids of `n` steps after `prompt`, pipelined (`decode_greedy`, run first, so
+/// its decode graph is captured inside the pipeline) and token by token (forward, argmax,
+/// read the id, feed it).
+fn gpu_greedy_both(g: &mut GpuModel, prompt: &[u32], n: usize) -> Res<(Vec<u32>, Vec<u32>)> {
+    let mut sampler = Sampler::new(SamplingParams::default())?;
+    let mut seq = g.new_sequence();
+    g.forward(&mut [SeqTokens { seq: &mut seq, tokens: prompt }])?;
+    let first = g.sample(&mut [&mut sampler])?[0];
+    let mut piped = vec![first];
+    piped.extend(g.decode_greedy(&mut seq, first, n - 1)?);
+    g.release(seq);
+    let mut seq = g.new_sequence();
+    let (mut steps, mut feed) = (Vec::new(), prompt.to_vec());
+    for _ in 0..n {
+        g.forward(&mut [SeqTokens { seq: &mut seq, tokens: &feed }])?;
+        let id = g.sample(&mut [&mut sampler])?[0];
+        steps.push(id);
+        feed = vec![id];
+    }
+    g.release(seq);
+    Ok((piped, steps))
+}
+
 /// Every prompt as one batch (prefill together, then decode together).
 fn gpu_batched(g: &mut GpuModel, prompts: &[Vec<u32>]) -> Res<Vec<Vec<Vec<f32>>>> {
     let mut seqs: Vec<_> = prompts.iter().map(|_| g.new_sequence()).collect();
@@ -153,6 +176,16 @@ fn check_fixture(dev: &Arc<CudaDevice>, name: &str, tally: &mut Tally) -> Res<()
     for dtype in [DType::F32, DType::F16, DType::BF16] {
         let opts = GpuOptions { dtype, max_batch_tokens: 256, max_seqs: 8, max_kv_tokens: Some(4096), ..GpuOptions::default() };
         let mut g = GpuModel::load(dev, model.transformer.config().clone(), &mut &ck, opts, |_, _| {})?;
+        // Pipelined greedy decode against token by token, to near the fixture's longest
+        // context (256 positions).
+        let p0 = &prompts[0];
+        let n = 240usize.saturating_sub(p0.len()).clamp(2, 200);
+        let (piped, steps) = gpu_greedy_both(&mut g, p0, n)?;
+        let agree = piped.iter().zip(&steps).filter(|(a, b)| a == b).count();
+        tally.check(
+            piped == steps,
+            format!("model {name:<10} {dtype:<5} pipelined greedy decode vs token by token: {agree}/{n} ids identical"),
+        );
         let mut singles = Vec::new();
         for (p, (cpu_ids, cpu_logits)) in prompts.iter().zip(&cpu) {
             let (ids, logits) = gpu_run(&mut g, p, cpu_ids)?;

@@ -433,6 +433,12 @@ impl GpuModel {
     /// [`GpuModel::logits`] or sample with [`GpuModel::sample`]). All or nothing: on
     /// an error before the launches, no sequence and no page changes.
     pub fn forward(&mut self, batch: &mut [SeqTokens<'_>]) -> Result<()> {
+        self.forward_with(batch, false)
+    }
+
+    /// [`GpuModel::forward`]; with `ids_on_device` (one token per sequence) the tokens fed
+    /// are the last argmax's outputs on the device, and `batch`'s tokens only hold places.
+    fn forward_with(&mut self, batch: &mut [SeqTokens<'_>], ids_on_device: bool) -> Result<()> {
         let c = &self.cfg;
         let total: usize = batch.iter().map(|b| b.tokens.len()).sum();
         if batch.is_empty() || batch.iter().any(|b| b.tokens.is_empty()) {
@@ -468,7 +474,7 @@ impl GpuModel {
                 return Err(e.into());
             }
         }
-        let r = self.run(batch, total);
+        let r = self.run(batch, total, ids_on_device);
         for b in batch.iter_mut() {
             if r.is_ok() {
                 self.pool.commit(b.seq, b.tokens.len())?;
@@ -479,7 +485,9 @@ impl GpuModel {
         r
     }
 
-    fn run(&mut self, batch: &[SeqTokens<'_>], t: usize) -> Result<()> {
+    /// With `ids_on_device`, the step's token ids are the last argmax's outputs (one per
+    /// sequence, copied on the device over the staged ids) instead of `batch`'s tokens.
+    fn run(&mut self, batch: &[SeqTokens<'_>], t: usize, ids_on_device: bool) -> Result<()> {
         let nb = batch.len();
         let needed = batch.iter().map(|b| b.seq.blocks().len()).max().unwrap_or(1).max(1);
         if needed > self.max_blocks {
@@ -488,6 +496,9 @@ impl GpuModel {
         let decode = batch.iter().all(|b| b.tokens.len() == 1);
         if !(decode && self.opts.cuda_graphs && !self.profiling) {
             let layout = self.stage(batch, t, needed)?;
+            if ids_on_device {
+                self.ids_from_next(nb)?;
+            }
             return self.launches(&layout);
         }
         // Decode replays a graph per (sequences, table width): the width is rounded up to a
@@ -496,6 +507,9 @@ impl GpuModel {
         // until a sequence outgrows the width.
         let width = needed.next_power_of_two().max(16).min(self.max_blocks);
         let layout = self.stage(batch, t, width)?;
+        if ids_on_device {
+            self.ids_from_next(nb)?;
+        }
         let layout = Layout { max_kv: (width * self.opts.block_size).min(self.plan.max_context as usize), ..layout };
         if let Some(g) = self.graphs.get(&(nb, width)) {
             g.launch()?;
@@ -508,6 +522,15 @@ impl GpuModel {
         let dev = Arc::clone(&self.dev);
         let graph = dev.capture(|| self.launches(&layout))?;
         self.graphs.insert((nb, width), graph);
+        Ok(())
+    }
+
+    /// Copies the last argmax's `nb` outputs over the staged token ids (the ids lead the
+    /// index buffer), in stream order.
+    fn ids_from_next(&mut self, nb: usize) -> Result<()> {
+        let next = self.s.next.view(0, &[nb])?;
+        let mut ids = self.s.index.view_mut(0, &[nb])?;
+        self.dev.copy_view(&next, &mut ids)?;
         Ok(())
     }
 
@@ -792,6 +815,34 @@ impl GpuModel {
         }
         let all = self.logits()?;
         samplers.iter_mut().enumerate().map(|(r, s)| s.sample(&mut all[r * vocab..(r + 1) * vocab].to_vec())).collect()
+    }
+
+    /// Greedy decode of `n` tokens of one sequence, starting by feeding `first`: the same
+    /// ids as `n` calls of [`GpuModel::step`] with a greedy sampler (`model_check` compares
+    /// them), pipelined. Each step's argmax stays on the device, where the next step's
+    /// embedding reads it, and the host reads the `n` ids once at the end, so the GPU
+    /// never waits for the host between steps. No stop condition is checked inside: for
+    /// generation with EOS or stop strings, call it on chunks and trim what follows a stop.
+    pub fn decode_greedy(&mut self, seq: &mut KvSeq, first: u32, n: usize) -> Result<Vec<u32>> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut gen = self.dev.alloc(DType::I32, &[n])?;
+        let lim = *self.dev.limits();
+        for i in 0..n {
+            let mut batch = [SeqTokens { seq: &mut *seq, tokens: &[first] }];
+            if i == 0 {
+                self.forward(&mut batch)?;
+            } else {
+                self.forward_with(&mut batch, true)?;
+            }
+            let logits = self.s.logits.view(0, &[1, self.cfg.vocab])?;
+            let out = self.s.next.view(0, &[1])?;
+            self.dev.launch_engine(&plan_argmax(&lim, &logits, &out, &self.s.argmax_counters, &self.s.argmax_ws)?)?;
+            self.dev.copy_view(&out, &mut gen.view_mut(i, &[1])?)?;
+        }
+        let bytes = self.dev.read_bytes(&gen)?;
+        Ok(bytes.chunks_exact(4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as u32).collect())
     }
 
     /// Feeds `tokens` to `seq` in chunks of at most `max_batch_tokens` and returns the

@@ -362,6 +362,24 @@ impl CudaDevice {
         unsafe { cu::memcpy_dtod_async(dst.ptr, src.ptr, src.bytes, self.stream.cu_stream()) }.map_err(drv("cuMemcpyDtoDAsync"))
     }
 
+    /// Device-to-device copy of a window into a writable window of the same byte size, on
+    /// the stream (after the work queued before it).
+    pub fn copy_view(&self, src: &dyn TensorArg, dst: &mut DeviceViewMut<'_>) -> Result<(), CudaError> {
+        let n = crate::plan::byte_size(src.dtype(), src.shape()).unwrap_or(usize::MAX);
+        let m = crate::plan::byte_size(dst.dtype, &dst.shape).unwrap_or(usize::MAX);
+        if n != m {
+            return Err(CudaError::SizeMismatch { what: "device copy", host: n, device: m });
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+        // SAFETY: both windows were bounds-checked against live allocations of this device
+        // when made and hold `n` bytes; `dst` borrows its tensor mutably, so `src` is not
+        // a window of the same tensor.
+        unsafe { cu::memcpy_dtod_async(dst.ptr, src.device_ptr(), n, self.stream.cu_stream()) }.map_err(drv("cuMemcpyDtoDAsync"))
+    }
+
     /// Waits for all queued work; surfaces asynchronous kernel faults.
     pub fn synchronize(&self) -> Result<(), CudaError> {
         self.stream.synchronize().map_err(drv("cuStreamSynchronize"))
