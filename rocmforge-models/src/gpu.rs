@@ -823,9 +823,18 @@ impl GpuModel {
     /// embedding reads it, and the host reads the `n` ids once at the end, so the GPU
     /// never waits for the host between steps. No stop condition is checked inside: for
     /// generation with EOS or stop strings, call it on chunks and trim what follows a stop.
+    /// A context past the cache's longest is refused before any step; an error in a later
+    /// step (the page pool running out) leaves the tokens fed so far in `seq`.
     pub fn decode_greedy(&mut self, seq: &mut KvSeq, first: u32, n: usize) -> Result<Vec<u32>> {
         if n == 0 {
             return Ok(Vec::new());
+        }
+        let end = seq.len() as u64 + n as u64;
+        if end > self.plan.max_context {
+            return Err(ModelError::Invalid(format!(
+                "{n} more tokens would take the sequence to {end}, past the longest context of {} this cache serves",
+                self.plan.max_context
+            )));
         }
         let mut gen = self.dev.alloc(DType::I32, &[n])?;
         let lim = *self.dev.limits();
