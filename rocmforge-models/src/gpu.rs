@@ -495,10 +495,7 @@ impl GpuModel {
         }
         let decode = batch.iter().all(|b| b.tokens.len() == 1);
         if !(decode && self.opts.cuda_graphs && !self.profiling) {
-            let layout = self.stage(batch, t, needed)?;
-            if ids_on_device {
-                self.ids_from_next(nb)?;
-            }
+            let layout = self.stage(batch, t, needed, ids_on_device)?;
             return self.launches(&layout);
         }
         // Decode replays a graph per (sequences, table width): the width is rounded up to a
@@ -506,10 +503,7 @@ impl GpuModel {
         // (its kernel reads each sequence's true length), so one graph serves every step
         // until a sequence outgrows the width.
         let width = needed.next_power_of_two().max(16).min(self.max_blocks);
-        let layout = self.stage(batch, t, width)?;
-        if ids_on_device {
-            self.ids_from_next(nb)?;
-        }
+        let layout = self.stage(batch, t, width, ids_on_device)?;
         let layout = Layout { max_kv: (width * self.opts.block_size).min(self.plan.max_context as usize), ..layout };
         if let Some(g) = self.graphs.get(&(nb, width)) {
             g.launch()?;
@@ -525,18 +519,11 @@ impl GpuModel {
         Ok(())
     }
 
-    /// Copies the last argmax's `nb` outputs over the staged token ids (the ids lead the
-    /// index buffer), in stream order.
-    fn ids_from_next(&mut self, nb: usize) -> Result<()> {
-        let next = self.s.next.view(0, &[nb])?;
-        let mut ids = self.s.index.view_mut(0, &[nb])?;
-        self.dev.copy_view(&next, &mut ids)?;
-        Ok(())
-    }
-
     /// Copies the step's indices to the device: ids, positions, slots, query offsets,
     /// lengths, last rows and the block table (`width` pages a row), in one transfer.
-    fn stage(&mut self, batch: &[SeqTokens<'_>], t: usize, width: usize) -> Result<Layout> {
+    /// With `ids_on_device`, the last argmax's outputs (one per sequence) are then copied
+    /// over the ids on the device, in stream order (the ids lead the index buffer).
+    fn stage(&mut self, batch: &[SeqTokens<'_>], t: usize, width: usize, ids_on_device: bool) -> Result<Layout> {
         let nb = batch.len();
         let bs = self.opts.block_size;
         let o = IndexOffsets::new(t, nb);
@@ -564,6 +551,10 @@ impl GpuModel {
         }
         let bytes: Vec<u8> = staged.iter().flat_map(|v| v.to_ne_bytes()).collect();
         self.dev.write(&mut self.s.index, 0, &bytes)?;
+        if ids_on_device {
+            let next = self.s.next.view(0, &[nb])?;
+            self.dev.copy_view(&next, &mut self.s.index.view_mut(0, &[nb])?)?;
+        }
         Ok(Layout { t, nb, width, max_q, max_kv })
     }
 
@@ -786,10 +777,8 @@ impl GpuModel {
         let logits = self.s.logits.view(0, &[rows, vocab])?;
         let greedy = samplers.iter().all(|s| s.params().temperature == 0.0 && !s.has_penalties());
         if greedy {
-            let out = self.s.next.view(0, &[rows])?;
-            self.dev.launch_engine(&plan_argmax(&lim, &logits, &out, &self.s.argmax_counters, &self.s.argmax_ws)?)?;
-            let bytes = self.dev.read_bytes(&out)?;
-            let ids: Vec<u32> = bytes.chunks_exact(4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as u32).collect();
+            self.argmax_to_next(rows)?;
+            let ids = self.read_ids(&self.s.next.view(0, &[rows])?)?;
             for (s, &id) in samplers.iter_mut().zip(&ids) {
                 s.observe(&[id]);
             }
@@ -837,20 +826,26 @@ impl GpuModel {
             )));
         }
         let mut gen = self.dev.alloc(DType::I32, &[n])?;
-        let lim = *self.dev.limits();
         for i in 0..n {
-            let mut batch = [SeqTokens { seq: &mut *seq, tokens: &[first] }];
-            if i == 0 {
-                self.forward(&mut batch)?;
-            } else {
-                self.forward_with(&mut batch, true)?;
-            }
-            let logits = self.s.logits.view(0, &[1, self.cfg.vocab])?;
-            let out = self.s.next.view(0, &[1])?;
-            self.dev.launch_engine(&plan_argmax(&lim, &logits, &out, &self.s.argmax_counters, &self.s.argmax_ws)?)?;
-            self.dev.copy_view(&out, &mut gen.view_mut(i, &[1])?)?;
+            // Step 0 feeds `first`; later steps the previous argmax, on the device.
+            self.forward_with(&mut [SeqTokens { seq: &mut *seq, tokens: &[first] }], i > 0)?;
+            self.argmax_to_next(1)?;
+            self.dev.copy_view(&self.s.next.view(0, &[1])?, &mut gen.view_mut(i, &[1])?)?;
         }
-        let bytes = self.dev.read_bytes(&gen)?;
+        self.read_ids(&gen)
+    }
+
+    /// The greedy argmax of the last forward's `rows` logits rows into `next`, on the GPU.
+    fn argmax_to_next(&self, rows: usize) -> Result<()> {
+        let logits = self.s.logits.view(0, &[rows, self.cfg.vocab])?;
+        let out = self.s.next.view(0, &[rows])?;
+        self.dev.launch_engine(&plan_argmax(self.dev.limits(), &logits, &out, &self.s.argmax_counters, &self.s.argmax_ws)?)?;
+        Ok(())
+    }
+
+    /// Token ids (i32 on the device) copied to the host.
+    fn read_ids(&self, ids: &dyn TensorArg) -> Result<Vec<u32>> {
+        let bytes = self.dev.read_bytes(ids)?;
         Ok(bytes.chunks_exact(4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as u32).collect())
     }
 

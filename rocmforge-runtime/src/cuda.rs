@@ -355,11 +355,8 @@ impl CudaDevice {
 
     /// Device-to-device copy of `src` into `dst` (same byte size), on the stream.
     pub fn copy(&self, src: &DeviceTensor, dst: &mut DeviceTensor) -> Result<(), CudaError> {
-        if src.bytes != dst.bytes {
-            return Err(CudaError::SizeMismatch { what: "device copy", host: src.bytes, device: dst.bytes });
-        }
-        // SAFETY: both allocations hold `src.bytes` bytes and are distinct (`&mut dst`).
-        unsafe { cu::memcpy_dtod_async(dst.ptr, src.ptr, src.bytes, self.stream.cu_stream()) }.map_err(drv("cuMemcpyDtoDAsync"))
+        let shape = dst.shape.clone();
+        self.copy_view(src, &mut dst.view_mut(0, &shape)?)
     }
 
     /// Device-to-device copy of a window into a writable window of the same byte size, on
