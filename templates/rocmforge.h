@@ -232,6 +232,25 @@ RF_DEVICE rf_vec<float, 4> rf_load_cg4(const float* p) {
     return v;
 }
 
+// Data no thread writes during the launch (weights), in whole 16-byte words through
+// the read-only data path. Not volatile: loads of several groups issue together.
+template <typename V>
+RF_DEVICE V rf_load_ro(const V* p) {
+    static_assert(sizeof(V) % 16 == 0, "whole 16-byte words");
+#if defined(RF_CUDA)
+    V v;
+    unsigned int* w = reinterpret_cast<unsigned int*>(&v);
+    const unsigned int* s = reinterpret_cast<const unsigned int*>(p);
+#pragma unroll
+    for (int i = 0; i < (int)(sizeof(V) / 16); ++i) {
+        asm("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(w[4 * i]), "=r"(w[4 * i + 1]), "=r"(w[4 * i + 2]), "=r"(w[4 * i + 3]) : "l"(s + 4 * i));
+    }
+    return v;
+#else
+    return *p;
+#endif
+}
+
 // Device-wide ordering and a counter for the last-workgroup-combines protocol.
 RF_DEVICE void rf_threadfence() {
 #if defined(RF_CUDA)

@@ -160,6 +160,73 @@ proptest! {
     }
 
     #[test]
+    fn gemv_kernels(m in prop_oneof![Just(1usize), 1usize..11], n in 1usize..24,
+                    k in prop_oneof![Just(1usize), Just(8), Just(1000), 1usize..1200], di in 0usize..3, seed in any::<u64>()) {
+        let d = DTYPES[di];
+        let eps = 1e-5f32;
+        let (x, xv) = tensor(d, &[m, k], &values(m * k, seed, 2.0));
+        let (w, wv) = tensor(d, &[n, k], &values(n * k, seed ^ 5, 1.0));
+        let (w2, w2v) = tensor(d, &[n, k], &values(n * k, seed ^ 9, 1.0));
+        let (g, gv) = tensor(d, &[k], &values(k, seed ^ 3, 2.0));
+        let (res, rv) = tensor(d, &[m, n], &values(m * n, seed ^ 7, 4.0));
+        let nan = HostTensor::from_f32(d, &[m, n], &vec![f32::NAN; m * n]).unwrap();
+        // want[i * n + r] = sum_c w[r, c] * f(x[i, c], c), in f64.
+        let product = |wv: &[f64], f: &dyn Fn(usize, usize) -> f64| -> Vec<f64> {
+            let mut out = Vec::with_capacity(m * n);
+            for i in 0..m {
+                for r in 0..n {
+                    out.push((0..k).map(|c| wv[r * k + c] * f(i, c)).sum());
+                }
+            }
+            out
+        };
+        let plain = product(&wv, &|i, c| xv[i * k + c]);
+
+        let mut args = vec![HostArg::Tensor(x.clone()), HostArg::Tensor(w.clone()), HostArg::Tensor(nan.clone())];
+        kernels::linear::run_host(&mut args).unwrap();
+        check("linear", d, &out_f32(&args, 2), &plain);
+
+        let mut args = vec![HostArg::Tensor(x.clone()), HostArg::Tensor(w.clone()), HostArg::Tensor(res)];
+        kernels::linear_residual::run_host(&mut args).unwrap();
+        let want: Vec<f64> = plain.iter().zip(&rv).map(|(p, r)| p + r).collect();
+        check("linear_residual", d, &out_f32(&args, 2), &want);
+
+        let inv: Vec<f64> = (0..m)
+            .map(|i| 1.0 / ((0..k).map(|c| xv[i * k + c].powi(2)).sum::<f64>() / k as f64 + f64::from(eps)).sqrt())
+            .collect();
+        let normed = product(&wv, &|i, c| xv[i * k + c] * gv[c]);
+        let want: Vec<f64> = normed.iter().enumerate().map(|(e, v)| v * inv[e / n]).collect();
+        let mut args = vec![HostArg::Tensor(x.clone()), HostArg::Tensor(g.clone()), HostArg::Tensor(w.clone()), HostArg::Tensor(nan.clone()), HostArg::F32(eps)];
+        kernels::rmsnorm_linear::run_host(&mut args).unwrap();
+        check("rmsnorm_linear", d, &out_f32(&args, 3), &want);
+
+        let logits = HostTensor::from_f32(DType::F32, &[m, n], &vec![f32::NAN; m * n]).unwrap();
+        let mut args = vec![HostArg::Tensor(x.clone()), HostArg::Tensor(g), HostArg::Tensor(w), HostArg::Tensor(logits), HostArg::F32(eps)];
+        kernels::lm_head::run_host(&mut args).unwrap();
+        check("lm_head", DType::F32, &out_f32(&args, 3), &want);
+
+        let up = product(&w2v, &|i, c| xv[i * k + c]);
+        let want: Vec<f64> = plain.iter().zip(&up).map(|(a, b)| silu(*a) * b).collect();
+        let (wg, _) = tensor(d, &[n, k], &values(n * k, seed ^ 5, 1.0));
+        let mut args = vec![HostArg::Tensor(x), HostArg::Tensor(wg), HostArg::Tensor(w2), HostArg::Tensor(nan)];
+        kernels::gate_up_swiglu::run_host(&mut args).unwrap();
+        check("gate_up_swiglu", d, &out_f32(&args, 3), &want);
+
+        // The MLP's norm, gate/up products and SwiGLU: silu(gate(rmsnorm(x))) * up(rmsnorm(x)).
+        let up_normed = product(&w2v, &|i, c| xv[i * k + c] * gv[c]);
+        let want: Vec<f64> =
+            (0..m * n).map(|e| silu(normed[e] * inv[e / n]) * (up_normed[e] * inv[e / n])).collect();
+        let (g2, _) = tensor(d, &[k], &values(k, seed ^ 3, 2.0));
+        let (wg2, _) = tensor(d, &[n, k], &values(n * k, seed ^ 5, 1.0));
+        let (wu2, _) = tensor(d, &[n, k], &values(n * k, seed ^ 9, 1.0));
+        let (x2, _) = tensor(d, &[m, k], &values(m * k, seed, 2.0));
+        let nan = HostTensor::from_f32(d, &[m, n], &vec![f32::NAN; m * n]).unwrap();
+        let mut args = vec![HostArg::Tensor(x2), HostArg::Tensor(g2), HostArg::Tensor(wg2), HostArg::Tensor(wu2), HostArg::Tensor(nan), HostArg::F32(eps)];
+        kernels::mlp_gate_up::run_host(&mut args).unwrap();
+        check("mlp_gate_up", d, &out_f32(&args, 4), &want);
+    }
+
+    #[test]
     fn rope(tokens in prop_oneof![Just(1usize), Just(17), 1usize..40], qh in 1usize..5, kh in 1usize..3,
             hdi in 0usize..5, partial in any::<bool>(), gptj in any::<bool>(), scaling in 0usize..4,
             di in 0usize..3, seed in any::<u64>()) {

@@ -160,6 +160,56 @@ fn rope_plan_passes_q_and_k_heads() {
     assert_eq!(&p.args[5..], &[ArgValue::I64(4096), ArgValue::I32(32), ArgValue::I32(8), ArgValue::I32(64)]);
 }
 
+#[test]
+fn gemv_plan_groups_rows_and_warps() {
+    // LM head of a 1B model at one sequence: one warp per output column, four per workgroup.
+    let x = t(DType::BF16, &[1, 2048]);
+    let g = t(DType::BF16, &[2048]);
+    let w = t(DType::BF16, &[128_256, 2048]);
+    let mut logits = t(DType::F32, &[1, 128_256]);
+    let p = kernels::lm_head::plan(&NV, &x, &g, &w, &mut logits, 1e-5).unwrap();
+    assert_eq!(p.symbol, "rf_lm_head_bf16_b128_w32_m1");
+    assert_eq!(p.grid, [128_256 / 4, 1, 1]);
+    assert_eq!(&p.args[5..], &[ArgValue::I64(1), ArgValue::I64(128_256), ArgValue::I64(2048)]);
+    assert_eq!(p.dims, Dims::Gemv { m: 1, n: 128_256, k: 2048 });
+    // 3 rows take the 4-row kernel; 20 rows run as 3 groups of 8 along y. Wave64: two
+    // wavefronts per workgroup.
+    let x = t(DType::F16, &[3, 512]);
+    let w = t(DType::F16, &[1000, 512]);
+    let mut res = t(DType::F16, &[3, 1000]);
+    let p = kernels::linear_residual::plan(&NV, &x, &w, &mut res).unwrap();
+    assert_eq!((p.symbol.as_str(), p.grid), ("rf_linear_residual_f16_b128_w32_m4", [250, 1, 1]));
+    let x = t(DType::F16, &[4, 5, 512]);
+    let mut res = t(DType::F16, &[4, 5, 1000]);
+    let p = kernels::linear_residual::plan(&DeviceLimits::AMD_CDNA, &x, &w, &mut res).unwrap();
+    assert_eq!((p.symbol.as_str(), p.grid), ("rf_linear_residual_f16_b128_w64_m8", [500, 3, 1]));
+}
+
+#[test]
+fn gemv_shape_errors_name_the_tensor() {
+    let w = t(DType::BF16, &[64, 256]);
+    let (wg, wu) = (t(DType::BF16, &[64, 256]), t(DType::BF16, &[64, 128]));
+    let x = t(DType::BF16, &[2, 256]);
+    let mut out = t(DType::BF16, &[2, 64]);
+    let e = kernels::gate_up_swiglu::plan(&NV, &x, &wg, &wu, &mut out).unwrap_err();
+    assert!(matches!(e, LaunchError::Args(ArgError::Shape { ref param, .. }) if param == "w_up"), "{e}");
+    // x with the output's columns, the output with the input's, a 3-d weight.
+    let e = kernels::linear::plan(&NV, &t(DType::BF16, &[2, 64]), &w, &mut out).unwrap_err();
+    assert!(matches!(e, LaunchError::Args(ArgError::Shape { ref param, .. }) if param == "x"), "{e}");
+    let e = kernels::linear::plan(&NV, &x, &w, &mut t(DType::BF16, &[3, 64])).unwrap_err();
+    assert!(matches!(e, LaunchError::Args(ArgError::Shape { ref param, .. }) if param == "out"), "{e}");
+    let e = kernels::linear::plan(&NV, &x, &t(DType::BF16, &[1, 64, 256]), &mut out).unwrap_err();
+    assert!(matches!(e, LaunchError::Args(ArgError::Rank { ref param, .. }) if param == "w"), "{e}");
+    // The norm's weight runs over the input columns.
+    let e = kernels::rmsnorm_linear::plan(&NV, &x, &t(DType::BF16, &[64]), &w, &mut out, 1e-5).unwrap_err();
+    assert!(matches!(e, LaunchError::Args(ArgError::Shape { ref param, .. }) if param == "g"), "{e}");
+    // Row groups past the grid's y limit are a typed error, not a wrap.
+    let limits = DeviceLimits { max_grid: [1 << 20, 2, 1], ..NV };
+    let x = t(DType::BF16, &[17, 256]);
+    let e = kernels::linear::plan(&limits, &x, &w, &mut t(DType::BF16, &[17, 64])).unwrap_err();
+    assert!(matches!(e, LaunchError::Limit { .. }), "{e}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 

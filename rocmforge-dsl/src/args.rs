@@ -2,7 +2,7 @@
 //! passed for a kernel's parameters, resolved to the kernel's problem size.
 
 use crate::dtype::DType;
-use crate::ir::{DTypeRef, Kernel, Kind, Layout, ParamTy, ScalarTy};
+use crate::ir::{DTypeRef, GemvRole, Kernel, Kind, Layout, ParamTy, ScalarTy};
 
 /// What is passed for one parameter, as far as checking needs to know.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +50,15 @@ pub enum Dims {
         paged: Option<(u64, u64, u64)>,
         /// Rows of K/V (`total_kv`, or `pages * page_size`).
         kv_rows: u64,
+    },
+    /// Matrix-vector sizes: weights `[n, k]`, inputs `[m, k]`, outputs `[m, n]`.
+    Gemv {
+        /// Input rows (the product of all but the last dimension of the `Rows<T>` tensors).
+        m: u64,
+        /// Output columns: rows of each weight.
+        n: u64,
+        /// Input columns: columns of each weight.
+        k: u64,
     },
     /// Rotary embedding sizes.
     Rope {
@@ -321,6 +330,7 @@ pub fn resolve(kernel: &Kernel, args: &[ArgDesc<'_>]) -> Result<(Option<DType>, 
             Dims::Rowwise { rows, cols }
         }
         Kind::Attention => attention_dims(kname, &tensors, index)?,
+        Kind::Gemv => gemv_dims(kernel, args)?,
         Kind::Rope(_) => {
             let [(qn, _, q), (kn, _, k), (pn, _, pos), (fname, _, freq)] = tensors[..] else {
                 return Err(ArgError::Count { kernel: kname.into(), expected: 5, got: args.len() });
@@ -366,6 +376,99 @@ pub fn resolve(kernel: &Kernel, args: &[ArgDesc<'_>]) -> Result<(Option<DType>, 
         }
     };
     Ok((generic.map(|g| g.0), dims))
+}
+
+/// Shapes of a gemv launch: every weight `[n, k]`; input `Rows<T>` `[.., k]` and output
+/// `Rows<T>` `[.., n]` with the same rows `m`; input vectors `[k]`, output vectors `[n]`.
+fn gemv_dims(kernel: &Kernel, args: &[ArgDesc<'_>]) -> Result<Dims, ArgError> {
+    let kname = kernel.name.as_str();
+    let roles = kernel.gemv_roles();
+    let tensors: Vec<(&str, Layout, &[usize], Option<GemvRole>)> = kernel
+        .params
+        .iter()
+        .zip(args)
+        .zip(&roles)
+        .filter_map(|((p, a), r)| match (p.ty, a) {
+            (ParamTy::Tensor { layout, .. }, ArgDesc::Tensor { shape, .. }) => Some((p.name.as_str(), layout, *shape, *r)),
+            _ => None,
+        })
+        .collect();
+    let mut nk: Option<(u64, u64, &str)> = None;
+    for &(name, _, shape, role) in &tensors {
+        if role != Some(GemvRole::Weight) {
+            continue;
+        }
+        let [n, k] = shape[..] else {
+            return Err(ArgError::Rank {
+                kernel: kname.into(),
+                param: name.into(),
+                layout: "Rows<T>",
+                expected: "2 (a weight [n, k])",
+                got: shape.to_vec(),
+            });
+        };
+        numel(kname, name, shape)?;
+        match nk {
+            None => nk = Some((n as u64, k as u64, name)),
+            Some((n0, k0, first)) if (n0, k0) != (n as u64, k as u64) => {
+                return Err(ArgError::Shape {
+                    kernel: kname.into(),
+                    param: name.into(),
+                    expected: format!("[{n0}, {k0}], like `{first}`"),
+                    got: shape.to_vec(),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    let Some((n, k, wname)) = nk else {
+        return Err(ArgError::Count { kernel: kname.into(), expected: kernel.params.len(), got: args.len() });
+    };
+    let mut rows: Option<(u64, &str)> = None;
+    for &(name, layout, shape, role) in &tensors {
+        let (want, side) = match role {
+            Some(GemvRole::Input) => (k, "input columns"),
+            Some(GemvRole::Output) => (n, "output columns"),
+            _ => continue,
+        };
+        if layout == Layout::Flat {
+            if numel(kname, name, shape)? != want {
+                return Err(ArgError::Shape {
+                    kernel: kname.into(),
+                    param: name.into(),
+                    expected: format!("{want} elements (the {side}: weight `{wname}` is [{n}, {k}])"),
+                    got: shape.to_vec(),
+                });
+            }
+            continue;
+        }
+        numel(kname, name, shape)?;
+        let Some((&cols, lead)) = shape.split_last() else {
+            return Err(ArgError::Rank {
+                kernel: kname.into(),
+                param: name.into(),
+                layout: "Rows<T>",
+                expected: "at least 1",
+                got: shape.to_vec(),
+            });
+        };
+        let m = lead.iter().map(|&d| d as u64).product::<u64>();
+        let bad = cols as u64 != want || rows.is_some_and(|(m0, _)| m0 != m);
+        if bad {
+            let m_words = rows.map_or("m rows".to_string(), |(m0, first)| format!("{m0} rows (like `{first}`)"));
+            return Err(ArgError::Shape {
+                kernel: kname.into(),
+                param: name.into(),
+                expected: format!("{m_words} of {want} columns (the {side}: weight `{wname}` is [{n}, {k}])"),
+                got: shape.to_vec(),
+            });
+        }
+        rows.get_or_insert((m, name));
+    }
+    let Some((m, _)) = rows else {
+        return Err(ArgError::Count { kernel: kname.into(), expected: kernel.params.len(), got: args.len() });
+    };
+    Ok(Dims::Gemv { m, n, k })
 }
 
 fn describe(a: &ArgDesc<'_>) -> String {

@@ -154,7 +154,7 @@ pub fn cpp(kernel: &Kernel, e: &Expr) -> String {
             CastTo::BF16 => format!("rf_bf16_to_f32(rf_f32_to_bf16({}))", go(a)),
         },
         // Lets are inlined by the parser; tensors and reductions cannot appear.
-        Expr::Local(_) | Expr::Tensor(_) | Expr::Reduce(..) => "0".to_string(),
+        Expr::Local(_) | Expr::Tensor(_) | Expr::Reduce(..) | Expr::Dot(..) => "0".to_string(),
     }
 }
 

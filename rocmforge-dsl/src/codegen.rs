@@ -12,10 +12,11 @@ use crate::spec::{symbol_name, RowMode, Spec};
 /// The portability header every translation unit starts with.
 pub const PORTABILITY_HEADER: &str = include_str!("../../templates/rocmforge.h");
 
-const TEMPLATES: [(&str, &str); 5] = [
+const TEMPLATES: [(&str, &str); 6] = [
     ("attention.hip.tera", include_str!("../../templates/attention.hip.tera")),
     ("engine.hip.tera", include_str!("../../templates/engine.hip.tera")),
     ("elementwise.hip.tera", include_str!("../../templates/elementwise.hip.tera")),
+    ("gemv.hip.tera", include_str!("../../templates/gemv.hip.tera")),
     ("rowwise.hip.tera", include_str!("../../templates/rowwise.hip.tera")),
     ("rope.hip.tera", include_str!("../../templates/rope.hip.tera")),
 ];
@@ -203,7 +204,148 @@ pub fn render_spec(kernel: &Kernel, spec: &Spec) -> Result<String, CodegenError>
             attention_ctx(kernel, spec, &mut ctx);
             render("attention.hip.tera", &ctx)
         }
+        Kind::Gemv => {
+            gemv_ctx(kernel, spec, &mut ctx);
+            render("gemv.hip.tera", &ctx)
+        }
     }
+}
+
+#[derive(serde::Serialize)]
+struct GemvTensor {
+    name: String,
+    storage: &'static str,
+    /// Start of the group's row: `xr_x[mi]` (`Rows<T>`, row `m0 + mi`) or `p_x`.
+    ptr: String,
+    /// A `Rows<T>` input (its row pointers are set up per launch row).
+    row: bool,
+    /// Element `j` of the loaded group (weights: of `wg_<name>`), as f32.
+    vload: String,
+    /// Weights: column `c` of the row, as f32 (the per-column path).
+    sload: String,
+}
+
+#[derive(serde::Serialize)]
+struct GemvAcc {
+    name: String,
+    init: &'static str,
+    /// The warp reduction of one lane's partial.
+    reduce: String,
+}
+
+/// The gemv template's values: weights, input-side tensors, the accumulators (one per
+/// `dot`, one per reduction) with the code that updates them per input column, and the
+/// epilogue per output element.
+fn gemv_ctx(kernel: &Kernel, spec: &Spec, ctx: &mut tera::Context) {
+    let roles = kernel.gemv_roles();
+    let lw = Lowered::new(kernel, spec);
+    let dtype = |i: usize| kernel.param_dtype(i, spec).unwrap_or(crate::DType::F32);
+    let with_role = |role: GemvRole| -> Vec<usize> { (0..kernel.params.len()).filter(|&i| roles[i] == Some(role)).collect() };
+    let is_rows = |i: usize| matches!(kernel.params[i].ty, ParamTy::Tensor { layout: Layout::Rows, .. });
+    let weights: Vec<GemvTensor> = with_role(GemvRole::Weight)
+        .into_iter()
+        .map(|i| {
+            let name = kernel.params[i].name.clone();
+            GemvTensor {
+                vload: dtype(i).c_load(&format!("wg_{name}.v[j]")),
+                sload: dtype(i).c_load(&format!("wr_{name}[c]")),
+                ptr: format!("p_{name} + r * k"),
+                storage: dtype(i).c_storage(),
+                row: true,
+                name,
+            }
+        })
+        .collect();
+    let inputs: Vec<GemvTensor> = with_role(GemvRole::Input)
+        .into_iter()
+        .map(|i| {
+            let name = kernel.params[i].name.clone();
+            let ptr = if is_rows(i) { format!("xr_{name}[mi]") } else { format!("p_{name}") };
+            GemvTensor {
+                vload: dtype(i).c_load(&format!("g_{name}.v[j]")),
+                sload: String::new(),
+                ptr,
+                storage: dtype(i).c_storage(),
+                row: is_rows(i),
+                name,
+            }
+        })
+        .collect();
+    // Per input column: the inputs as f32, then every accumulator's update. The vector
+    // path reads element j of the loaded groups, the scalar path column c.
+    let updates = |wref: &dyn Fn(&str) -> String| -> Vec<String> {
+        let mut lines = Vec::new();
+        for (d, (w, arg)) in lw.dots.iter().enumerate() {
+            lines.push(format!("a{d}[mi] += {} * {arg};", wref(&kernel.params[*w].name)));
+        }
+        for (r, red) in lw.reductions.iter().enumerate() {
+            lines.push(red.accumulate_into(&format!("q{r}[mi]")));
+        }
+        lines
+    };
+    let mut vec_code: Vec<String> = inputs.iter().map(|t| format!("const float v_{} = {};", t.name, t.vload)).collect();
+    vec_code.extend(updates(&|w| format!("wf_{w}[j]")));
+    let mut scalar_code: Vec<String> = with_role(GemvRole::Input)
+        .into_iter()
+        .map(|i| {
+            let name = &kernel.params[i].name;
+            let at = if is_rows(i) { format!("xr_{name}[mi][c]") } else { format!("p_{name}[c]") };
+            format!("const float v_{name} = {};", dtype(i).c_load(&at))
+        })
+        .collect();
+    scalar_code.extend(updates(&|w| format!("wf_{w}")));
+    let mut accs: Vec<GemvAcc> =
+        (0..lw.dots.len()).map(|d| GemvAcc { name: format!("a{d}"), init: "0.0f", reduce: "rf_warp_sum<WARP>".into() }).collect();
+    for (r, red) in lw.reductions.iter().enumerate() {
+        let reduce = match red.op {
+            ReduceOp::Sum | ReduceOp::Mean => "rf_warp_sum<WARP>",
+            ReduceOp::Max => "rf_warp_max<WARP>",
+            ReduceOp::Min => "rf_warp_min<WARP>",
+        };
+        accs.push(GemvAcc { name: format!("q{r}"), init: red.op_init(), reduce: reduce.into() });
+    }
+    // Lane 0, per input row: the products and reductions, output-side reads, the stores.
+    let mut epilogue: Vec<String> = (0..lw.dots.len()).map(|d| format!("const float d{d} = a{d}[mi];")).collect();
+    for (r, red) in lw.reductions.iter().enumerate() {
+        let div = if red.op == ReduceOp::Mean { " / (float)k" } else { "" };
+        epilogue.push(format!("const float r{r} = q{r}[mi]{div};"));
+    }
+    for i in with_role(GemvRole::Output) {
+        let name = &kernel.params[i].name;
+        let read = lw.stores.iter().any(|s| s.3.tensors.contains(&i));
+        if read {
+            let at = if is_rows(i) { format!("p_{name}[orow + r]") } else { format!("p_{name}[r]") };
+            epilogue.push(format!("const float v_{name} = {};", dtype(i).c_load(&at)));
+        }
+    }
+    for (param, code, _, _) in &lw.stores {
+        epilogue.push(format!("p_{}[orow + r] = {code};", kernel.params[*param].name));
+    }
+    let mut align: Vec<String> = with_role(GemvRole::Weight)
+        .into_iter()
+        .chain(with_role(GemvRole::Input))
+        .map(|i| format!("(unsigned long long)p_{}", kernel.params[i].name))
+        .collect();
+    if align.is_empty() {
+        align.push("0ull".into());
+    }
+    let args: Vec<String> =
+        kernel.params.iter().map(|p| if p.ty.is_tensor() { format!("p_{}", p.name) } else { format!("s_{}", p.name) }).collect();
+    ctx.insert("warp", &spec.warp.unwrap_or(32));
+    ctx.insert("rows", &crate::spec::GEMV_ROWS);
+    ctx.insert("weights", &weights);
+    ctx.insert("inputs", &inputs);
+    ctx.insert("accs", &accs);
+    ctx.insert("vec_code", &indent(&vec_code, 36));
+    ctx.insert("scalar_code", &indent(&scalar_code, 24));
+    ctx.insert("epilogue", &indent(&epilogue, 20));
+    ctx.insert("align_expr", &align.join(" | "));
+    ctx.insert("args", &args.join(", "));
+}
+
+fn indent(lines: &[String], n: usize) -> String {
+    let pad = " ".repeat(n);
+    lines.iter().map(|l| format!("{pad}{l}")).collect::<Vec<_>>().join("\n")
 }
 
 /// The attention template's values: tile sizes, the modifiers as lambdas, the band.
@@ -373,10 +515,14 @@ impl Reduction {
         }
     }
     fn accumulate(&self, r: usize) -> String {
+        self.accumulate_into(&format!("acc{r}"))
+    }
+    /// The update of accumulator `acc` (a variable or an element) by one column.
+    fn accumulate_into(&self, acc: &str) -> String {
         match self.op {
-            ReduceOp::Sum | ReduceOp::Mean => format!("acc{r} += {};", self.arg),
-            ReduceOp::Max => format!("acc{r} = fmaxf(acc{r}, {});", self.arg),
-            ReduceOp::Min => format!("acc{r} = fminf(acc{r}, {});", self.arg),
+            ReduceOp::Sum | ReduceOp::Mean => format!("{acc} += {};", self.arg),
+            ReduceOp::Max => format!("{acc} = fmaxf({acc}, {});", self.arg),
+            ReduceOp::Min => format!("{acc} = fminf({acc}, {});", self.arg),
         }
     }
     fn finish(&self, r: usize) -> String {
@@ -403,7 +549,7 @@ impl Deps {
             match e {
                 Expr::Tensor(i) => d.tensors.push(*i),
                 Expr::Local(i) => d.lets.push(*i),
-                Expr::Reduce(..) | Expr::Float(_) | Expr::Int(_) | Expr::Scalar(_) | Expr::Var(_) => {}
+                Expr::Reduce(..) | Expr::Dot(..) | Expr::Float(_) | Expr::Int(_) | Expr::Scalar(_) | Expr::Var(_) => {}
                 Expr::Unary(_, a) | Expr::Cast(_, a) => walk(a, d),
                 Expr::Binary(_, a, b) => {
                     walk(a, d);
@@ -428,6 +574,8 @@ impl Deps {
 struct Lowered {
     lets: Vec<(String, usize, Deps)>,
     reductions: Vec<Reduction>,
+    /// Gemv `dot` products: the weight parameter and the input-side argument's C++.
+    dots: Vec<(usize, String)>,
     stores: Vec<(usize, String, usize, Deps)>,
     inputs: Vec<usize>,
     outputs: Vec<usize>,
@@ -435,7 +583,14 @@ struct Lowered {
 
 impl Lowered {
     fn new(kernel: &Kernel, spec: &Spec) -> Self {
-        let mut lw = Lowered { lets: Vec::new(), reductions: Vec::new(), stores: Vec::new(), inputs: Vec::new(), outputs: Vec::new() };
+        let mut lw = Lowered {
+            lets: Vec::new(),
+            reductions: Vec::new(),
+            dots: Vec::new(),
+            stores: Vec::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+        };
         let mut let_stage = Vec::new();
         for (i, l) in kernel.lets.iter().enumerate() {
             let (code, stage) = lw.expr(kernel, &l.value, &let_stage);
@@ -531,8 +686,24 @@ impl Lowered {
             }
             Expr::Reduce(op, a) => {
                 let (arg, s) = self.expr(k, a, let_stage);
+                // The same reduction twice (a gemv `let` inlined in two places) is one.
+                if let Some(r) = self.reductions.iter().position(|r| r.op == *op && r.arg == arg && r.arg_stage == s) {
+                    return (format!("r{r}"), s + 1);
+                }
                 self.reductions.push(Reduction { op: *op, arg, arg_stage: s, deps: Deps::of(a) });
                 (format!("r{}", self.reductions.len() - 1), s + 1)
+            }
+            Expr::Dot(w, a) => {
+                let (arg, s) = self.expr(k, a, let_stage);
+                // A product used twice (a `let` inlined in two places) is computed once.
+                let d = match self.dots.iter().position(|(w0, a0)| w0 == w && *a0 == arg) {
+                    Some(d) => d,
+                    None => {
+                        self.dots.push((*w, arg));
+                        self.dots.len() - 1
+                    }
+                };
+                (format!("d{d}"), s + 1)
             }
             Expr::Select(c, a, b) => {
                 let (c, sc) = self.expr(k, c, let_stage);

@@ -219,6 +219,7 @@ pub fn run(kernel: &Kernel, args: &mut [HostArg]) -> Result<(), ArgError> {
         (Kind::Attention, Dims::Attention { heads, kv_heads, head_dim, paged, .. }) => {
             run_attention(kernel, args, [heads as usize, kv_heads as usize], head_dim as usize, paged)
         }
+        (Kind::Gemv, Dims::Gemv { m, n, k }) => run_gemv(kernel, args, m as usize, n as usize, k as usize),
         (Kind::Rope(layout), Dims::Rope { tokens, q_heads, k_heads, head_dim, half_rot }) => {
             run_rope(args, layout, tokens as usize, [q_heads as usize, k_heads as usize], head_dim as usize, half_rot as usize)
         }
@@ -318,20 +319,10 @@ impl RowCx<'_> {
             Expr::Cast(to, a) => {
                 let a = self.eval(a);
                 let to = *to;
-                self.map1(a, move |v| match to {
-                    CastTo::F32 => Val::F(v.as_f32()),
-                    CastTo::F16 => Val::F(f16::from_f32(v.as_f32()).to_f32()),
-                    CastTo::BF16 => Val::F(bf16::from_f32(v.as_f32()).to_f32()),
-                    CastTo::I32 => Val::I(match v {
-                        Val::F(f) => f as i32,
-                        other => other.as_i64() as i32,
-                    }),
-                    CastTo::U32 => Val::U(match v {
-                        Val::F(f) => f as u32,
-                        other => other.as_i64() as u32,
-                    }),
-                })
+                self.map1(a, move |v| cast(to, v))
             }
+            // A product has no per-column value; gemv kernels evaluate it in `run_gemv`.
+            Expr::Dot(..) => RowVal::Uniform(Val::F(f32::NAN)),
             Expr::Reduce(op, a) => {
                 let a = self.eval(a);
                 let vals: Vec<f32> = (0..self.cols).map(|c| a.at(c).as_f32()).collect();
@@ -344,6 +335,22 @@ impl RowCx<'_> {
                 RowVal::Uniform(Val::F(r))
             }
         }
+    }
+}
+
+fn cast(to: CastTo, v: Val) -> Val {
+    match to {
+        CastTo::F32 => Val::F(v.as_f32()),
+        CastTo::F16 => Val::F(f16::from_f32(v.as_f32()).to_f32()),
+        CastTo::BF16 => Val::F(bf16::from_f32(v.as_f32()).to_f32()),
+        CastTo::I32 => Val::I(match v {
+            Val::F(f) => f as i32,
+            other => other.as_i64() as i32,
+        }),
+        CastTo::U32 => Val::U(match v {
+            Val::F(f) => f as u32,
+            other => other.as_i64() as u32,
+        }),
     }
 }
 
@@ -412,6 +419,97 @@ fn run_rows(kernel: &Kernel, args: &mut [HostArg], rows: usize, cols: usize) {
             if let HostArg::Tensor(t) = &mut args[param] {
                 for c in 0..cols {
                     t.set(base + c, val.at(c));
+                }
+            }
+        }
+    }
+}
+
+/// One input row of a gemv kernel: each `dot` argument's column values and each
+/// reduction's result, computed once and shared by all output columns.
+struct GemvRow<'a> {
+    cx: RowCx<'a>,
+    /// `(node, argument over the k columns)` of each `dot`.
+    dots: Vec<(*const Expr, RowVal)>,
+    /// `(node, value)` of each reduction.
+    reductions: Vec<(*const Expr, Val)>,
+}
+
+impl GemvRow<'_> {
+    fn prepare(&mut self, e: &Expr) {
+        match e {
+            Expr::Dot(_, a) => {
+                let v = self.cx.eval(a);
+                self.dots.push((e as *const Expr, v));
+            }
+            Expr::Reduce(..) => {
+                let v = self.cx.eval(e).at(0);
+                self.reductions.push((e as *const Expr, v));
+            }
+            Expr::Unary(_, a) | Expr::Cast(_, a) => self.prepare(a),
+            Expr::Binary(_, a, b) => {
+                self.prepare(a);
+                self.prepare(b);
+            }
+            Expr::Call(_, args) => args.iter().for_each(|a| self.prepare(a)),
+            Expr::Select(c, a, b) => {
+                self.prepare(c);
+                self.prepare(a);
+                self.prepare(b);
+            }
+            Expr::Float(_) | Expr::Int(_) | Expr::Scalar(_) | Expr::Local(_) | Expr::Var(_) | Expr::Tensor(_) => {}
+        }
+    }
+
+    /// The value of an output-side expression at output column `r` (of `n`); products
+    /// accumulate in f32 in column order.
+    fn eval(&self, e: &Expr, r: usize, n: usize, k: usize) -> Val {
+        let go = |a: &Expr| self.eval(a, r, n, k);
+        match e {
+            Expr::Tensor(i) => {
+                let Some(t) = self.cx.args[*i].tensor() else { return Val::F(f32::NAN) };
+                let rows_layout = matches!(self.cx.kernel.params[*i].ty, ParamTy::Tensor { layout: Layout::Rows, .. });
+                t.get(if rows_layout { self.cx.row * n + r } else { r })
+            }
+            Expr::Dot(w, _) => {
+                let (Some(wt), Some((_, x))) = (self.cx.args[*w].tensor(), self.dots.iter().find(|(p, _)| std::ptr::eq(*p, e))) else {
+                    return Val::F(f32::NAN);
+                };
+                Val::F((0..k).fold(0.0f32, |acc, c| acc + wt.get(r * k + c).as_f32() * x.at(c).as_f32()))
+            }
+            Expr::Reduce(..) => self.reductions.iter().find(|(p, _)| std::ptr::eq(*p, e)).map_or(Val::F(f32::NAN), |(_, v)| *v),
+            Expr::Unary(UnOp::Neg, a) => Val::F(-go(a).as_f32()),
+            Expr::Unary(UnOp::Not, a) => Val::B(!go(a).as_bool()),
+            Expr::Binary(op, a, b) => binary(*op, go(a), go(b)),
+            Expr::Call(f, args) => {
+                let xs: Vec<Val> = args.iter().map(go).collect();
+                Val::F(intrinsic(*f, &xs))
+            }
+            Expr::Select(c, a, b) => {
+                if go(c).as_bool() {
+                    go(a)
+                } else {
+                    go(b)
+                }
+            }
+            Expr::Cast(to, a) => cast(*to, go(a)),
+            Expr::Float(_) | Expr::Int(_) | Expr::Scalar(_) | Expr::Local(_) | Expr::Var(_) => self.cx.eval(e).at(0),
+        }
+    }
+}
+
+fn run_gemv(kernel: &Kernel, args: &mut [HostArg], m: usize, n: usize, k: usize) {
+    for mi in 0..m {
+        let results: Vec<(usize, Vec<Val>)> = {
+            let cx = RowCx { kernel, args, row: mi, cols: k, lets: Vec::new() };
+            let mut row = GemvRow { cx, dots: Vec::new(), reductions: Vec::new() };
+            kernel.stores.iter().for_each(|s| row.prepare(&s.value));
+            kernel.stores.iter().map(|s| (s.param, (0..n).map(|r| row.eval(&s.value, r, n, k)).collect())).collect()
+        };
+        for (param, vals) in results {
+            if let HostArg::Tensor(t) = &mut args[param] {
+                for (r, v) in vals.into_iter().enumerate() {
+                    t.set(mi * n + r, v);
                 }
             }
         }
@@ -506,7 +604,7 @@ fn eval_attn(e: &Expr, env: &AttnEnv<'_>) -> Val {
                 CastTo::BF16 => Val::F(DType::BF16.round_f32(a.as_f32())),
             }
         }
-        Expr::Local(_) | Expr::Tensor(_) | Expr::Reduce(..) => Val::F(f32::NAN),
+        Expr::Local(_) | Expr::Tensor(_) | Expr::Reduce(..) | Expr::Dot(..) => Val::F(f32::NAN),
     }
 }
 

@@ -39,6 +39,10 @@ pub enum Kind {
     /// Scaled dot-product attention (prefill tiles on matrix cores, split-KV decode,
     /// paged KV), with FlexAttention-style `mask!` and `score!` modifiers.
     Attention,
+    /// Matrix-vector products for decode: `out[m, r] = f(dot(w, g(x))[m, r], ...)`, one
+    /// warp per output column `r` streaming row `r` of each weight `w [n, k]` once for
+    /// the (few) rows `m` of the activations.
+    Gemv,
 }
 
 impl Kind {
@@ -49,6 +53,7 @@ impl Kind {
             Kind::Rowwise => "rowwise",
             Kind::Rope(_) => "rope",
             Kind::Attention => "attention",
+            Kind::Gemv => "gemv",
         }
     }
 }
@@ -457,6 +462,21 @@ pub enum Expr {
     Cast(CastTo, Box<Expr>),
     /// A built-in variable of the attention modifiers.
     Var(AttnVar),
+    /// `dot(w, e)` (gemv kernels): the product of row `r` of weight parameter `w`
+    /// (`[n, k]`) with `e`, an expression over the `k` input columns of row `m`.
+    Dot(usize, Box<Expr>),
+}
+
+/// Where a gemv kernel reads a tensor parameter, which fixes its shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemvRole {
+    /// The first argument of `dot`: `[n, k]`, one row per output column.
+    Weight,
+    /// Read inside `dot` or a reduction, per input column: `Rows<T>` is `[m, k]`,
+    /// `[T]` is `[k]`.
+    Input,
+    /// Read or written per output element: `Rows<T>` is `[m, n]`, `[T]` is `[n]`.
+    Output,
 }
 
 /// The variables an attention kernel's `mask!` and `score!` see.
@@ -507,7 +527,7 @@ impl Expr {
     pub fn visit(&self, f: &mut impl FnMut(&Expr)) {
         match self {
             Expr::Float(_) | Expr::Int(_) | Expr::Tensor(_) | Expr::Scalar(_) | Expr::Local(_) | Expr::Var(_) => {}
-            Expr::Unary(_, a) | Expr::Reduce(_, a) | Expr::Cast(_, a) => a.visit(f),
+            Expr::Unary(_, a) | Expr::Reduce(_, a) | Expr::Cast(_, a) | Expr::Dot(_, a) => a.visit(f),
             Expr::Binary(_, a, b) => {
                 a.visit(f);
                 b.visit(f);
@@ -541,6 +561,43 @@ impl Kernel {
     /// Whether any parameter uses the generic dtype `T`.
     pub fn is_generic(&self) -> bool {
         self.params.iter().any(|p| matches!(p.ty, ParamTy::Tensor { dtype: DTypeRef::Generic, .. }))
+    }
+
+    /// Gemv kernels: the role of each parameter (`None` for scalars and for tensors no
+    /// store reads or writes). `parse` rejects a tensor used in two roles, so the first
+    /// use found is the only one.
+    pub fn gemv_roles(&self) -> Vec<Option<GemvRole>> {
+        fn walk(e: &Expr, input: bool, roles: &mut [Option<GemvRole>]) {
+            match e {
+                Expr::Tensor(i) => {
+                    let role = if input { GemvRole::Input } else { GemvRole::Output };
+                    roles[*i].get_or_insert(role);
+                }
+                Expr::Dot(w, a) => {
+                    roles[*w].get_or_insert(GemvRole::Weight);
+                    walk(a, true, roles);
+                }
+                Expr::Reduce(_, a) => walk(a, true, roles),
+                Expr::Float(_) | Expr::Int(_) | Expr::Scalar(_) | Expr::Local(_) | Expr::Var(_) => {}
+                Expr::Unary(_, a) | Expr::Cast(_, a) => walk(a, input, roles),
+                Expr::Binary(_, a, b) => {
+                    walk(a, input, roles);
+                    walk(b, input, roles);
+                }
+                Expr::Call(_, args) => args.iter().for_each(|a| walk(a, input, roles)),
+                Expr::Select(c, a, b) => {
+                    walk(c, input, roles);
+                    walk(a, input, roles);
+                    walk(b, input, roles);
+                }
+            }
+        }
+        let mut roles = vec![None; self.params.len()];
+        for s in &self.stores {
+            roles[s.param] = Some(GemvRole::Output);
+            walk(&s.value, false, &mut roles);
+        }
+        roles
     }
 
     /// Whether any expression contains a row reduction.

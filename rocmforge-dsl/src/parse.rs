@@ -15,9 +15,9 @@ use syn::{Meta, Token};
 
 use crate::dtype::DType;
 use crate::ir::*;
-use crate::spec::ATTENTION_BLOCK;
+use crate::spec::{ATTENTION_BLOCK, GEMV_BLOCK};
 
-const ALLOWED_KINDS: &str = "elementwise, rowwise, rope, attention";
+const ALLOWED_KINDS: &str = "elementwise, rowwise, rope, attention, gemv";
 const ALLOWED_PARAM_TYPES: &str =
     "&[T], &mut [T], &Rows<T>, &mut Rows<T>, &Heads<T>, &mut Heads<T>, f32, i32, u32 (T: f32, f16, bf16, i32, u32, or the generic T)";
 const ALLOWED_FLOAT_DTYPES: &str = "f32, f16, bf16";
@@ -92,6 +92,7 @@ fn parse_attr(cx: &mut Cx, attr: TokenStream, item: &syn::ItemFn) -> (Kind, Opti
         "rowwise" => Kind::Rowwise,
         "rope" => Kind::Rope(RopeLayout::Neox),
         "attention" => Kind::Attention,
+        "gemv" => Kind::Gemv,
         _ => {
             cx.error(kind_meta.path(), format!("unknown kernel kind `{}`; allowed: {ALLOWED_KINDS}", kind_meta.path().to_token_stream()));
             return (Kind::Elementwise, options);
@@ -116,6 +117,7 @@ fn parse_attr(cx: &mut Cx, attr: TokenStream, item: &syn::ItemFn) -> (Kind, Opti
         Kind::Rowwise => &["dtype", "block", "debug"],
         Kind::Rope(_) => &["layout", "dtype", "head_dim", "block", "debug"],
         Kind::Attention => &["dtype", "head_dim", "block_q", "block_kv", "debug"],
+        Kind::Gemv => &["dtype", "block", "debug"],
     };
     let mut seen = Vec::new();
     for meta in &nested {
@@ -244,6 +246,7 @@ fn parse_attr(cx: &mut Cx, attr: TokenStream, item: &syn::ItemFn) -> (Kind, Opti
             Kind::Rowwise => vec![256, 1024],
             Kind::Elementwise | Kind::Rope(_) => vec![256],
             Kind::Attention => vec![ATTENTION_BLOCK],
+            Kind::Gemv => vec![GEMV_BLOCK],
         };
     }
     if kind == Kind::Attention && options.head_dims.is_empty() && !seen.iter().any(|s| s == "head_dim") {
@@ -287,6 +290,10 @@ struct Body<'a> {
     let_rows: Vec<bool>,
     /// Outputs with a `*out = ...` statement, valid or not (one mistake, one message).
     assigned: Vec<usize>,
+    /// Gemv: the role found so far for each parameter (one role per tensor).
+    roles: Vec<Option<GemvRole>>,
+    /// Gemv: `dot` products over all stores.
+    dots: usize,
 }
 
 fn parse_fn(cx: &mut Cx, kind: Kind, options: Options, item: &syn::ItemFn) -> Kernel {
@@ -342,7 +349,9 @@ fn parse_fn(cx: &mut Cx, kind: Kind, options: Options, item: &syn::ItemFn) -> Ke
 
     check_param_layouts(cx, kind, &params, sig);
 
-    let mut body = Body { kind, params: &params, param_index, lets: Vec::new(), let_rows: Vec::new(), assigned: Vec::new() };
+    let roles = vec![None; params.len()];
+    let mut body =
+        Body { kind, params: &params, param_index, lets: Vec::new(), let_rows: Vec::new(), assigned: Vec::new(), roles, dots: 0 };
     let mut stores: Vec<Store> = Vec::new();
     let mut mods = AttnMods::default();
     if kind == Kind::Attention {
@@ -361,6 +370,9 @@ fn parse_fn(cx: &mut Cx, kind: Kind, options: Options, item: &syn::ItemFn) -> Ke
         if !writes_any {
             cx.error(&sig.ident, "kernel has no output: declare a `&mut` tensor parameter and write it with `*out = ...;`");
         }
+        if kind == Kind::Gemv {
+            check_gemv_uses(cx, &body, sig);
+        }
         for (i, p) in params.iter().enumerate() {
             if matches!(p.ty, ParamTy::Tensor { mutable: true, .. }) && !body.assigned.contains(&i) {
                 let span = sig.inputs.iter().nth(i).map(|a| a.span()).unwrap_or_else(|| sig.ident.span());
@@ -371,7 +383,9 @@ fn parse_fn(cx: &mut Cx, kind: Kind, options: Options, item: &syn::ItemFn) -> Ke
             }
         }
     }
-    let lets = body.lets;
+    // Gemv stores were stored with their `let`s inlined (a value's role, input column or
+    // output element, depends on where it is used, not where it is bound).
+    let lets = if kind == Kind::Gemv { Vec::new() } else { body.lets };
     let inline = |e: Option<Expr>| e.map(|e| inline_lets(&e, &lets));
     let (mask, score_mod) = (inline(mods.mask), inline(mods.score));
     Kernel { name: sig.ident.to_string(), kind, options, params, lets, stores, mask, score_mod }
@@ -393,6 +407,7 @@ fn inline_lets(e: &Expr, lets: &[Let]) -> Expr {
         Expr::Binary(op, a, b) => Expr::Binary(*op, go(a), go(b)),
         Expr::Call(f, args) => Expr::Call(*f, args.iter().map(|a| inline_lets(a, lets)).collect()),
         Expr::Reduce(op, a) => Expr::Reduce(*op, go(a)),
+        Expr::Dot(w, a) => Expr::Dot(*w, go(a)),
         Expr::Select(c, a, b) => Expr::Select(go(c), go(a), go(b)),
         Expr::Cast(t, a) => Expr::Cast(*t, go(a)),
         other => other.clone(),
@@ -509,6 +524,23 @@ fn check_param_layouts(cx: &mut Cx, kind: Kind, params: &[Param], sig: &syn::Sig
             for (i, p) in params.iter().enumerate() {
                 if AttnVar::ALL.iter().any(|(_, n)| *n == p.name) {
                     cx.error_at(span_of(i), format!("`{}` names a built-in attention variable; choose another parameter name", p.name));
+                }
+            }
+        }
+        Kind::Gemv => {
+            for (i, p) in params.iter().enumerate() {
+                if let ParamTy::Tensor { layout, mutable, .. } = p.ty {
+                    match layout {
+                        Layout::Heads => cx.error_at(
+                            span_of(i),
+                            format!("gemv kernels take `Rows<T>` (weights [n, k], inputs [m, k], outputs [m, n]) and `&[T]` vectors; `{}` is Heads<T>", p.name),
+                        ),
+                        Layout::Flat if mutable => cx.error_at(
+                            span_of(i),
+                            format!("`{}` is a vector; a gemv output must be `&mut Rows<T>` ([m, n]: one row per input row)", p.name),
+                        ),
+                        _ => {}
+                    }
                 }
             }
         }
@@ -693,7 +725,90 @@ fn parse_store(cx: &mut Cx, body: &mut Body<'_>, stores: &mut Vec<Store>, assign
         );
         return;
     }
+    if body.kind == Kind::Gemv {
+        e = inline_lets(&e, &body.lets);
+        note_gemv_role(cx, body, idx, GemvRole::Output, ident);
+        check_gemv_expr(cx, body, &e, false, &assign.right);
+    }
     stores.push(Store { param: idx, value: e });
+}
+
+fn role_words(r: GemvRole) -> &'static str {
+    match r {
+        GemvRole::Weight => "a weight (the first argument of `dot`, [n, k])",
+        GemvRole::Input => "an input (read per column inside `dot` or a reduction: [m, k] or [k])",
+        GemvRole::Output => "an output-side tensor (read or written per output element: [m, n] or [n])",
+    }
+}
+
+/// Records that parameter `i` is used as `role`; a second, different role is an error
+/// (the role fixes the tensor's shape).
+fn note_gemv_role(cx: &mut Cx, body: &mut Body<'_>, i: usize, role: GemvRole, at: &dyn ToTokens) {
+    match body.roles[i] {
+        None => body.roles[i] = Some(role),
+        Some(r) if r == role => {}
+        Some(r) => cx.error(
+            at,
+            format!(
+                "`{}` is used as {} and as {}; a gemv tensor has one role, which fixes its shape: pass a second tensor",
+                body.params[i].name,
+                role_words(r),
+                role_words(role)
+            ),
+        ),
+    }
+}
+
+/// Walks a gemv store (lets inlined): tensors outside `dot` and reductions are output
+/// side, inside them input side; `dot` and reductions do not nest (the kernel computes
+/// them all in one pass over the input columns).
+fn check_gemv_expr(cx: &mut Cx, body: &mut Body<'_>, e: &Expr, input: bool, at: &syn::Expr) {
+    match e {
+        Expr::Tensor(i) => {
+            let role = if input { GemvRole::Input } else { GemvRole::Output };
+            note_gemv_role(cx, body, *i, role, at);
+        }
+        Expr::Dot(..) | Expr::Reduce(..) if input => {
+            cx.error(at, "`dot` and reductions cannot nest in a gemv kernel: each is computed in the one pass over the input columns; compute the inner value outside");
+        }
+        Expr::Dot(w, a) => {
+            body.dots += 1;
+            note_gemv_role(cx, body, *w, GemvRole::Weight, at);
+            check_gemv_expr(cx, body, a, true, at);
+        }
+        Expr::Reduce(_, a) => check_gemv_expr(cx, body, a, true, at),
+        Expr::Float(_) | Expr::Int(_) | Expr::Scalar(_) | Expr::Local(_) | Expr::Var(_) => {}
+        Expr::Unary(_, a) | Expr::Cast(_, a) => check_gemv_expr(cx, body, a, input, at),
+        Expr::Binary(_, a, b) => {
+            check_gemv_expr(cx, body, a, input, at);
+            check_gemv_expr(cx, body, b, input, at);
+        }
+        Expr::Call(_, args) => args.iter().for_each(|a| check_gemv_expr(cx, body, a, input, at)),
+        Expr::Select(c, a, b) => {
+            check_gemv_expr(cx, body, c, input, at);
+            check_gemv_expr(cx, body, a, input, at);
+            check_gemv_expr(cx, body, b, input, at);
+        }
+    }
+}
+
+/// After every statement of a gemv kernel: it has a product, and each tensor is used
+/// (its shape comes from its role).
+fn check_gemv_uses(cx: &mut Cx, body: &Body<'_>, sig: &syn::Signature) {
+    if cx.errors.is_some() {
+        // A statement that failed to parse left its product and tensors unrecorded: one
+        // mistake, one message.
+        return;
+    }
+    if body.dots == 0 {
+        cx.error(&sig.ident, "a gemv kernel computes `dot(w, x)`: write an output as an expression of it, e.g. `*out = dot(w, x);`");
+    }
+    for (i, p) in body.params.iter().enumerate() {
+        if p.ty.is_tensor() && body.roles[i].is_none() {
+            let span = sig.inputs.iter().nth(i).map(|a| a.span()).unwrap_or_else(|| sig.ident.span());
+            cx.error_at(span, format!("`{}` is never used: a gemv kernel's tensor shapes follow from where they are read", p.name));
+        }
+    }
 }
 
 fn parse_expr(cx: &mut Cx, body: &Body<'_>, e: &syn::Expr) -> Option<(Expr, Typed)> {
@@ -901,7 +1016,7 @@ fn parse_expr(cx: &mut Cx, body: &Body<'_>, e: &syn::Expr) -> Option<(Expr, Type
 
 fn intrinsic_list() -> String {
     let mut names: Vec<&str> = Intrinsic::ALL.iter().map(|(_, n, _)| *n).collect();
-    names.extend(["select", "sum", "mean", "max (one argument)", "min (one argument)"]);
+    names.extend(["select", "sum", "mean", "max (one argument)", "min (one argument)", "dot (gemv)"]);
     names.join(", ")
 }
 
@@ -923,13 +1038,16 @@ fn parse_call(cx: &mut Cx, body: &Body<'_>, call: &syn::ExprCall) -> Option<(Exp
         ("min", 1) => Some(ReduceOp::Min),
         _ => None,
     };
+    if name == "dot" {
+        return parse_dot(cx, body, call);
+    }
     let args: Vec<Option<(Expr, Typed)>> = call.args.iter().map(|a| parse_expr(cx, body, a)).collect();
     if let Some(op) = reduce {
-        if body.kind != Kind::Rowwise {
+        if !matches!(body.kind, Kind::Rowwise | Kind::Gemv) {
             cx.error(
                 ident,
                 format!(
-                    "reduction `{name}` is only allowed in `rowwise` kernels; `{}` kernels compute each element on its own",
+                    "reduction `{name}` is only allowed in `rowwise` and `gemv` kernels; `{}` kernels compute each element on its own",
                     body.kind.name()
                 ),
             );
@@ -1000,6 +1118,36 @@ fn parse_call(cx: &mut Cx, body: &Body<'_>, call: &syn::ExprCall) -> Option<(Exp
         out.push(e);
     }
     Some((Expr::Call(intr, out), Typed { ty: Ty::F32, row, int_lit: None }))
+}
+
+/// `dot(w, e)`: `w` names a `&Rows<T>` weight parameter, `e` is f32.
+fn parse_dot(cx: &mut Cx, body: &Body<'_>, call: &syn::ExprCall) -> Option<(Expr, Typed)> {
+    if body.kind != Kind::Gemv {
+        cx.error(&call.func, format!("`dot` is only allowed in `gemv` kernels; `{}` kernels have no weight matrix", body.kind.name()));
+        return None;
+    }
+    if call.args.len() != 2 {
+        cx.error(call, "`dot(w, x)` takes two arguments: the weight parameter and an expression over the input columns");
+        return None;
+    }
+    let weight = match &call.args[0] {
+        syn::Expr::Path(p) => p.path.get_ident().and_then(|i| body.param_index.get(&i.to_string()).copied()),
+        _ => None,
+    };
+    let ok = weight.is_some_and(|w| matches!(body.params[w].ty, ParamTy::Tensor { layout: Layout::Rows, mutable: false, .. }));
+    let (a, t) = parse_expr(cx, body, &call.args[1])?;
+    let (Some(w), true) = (weight, ok) else {
+        cx.error(
+            &call.args[0],
+            "the first argument of `dot` names a weight parameter declared `&Rows<T>` ([n, k], one row per output column)",
+        );
+        return None;
+    };
+    if t.ty != Ty::F32 {
+        cx.error(&call.args[1], format!("dtype mismatch: `dot` needs f32, found {}; convert with `as f32`", t.ty.name()));
+        return None;
+    }
+    Some((Expr::Dot(w, Box::new(a)), f32_of_uniform()))
 }
 
 fn f32_of_uniform() -> Typed {

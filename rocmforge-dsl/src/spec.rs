@@ -65,6 +65,26 @@ pub fn symbol_name(kernel: &str, spec: &Spec) -> String {
 /// decode: 128 threads on any warp size).
 pub const ATTENTION_BLOCK: u32 = 128;
 
+/// Threads of a gemv workgroup by default: four warps of 32 (two wavefronts of 64), each
+/// on its own output column.
+pub const GEMV_BLOCK: u32 = 128;
+
+/// Input rows one gemv kernel takes per launch row (`<symbol>_m1`, `_m2`, `_m4`, `_m8`):
+/// each weight row is loaded once and used for all of them. More rows run as several
+/// groups along the grid's y.
+pub const GEMV_ROWS: [u32; 4] = [1, 2, 4, 8];
+
+/// The rows per group a gemv launch of `m` input rows uses: the fewest of [`GEMV_ROWS`]
+/// that hold them, or the most.
+pub fn gemv_rows(m: u64) -> u32 {
+    GEMV_ROWS.iter().copied().find(|&r| u64::from(r) >= m).unwrap_or(GEMV_ROWS[GEMV_ROWS.len() - 1])
+}
+
+/// The symbol of a gemv specialization's kernel for `rows` input rows per group.
+pub fn gemv_symbol(kernel: &str, spec: &Spec, rows: u32) -> String {
+    format!("{}_m{rows}", symbol_name(kernel, spec))
+}
+
 /// Suffix of an attention specialization's split-KV decode kernel (also the portable
 /// prefill where the device has no matrix-core path).
 pub const DECODE_SUFFIX: &str = "_decode";
@@ -182,6 +202,7 @@ impl Kernel {
                     }
                     out.push(Spec { dtype, block: 4 * warp, warp: Some(warp), head_dim: None, row_mode: Some(RowMode::Warp) });
                 }
+                Kind::Gemv => out.push(Spec { dtype, block: self.options.blocks[0], warp: Some(warp), head_dim: None, row_mode: None }),
                 Kind::Rope(_) | Kind::Attention => {
                     for &h in &self.options.head_dims {
                         out.push(Spec { dtype, block: self.options.blocks[0], warp: None, head_dim: Some(h), row_mode: None });

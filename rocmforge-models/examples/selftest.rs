@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rocmforge_dsl::ir::{Kind, Layout, ParamTy, ScalarTy};
+use rocmforge_dsl::ir::{GemvRole, Kind, Layout, ParamTy, ScalarTy};
 use rocmforge_dsl::rope::{inv_freq, RopeScaling};
 use rocmforge_dsl::spec::RowMode;
 use rocmforge_models::kernels;
@@ -37,6 +37,17 @@ fn bound(d: DType) -> f64 {
 
 fn rand_vec(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| (rng.next_f32() * 2.0 - 1.0) * scale).collect()
+}
+
+/// A scalar argument from the declaration: `eps` is small, other f32 scalars (softmax's
+/// scale) near 1.
+fn scalar_arg(name: &str, ty: ScalarTy, rng: &mut Rng) -> HostArg {
+    match ty {
+        ScalarTy::F32 if name == "eps" => HostArg::F32(1e-5),
+        ScalarTy::F32 => HostArg::F32(0.3 + rng.next_f32()),
+        ScalarTy::I32 => HostArg::I32(3),
+        ScalarTy::U32 => HostArg::U32(3),
+    }
 }
 
 fn shapes(k: &Kernel, spec: &Spec, rng: &mut Rng) -> Vec<Vec<HostArg>> {
@@ -69,10 +80,40 @@ fn shapes(k: &Kernel, spec: &Spec, rng: &mut Rng) -> Vec<Vec<HostArg>> {
                     .map(|p| match p.ty {
                         ParamTy::Tensor { layout: Layout::Rows, .. } => t(rng, &[rows, cols], 4.0),
                         ParamTy::Tensor { .. } => t(rng, &[cols], 2.0),
-                        ParamTy::Scalar(ScalarTy::F32) if p.name == "eps" => HostArg::F32(1e-5),
-                        ParamTy::Scalar(ScalarTy::F32) => HostArg::F32(0.3 + rng.next_f32()),
-                        ParamTy::Scalar(ScalarTy::I32) => HostArg::I32(3),
-                        ParamTy::Scalar(ScalarTy::U32) => HostArg::U32(3),
+                        ParamTy::Scalar(ty) => scalar_arg(&p.name, ty, rng),
+                    })
+                    .collect();
+                out.push(args);
+            }
+        }
+        Kind::Gemv => {
+            let roles = k.gemv_roles();
+            // (m, n, k): a 1B projection at one sequence, odd sizes, columns not a whole
+            // number of 16-byte groups (the per-column path), rows in several groups of 8,
+            // a wide output.
+            for (m, n, kk) in [(1usize, 2048usize, 2048usize), (1, 33, 1000), (3, 64, 4096), (5, 17, 37), (20, 100, 512), (2, 50_000, 256)]
+            {
+                let args = k
+                    .params
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        let dt = k.param_dtype(i, spec).unwrap_or(d);
+                        let rows = matches!(p.ty, ParamTy::Tensor { layout: Layout::Rows, .. });
+                        let (shape, scale) = match (roles[i], rows) {
+                            (Some(GemvRole::Weight), _) => (vec![n, kk], 1.0),
+                            (Some(GemvRole::Input), true) => (vec![m, kk], 2.0),
+                            (Some(GemvRole::Input), false) => (vec![kk], 2.0),
+                            (_, true) => (vec![m, n], 4.0),
+                            (_, false) => (vec![n], 2.0),
+                        };
+                        match p.ty {
+                            ParamTy::Tensor { .. } => {
+                                let vals = rand_vec(rng, shape.iter().product(), scale);
+                                HostArg::Tensor(HostTensor::from_f32(dt, &shape, &vals).unwrap_or_else(|| unreachable!()))
+                            }
+                            ParamTy::Scalar(ty) => scalar_arg(&p.name, ty, rng),
+                        }
                     })
                     .collect();
                 out.push(args);

@@ -590,6 +590,7 @@ impl GpuModel {
         let k_add_rms = kernel(kernels::add_rmsnorm::kernel())?;
         let k_causal = kernel(kernels::attention_causal::kernel())?;
         let k_window = kernel(kernels::attention_window::kernel())?;
+        let k_mlp = kernel(kernels::mlp_gate_up::kernel())?;
 
         let marks = Marks { dev: &dev, on: self.profiling, v: std::cell::RefCell::new(Vec::new()) };
         let host_t0 = std::time::Instant::now();
@@ -686,8 +687,15 @@ impl GpuModel {
                 dev.launch_engine(&plan_gemv(&lim, &s.attn.view(0, &[t, qd])?, &layer.wo, &r, &f)?)?;
                 marks.mark("gate_up")?;
                 let norm = Some((&layer.mlp_norm as &dyn TensorArg, eps));
-                if pairs {
-                    // One warp per (gate row j, up row j), the SwiGLU in its epilogue.
+                if pairs && layer.b_gate_up.is_none() {
+                    // The DSL's `mlp_gate_up`: the norm, both products (each warp streams
+                    // gate row j and up row j) and SwiGLU in one pass.
+                    let w_gate = layer.w_gate_up.view(0, &[inter, h])?;
+                    let w_up = layer.w_gate_up.view(inter * h, &[inter, h])?;
+                    let mut act = s.act.view_mut(0, &[t, inter])?;
+                    launch(k_mlp, kernels::mlp_gate_up::plan(&lim, &r, &layer.mlp_norm, &w_gate, &w_up, &mut act, eps))?;
+                } else if pairs {
+                    // One warp per (gate row j, up row j), the bias and SwiGLU in its epilogue.
                     let epi = PairEpilogue::SwiGlu { out: &s.act.view(0, &[t, inter])? };
                     dev.launch_engine(&plan_gemv_pairs(&lim, &r, &layer.w_gate_up, norm, bias(&layer.b_gate_up), &epi)?)?;
                 } else {

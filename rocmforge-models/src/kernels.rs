@@ -87,6 +87,49 @@ pub fn attention_alibi(q: &Heads<T>, k: &Heads<T>, v: &Heads<T>, out: &mut Heads
     mask!(kv_pos <= q_pos);
 }
 
+/// Matrix-vector product for decode: `out = x w^T` on a few rows of `x` (a linear layer).
+#[gpu_kernel(gemv(dtype = [f32, f16, bf16]))]
+pub fn linear(x: &Rows<T>, w: &Rows<T>, out: &mut Rows<T>) {
+    *out = dot(w, x);
+}
+
+/// A projection added into the residual stream in place: `res += x w^T` (the attention
+/// output and MLP down projections).
+#[gpu_kernel(gemv(dtype = [f32, f16, bf16]))]
+pub fn linear_residual(x: &Rows<T>, w: &Rows<T>, res: &mut Rows<T>) {
+    *res = res + dot(w, x);
+}
+
+/// RMSNorm fused into a product: `out = (rmsnorm(x) * g) w^T`, the norm's scale applied
+/// after the product (a layer's input norm and QKV projection).
+#[gpu_kernel(gemv(dtype = [f32, f16, bf16]))]
+pub fn rmsnorm_linear(x: &Rows<T>, g: &[T], w: &Rows<T>, out: &mut Rows<T>, eps: f32) {
+    *out = dot(w, x * g) * rsqrt(mean(x * x) + eps);
+}
+
+/// The final norm and the LM head, logits in f32.
+#[gpu_kernel(gemv(dtype = [f32, f16, bf16]))]
+pub fn lm_head(x: &Rows<T>, g: &[T], w: &Rows<T>, logits: &mut Rows<f32>, eps: f32) {
+    *logits = dot(w, x * g) * rsqrt(mean(x * x) + eps);
+}
+
+/// The SwiGLU MLP's gate and up products and its activation in one pass:
+/// `out = silu(x w_gate^T) * (x w_up^T)`; neither product is stored.
+#[gpu_kernel(gemv(dtype = [f32, f16, bf16]))]
+pub fn gate_up_swiglu(x: &Rows<T>, w_gate: &Rows<T>, w_up: &Rows<T>, out: &mut Rows<T>) {
+    *out = silu(dot(w_gate, x)) * dot(w_up, x);
+}
+
+/// The MLP of one decode step up to its down projection: the input RMSNorm, the gate
+/// and up products and SwiGLU, in one pass over the weights. The norm's scale `s`
+/// multiplies each product (`dot(w, x * g) * s` is the product of the normed row).
+#[gpu_kernel(gemv(dtype = [f32, f16, bf16]))]
+pub fn mlp_gate_up(x: &Rows<T>, g: &[T], w_gate: &Rows<T>, w_up: &Rows<T>, out: &mut Rows<T>, eps: f32) {
+    let s = rsqrt(mean(x * x) + eps);
+    let y = x * g;
+    *out = silu(dot(w_gate, y) * s) * (dot(w_up, y) * s);
+}
+
 /// The IR of every standard kernel, for tests, snapshots and the self-check.
 pub fn all() -> Result<Vec<&'static rocmforge_runtime::Kernel>, rocmforge_runtime::LaunchError> {
     Ok(vec![
@@ -103,5 +146,11 @@ pub fn all() -> Result<Vec<&'static rocmforge_runtime::Kernel>, rocmforge_runtim
         attention_window::kernel()?,
         attention_softcap::kernel()?,
         attention_alibi::kernel()?,
+        linear::kernel()?,
+        linear_residual::kernel()?,
+        rmsnorm_linear::kernel()?,
+        lm_head::kernel()?,
+        gate_up_swiglu::kernel()?,
+        mlp_gate_up::kernel()?,
     ])
 }

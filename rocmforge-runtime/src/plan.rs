@@ -342,6 +342,15 @@ pub fn plan_spec(kernel: &Kernel, limits: &DeviceLimits, args: &[Arg<'_>], force
             values.push(ArgValue::I32(i32_of("rotary pairs", half_rot)?));
             (spec, work)
         }
+        (Kind::Gemv, Dims::Gemv { m, n, k }) => {
+            let spec = kernel.specs(warp).into_iter().find(|s| s.dtype == dtype).ok_or_else(|| missing(kernel, dtype))?;
+            values.push(ArgValue::I64(i64_of("input rows", m)?));
+            values.push(ArgValue::I64(i64_of("output columns", n)?));
+            // In-row column indices are 32-bit in the kernel.
+            i32_of("input columns", k)?;
+            values.push(ArgValue::I64(i64_of("input columns", k)?));
+            (spec, n)
+        }
         (Kind::Attention, _) => {
             return Err(LaunchError::Kernel(format!(
                 "kernel `{}` is attention: plan it with its launcher's `plan(..., seqs)` (plan_attention), which takes the sequence layout",
@@ -362,6 +371,8 @@ pub fn plan_spec(kernel: &Kernel, limits: &DeviceLimits, args: &[Arg<'_>], force
     };
     let items_per_block = match kernel.kind {
         Kind::Rowwise => spec.block / kernel.row_threads(&spec),
+        // One warp per output column.
+        Kind::Gemv => (spec.block / warp).max(1),
         Kind::Elementwise | Kind::Rope(_) | Kind::Attention => spec.block,
     };
     let blocks_needed = ceil_div(items, u64::from(items_per_block));
@@ -381,11 +392,21 @@ pub fn plan_spec(kernel: &Kernel, limits: &DeviceLimits, args: &[Arg<'_>], force
         _ => 0,
     };
     let aligned = values.iter().all(|v| !matches!(v, ArgValue::Ptr(p) if p % 16 != 0));
+    let (symbol, grid_y) = match dims {
+        // Input rows in groups of `rows` along y; each group reads the weights once.
+        Dims::Gemv { m, .. } => {
+            let rows = rocmforge_dsl::spec::gemv_rows(m);
+            let groups = ceil_div(m, u64::from(rows));
+            limit(kernel, "input row groups (grid y; split the rows into several launches)", groups, u64::from(limits.max_grid[1]))?;
+            (rocmforge_dsl::spec::gemv_symbol(&kernel.name, &spec, rows), u32::try_from(groups).unwrap_or(u32::MAX))
+        }
+        _ => (launch_symbol(kernel, &spec, cols, aligned), 1),
+    };
     Ok(LaunchPlan {
         kernel: kernel.name.clone(),
-        symbol: launch_symbol(kernel, &spec, cols, aligned),
+        symbol,
         spec,
-        grid: [u32::try_from(grid_x).unwrap_or(u32::MAX), 1, 1],
+        grid: [u32::try_from(grid_x).unwrap_or(u32::MAX), grid_y, 1],
         block: [spec.block, 1, 1],
         shared_bytes: 0,
         args: values,
