@@ -217,7 +217,7 @@ struct GemvTensor {
     storage: &'static str,
     /// Start of the group's row: `xr_x[mi]` (`Rows<T>`, row `m0 + mi`) or `p_x`.
     ptr: String,
-    /// A `Rows<T>` input (its row pointers are set up per launch row).
+    /// A `Rows<T>` input (its row pointers are set up per launch row); false for weights.
     row: bool,
     /// Element `j` of the loaded group (weights: of `wg_<name>`), as f32.
     vload: String,
@@ -251,7 +251,7 @@ fn gemv_ctx(kernel: &Kernel, spec: &Spec, ctx: &mut tera::Context) {
                 sload: dtype(i).c_load(&format!("wr_{name}[c]")),
                 ptr: format!("p_{name} + r * k"),
                 storage: dtype(i).c_storage(),
-                row: true,
+                row: false,
                 name,
             }
         })
