@@ -8,7 +8,7 @@ use rocmforge_dsl::rope::inv_freq;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::kv::{KvPool, KvSeq, KvShape};
-use crate::weights::{Checkpoint, Weight};
+use crate::weights::{bf16_to_f32, f16_to_f32_slice, Checkpoint, Values, Weight};
 
 /// One decoder layer's weights (HF layout: linear weights are `[out, in]`).
 #[derive(Debug)]
@@ -208,16 +208,20 @@ impl Transformer {
         let (t_n, h, hd) = (tokens.len(), c.hidden, c.head_dim);
         let (qd, kvd) = (c.heads * hd, c.kv_heads * hd);
         let start = seq.len();
-        let emb = self.embed.data();
-        let mut x: Vec<f32> = tokens.iter().flat_map(|&t| emb[t as usize * h..(t as usize + 1) * h].iter().copied()).collect();
+        let mut x: Vec<f32> = Vec::with_capacity(t_n * h);
+        for &t in tokens {
+            // In range: checked against the vocabulary above, and the embedding is [vocab, h].
+            let row = self.embed.row(t as usize).ok_or(ModelError::TokenOutOfRange { id: t, vocab: c.vocab })?;
+            x.extend_from_slice(&row);
+        }
         for (li, l) in self.layers.iter().enumerate() {
-            let xn = rmsnorm_rows(&x, l.attn_norm.data(), c.eps);
+            let xn = rmsnorm_rows(&x, &l.attn_norm.data(), c.eps);
             let mut q = linear(&xn, t_n, &l.wq, l.bq.as_ref());
             let mut k = linear(&xn, t_n, &l.wk, l.bk.as_ref());
             let v = linear(&xn, t_n, &l.wv, l.bv.as_ref());
             if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-                q = rmsnorm_rows(&q, qn.data(), c.eps);
-                k = rmsnorm_rows(&k, kn.data(), c.eps);
+                q = rmsnorm_rows(&q, &qn.data(), c.eps);
+                k = rmsnorm_rows(&k, &kn.data(), c.eps);
             }
             for t in 0..t_n {
                 let pos = start + t;
@@ -228,7 +232,7 @@ impl Transformer {
             let attn = self.attention(kv, seq, li, &q, start, t_n);
             let o = linear(&attn, t_n, &l.wo, l.bo.as_ref());
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
-            let xn = rmsnorm_rows(&x, l.mlp_norm.data(), c.eps);
+            let xn = rmsnorm_rows(&x, &l.mlp_norm.data(), c.eps);
             let [bg, bu, bd] = match &l.mlp_bias {
                 Some([g, u, d]) => [Some(g), Some(u), Some(d)],
                 None => [None, None, None],
@@ -244,7 +248,7 @@ impl Transformer {
             Logits::Last => &x[(t_n - 1) * h..],
             Logits::All => &x[..],
         };
-        let xn = rmsnorm_rows(rows, self.norm.data(), c.eps);
+        let xn = rmsnorm_rows(rows, &self.norm.data(), c.eps);
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
         Ok(linear(&xn, xn.len() / h, head, None))
     }
@@ -309,19 +313,33 @@ pub fn rmsnorm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     out
 }
 
-/// `y[rows, out] = x[rows, in] @ W[out, in]^T + b`, parallel over output features.
+/// `y[rows, out] = x[rows, in] @ W[out, in]^T + b`, parallel over output features. 16-bit
+/// weights are widened as they are read (one row at a time for several input rows): the
+/// same sums as on a widened copy, from half the bytes.
 pub fn linear(x: &[f32], rows: usize, w: &Weight, bias: Option<&Weight>) -> Vec<f32> {
     let (out, inp) = (w.shape()[0], w.shape()[1]);
-    let wd = w.data();
+    let bias = bias.map(Weight::data);
+    let bias = bias.as_deref();
+    let b = |o: usize| bias.map_or(0.0, |b| b[o]);
+    let xr = |t: usize| &x[t * inp..(t + 1) * inp];
     // Columns of y computed as contiguous runs: yt[o][t].
     let mut yt = vec![0.0f32; out * rows];
-    yt.par_chunks_mut(rows).enumerate().with_min_len(16).for_each(|(o, col)| {
-        let wr = &wd[o * inp..(o + 1) * inp];
-        let b = bias.map_or(0.0, |b| b.data()[o]);
-        for (t, y) in col.iter_mut().enumerate() {
-            *y = dot(&x[t * inp..(t + 1) * inp], wr) + b;
-        }
-    });
+    let cols = yt.par_chunks_mut(rows).enumerate().with_min_len(16);
+    match w.values() {
+        Values::F32(wd) => cols.for_each(|(o, col)| {
+            let wr = &wd[o * inp..(o + 1) * inp];
+            col.iter_mut().enumerate().for_each(|(t, y)| *y = dot(xr(t), wr) + b(o));
+        }),
+        Values::BF16(wd) if rows == 1 => cols.for_each(|(o, col)| col[0] = dot_bf16(xr(0), &wd[o * inp..(o + 1) * inp]) + b(o)),
+        Values::F16(wd) if rows == 1 => cols.for_each(|(o, col)| col[0] = dot_f16(xr(0), &wd[o * inp..(o + 1) * inp]) + b(o)),
+        v => cols.for_each_init(
+            || vec![0.0f32; inp],
+            |wr, (o, col)| {
+                v.widen_into(o * inp, wr);
+                col.iter_mut().enumerate().for_each(|(t, y)| *y = dot(xr(t), wr) + b(o));
+            },
+        ),
+    }
     if rows == 1 {
         return yt;
     }
@@ -332,6 +350,40 @@ pub fn linear(x: &[f32], rows: usize, w: &Weight, bias: Option<&Weight>) -> Vec<
         }
     }
     y
+}
+
+/// [`dot`] with bf16 weights, widened as read: the same sum as `dot` on the widened row.
+pub fn dot_bf16(a: &[f32], b: &[u16]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, &y)| x * bf16_to_f32(y)).sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * bf16_to_f32(y[i]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// [`dot`] with f16 weights, widened 256 at a time: the same sum as `dot` on the widened row.
+pub fn dot_f16(a: &[f32], b: &[u16]) -> f32 {
+    const CHUNK: usize = 256;
+    let mut acc = [0.0f32; 8];
+    let mut buf = [0.0f32; CHUNK];
+    let whole = a.len().min(b.len()) / 8 * 8;
+    let mut i = 0;
+    while i < whole {
+        let n = CHUNK.min(whole - i);
+        f16_to_f32_slice(&b[i..i + n], &mut buf[..n]);
+        for (x, y) in a[i..i + n].chunks_exact(8).zip(buf[..n].chunks_exact(8)) {
+            for j in 0..8 {
+                acc[j] += x[j] * y[j];
+            }
+        }
+        i += n;
+    }
+    let tail: f32 = a[whole..].iter().zip(&b[whole..]).map(|(x, &y)| x * half::f16::from_bits(y).to_f32()).sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Dot product with eight independent accumulators (vectorizes; sums in a fixed order).
@@ -345,4 +397,28 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The 16-bit products widen exactly and sum in `dot`'s order: the same bits as
+        /// `dot` over the widened row, for any length (whole chunks, tails, several blocks
+        /// of the f16 buffer).
+        #[test]
+        fn half_dots_match_dot_on_widened_rows(len in 0usize..700, seed in any::<u64>()) {
+            let mut rng = crate::sampling::Rng::new(seed);
+            let x: Vec<f32> = (0..len).map(|_| rng.next_f32() * 4.0 - 2.0).collect();
+            let w: Vec<f32> = (0..len).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
+            let bf: Vec<u16> = w.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
+            let hf: Vec<u16> = w.iter().map(|&v| half::f16::from_f32(v).to_bits()).collect();
+            let bf_wide: Vec<f32> = bf.iter().map(|&b| bf16_to_f32(b)).collect();
+            let hf_wide: Vec<f32> = hf.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect();
+            prop_assert_eq!(dot_bf16(&x, &bf).to_bits(), dot(&x, &bf_wide).to_bits());
+            prop_assert_eq!(dot_f16(&x, &hf).to_bits(), dot(&x, &hf_wide).to_bits());
+        }
+    }
 }

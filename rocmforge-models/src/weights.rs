@@ -1,6 +1,7 @@
 //! Safetensors checkpoints, single-file or sharded through `model.safetensors.index.json`,
-//! memory-mapped. f32 tensors are used in place from the mapping (no copy); f16 and bf16
-//! tensors are widened to f32 once, at load.
+//! memory-mapped. f32 tensors and f16/bf16 matrices are used in place from the mapping
+//! (no copy; 16-bit values are widened to f32 as the products read them); f16 and bf16
+//! vectors (norms, biases) are widened to f32 once, at load.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -13,7 +14,8 @@ use safetensors::{Dtype, SafeTensors};
 use crate::config::Fields;
 use crate::error::{read_json, ModelError, Result};
 
-/// A weight tensor as f32.
+/// A weight tensor: f32 values, or the f16/bf16 values of a checkpoint's matrix, read in
+/// place and widened to f32 (exactly) where they are used.
 #[derive(Debug)]
 pub struct Weight {
     data: WeightData,
@@ -30,6 +32,63 @@ enum WeightData {
         len: usize,
     },
     Owned(Vec<f32>),
+    /// 16-bit data in a mapped file; `start..start + 2 * len` is in bounds and 2-byte
+    /// aligned (checked when the weight is made).
+    Mapped16 {
+        map: Arc<Mmap>,
+        start: usize,
+        len: usize,
+        bf16: bool,
+    },
+}
+
+/// A weight's values as stored: f32, or f16 / bf16 bit patterns.
+#[derive(Debug, Clone, Copy)]
+pub enum Values<'a> {
+    /// f32 values.
+    F32(&'a [f32]),
+    /// IEEE half-precision bit patterns.
+    F16(&'a [u16]),
+    /// bfloat16 bit patterns (the high half of an f32).
+    BF16(&'a [u16]),
+}
+
+impl Values<'_> {
+    /// The number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            Values::F32(v) => v.len(),
+            Values::F16(v) | Values::BF16(v) => v.len(),
+        }
+    }
+    /// Whether there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Values `start..start + dst.len()` widened to f32 into `dst` (exact). Panics past
+    /// the end, like slice indexing: callers index within the weight's shape.
+    pub fn widen_into(&self, start: usize, dst: &mut [f32]) {
+        let range = start..start + dst.len();
+        match self {
+            Values::F32(v) => dst.copy_from_slice(&v[range]),
+            Values::F16(v) => f16_to_f32_slice(&v[range], dst),
+            Values::BF16(v) => dst.iter_mut().zip(&v[range]).for_each(|(d, &b)| *d = bf16_to_f32(b)),
+        }
+    }
+}
+
+/// f16 bit patterns widened to f32 (exact; SIMD where the CPU has it). `dst` is as long
+/// as `src`.
+#[inline]
+pub fn f16_to_f32_slice(src: &[u16], dst: &mut [f32]) {
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    src.reinterpret_cast::<half::f16>().convert_to_f32_slice(dst);
+}
+
+/// A bfloat16 bit pattern as f32 (exact).
+#[inline]
+pub fn bf16_to_f32(b: u16) -> f32 {
+    f32::from_bits(u32::from(b) << 16)
 }
 
 impl Weight {
@@ -40,16 +99,43 @@ impl Weight {
         }
         Ok(Weight { data: WeightData::Owned(data), shape })
     }
-    /// The values.
-    pub fn data(&self) -> &[f32] {
+    /// The values as stored.
+    pub fn values(&self) -> Values<'_> {
+        // The mapped ranges are in bounds and aligned by construction (see `WeightData`);
+        // an empty slice would only come from a broken invariant, never from user input.
         match &self.data {
             WeightData::Mapped { map, start, len } => {
-                // In bounds and aligned by construction (see `WeightData::Mapped`); an empty
-                // slice would only come from a broken invariant, never from user input.
-                map.get(*start..*start + 4 * *len).and_then(|b| bytemuck::try_cast_slice(b).ok()).unwrap_or(&[])
+                Values::F32(map.get(*start..*start + 4 * *len).and_then(|b| bytemuck::try_cast_slice(b).ok()).unwrap_or(&[]))
             }
-            WeightData::Owned(v) => v,
+            WeightData::Owned(v) => Values::F32(v),
+            WeightData::Mapped16 { map, start, len, bf16 } => {
+                let v: &[u16] = map.get(*start..*start + 2 * *len).and_then(|b| bytemuck::try_cast_slice(b).ok()).unwrap_or(&[]);
+                if *bf16 {
+                    Values::BF16(v)
+                } else {
+                    Values::F16(v)
+                }
+            }
         }
+    }
+    /// The values as f32: borrowed when stored as f32, else widened (a copy: meant for
+    /// vectors, and for tests; products read 16-bit matrices in place through [`Weight::values`]).
+    pub fn data(&self) -> std::borrow::Cow<'_, [f32]> {
+        widen_values(self.values())
+    }
+    /// Row `r` of a matrix (`[rows, cols]`) as f32, widened if stored in 16 bits; `None`
+    /// past the last row or for a tensor that is not a matrix.
+    pub fn row(&self, r: usize) -> Option<std::borrow::Cow<'_, [f32]>> {
+        let &[rows, cols] = self.shape.as_slice() else { return None };
+        if r >= rows {
+            return None;
+        }
+        let range = r * cols..(r + 1) * cols;
+        Some(match self.values() {
+            Values::F32(v) => std::borrow::Cow::Borrowed(v.get(range)?),
+            Values::F16(v) => widen_values(Values::F16(v.get(range)?)),
+            Values::BF16(v) => widen_values(Values::BF16(v.get(range)?)),
+        })
     }
     /// The shape.
     pub fn shape(&self) -> &[usize] {
@@ -57,7 +143,26 @@ impl Weight {
     }
     /// Whether the data is used in place from the mapped file.
     pub fn is_mapped(&self) -> bool {
-        matches!(self.data, WeightData::Mapped { .. })
+        matches!(self.data, WeightData::Mapped { .. } | WeightData::Mapped16 { .. })
+    }
+    /// Bytes per stored value (4 for f32, 2 for f16 and bf16).
+    pub fn stored_bytes_per_value(&self) -> usize {
+        match self.data {
+            WeightData::Mapped16 { .. } => 2,
+            _ => 4,
+        }
+    }
+}
+
+/// Values widened to f32 (borrowed when already f32).
+fn widen_values(v: Values<'_>) -> std::borrow::Cow<'_, [f32]> {
+    match v {
+        Values::F32(v) => std::borrow::Cow::Borrowed(v),
+        _ => {
+            let mut out = vec![0.0f32; v.len()];
+            v.widen_into(0, &mut out);
+            std::borrow::Cow::Owned(out)
+        }
     }
 }
 
@@ -162,12 +267,22 @@ impl Checkpoint {
         Ok((e.dtype, bytes, begin, shard))
     }
 
-    /// A tensor as f32, checked against the shape the architecture expects.
+    /// A tensor, checked against the shape the architecture expects: f32 tensors and
+    /// f16/bf16 matrices in place from the mapping where aligned, anything else widened
+    /// to f32.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Weight> {
         let (dtype, bytes, begin, shard) = self.locate(name, shape)?;
-        if dtype == Dtype::F32 && cfg!(target_endian = "little") && bytemuck::try_cast_slice::<u8, f32>(bytes).is_ok() {
+        let le = cfg!(target_endian = "little");
+        if dtype == Dtype::F32 && le && bytemuck::try_cast_slice::<u8, f32>(bytes).is_ok() {
             return Ok(Weight {
                 data: WeightData::Mapped { map: Arc::clone(&shard.map), start: begin, len: bytes.len() / 4 },
+                shape: shape.to_vec(),
+            });
+        }
+        let half = matches!(dtype, Dtype::F16 | Dtype::BF16);
+        if half && shape.len() == 2 && le && bytemuck::try_cast_slice::<u8, u16>(bytes).is_ok() {
+            return Ok(Weight {
+                data: WeightData::Mapped16 { map: Arc::clone(&shard.map), start: begin, len: bytes.len() / 2, bf16: dtype == Dtype::BF16 },
                 shape: shape.to_vec(),
             });
         }

@@ -117,11 +117,44 @@ fn bf16_copy_agrees_on_argmax() {
 
 #[test]
 fn f32_weights_are_mapped_not_copied() {
-    // The f32 fixture is used in place from the mapping; the bf16 one is widened.
+    // The f32 fixture is used in place from the mapping; the bf16 one's vectors are widened.
     let ck = rocmforge_models::weights::Checkpoint::open(&dir("llama")).unwrap();
     assert!(ck.get("model.norm.weight", &[64]).unwrap().is_mapped());
     let ck = rocmforge_models::weights::Checkpoint::open(&dir("llama-bf16")).unwrap();
     assert!(!ck.get("model.norm.weight", &[64]).unwrap().is_mapped());
+}
+
+#[test]
+fn bf16_matrices_are_read_in_place_and_widen_exactly() {
+    use rocmforge_models::weights::Values;
+    let ck = rocmforge_models::weights::Checkpoint::open(&dir("llama-bf16")).unwrap();
+    let (name, shape) = ("model.layers.1.mlp.down_proj.weight", [64usize, 160usize]);
+    let w = ck.get(name, &shape).unwrap();
+    assert!(w.is_mapped());
+    assert_eq!(w.stored_bytes_per_value(), 2);
+    assert!(matches!(w.values(), Values::BF16(v) if v.len() == 64 * 160));
+    // The widened values equal the checkpoint's own f32 conversion, row by row too.
+    let want: Vec<f32> = ck
+        .get_as(name, &shape, rocmforge_dsl::DType::F32)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    assert!(want.iter().any(|&v| v != 0.0));
+    assert_eq!(&*w.data(), &want[..]);
+    for r in [0, 17, 63] {
+        assert_eq!(&*w.row(r).unwrap(), &want[r * 160..(r + 1) * 160]);
+    }
+    assert!(w.row(64).is_none(), "past the last row");
+    // A product over the 16-bit matrix gives the same bits as over the widened copy.
+    let x: Vec<f32> = (0..2 * 160).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+    let widened = rocmforge_models::weights::Weight::from_vec(want, shape.to_vec()).unwrap();
+    // One input row (decode: the row-dot path) and two (prefill: a widened row reused).
+    for rows in [1, 2] {
+        let a = rocmforge_models::transformer::linear(&x[..rows * 160], rows, &w, None);
+        let b = rocmforge_models::transformer::linear(&x[..rows * 160], rows, &widened, None);
+        assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), b.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+    }
 }
 
 #[test]
