@@ -185,6 +185,43 @@ fn gemv_plan_groups_rows_and_warps() {
     assert_eq!((p.symbol.as_str(), p.grid), ("rf_linear_residual_f16_b128_w64_m8", [500, 3, 1]));
 }
 
+/// A gemv kernel with a non-default workgroup size: 256 threads.
+#[rocmforge::gpu_kernel(gemv(dtype = [bf16], block = 256))]
+pub fn linear_b256(x: &Rows<T>, w: &Rows<T>, out: &mut Rows<T>) {
+    *out = dot(w, x);
+}
+
+/// The smallest workgroup: one 64-wide wavefront (two 32-wide warps).
+#[rocmforge::gpu_kernel(gemv(dtype = [bf16], block = 64))]
+pub fn linear_b64(x: &Rows<T>, w: &Rows<T>, out: &mut Rows<T>) {
+    *out = dot(w, x);
+}
+
+#[test]
+fn gemv_block_option_sets_warps_per_workgroup() {
+    // One warp per output column: n / (block / warp) workgroups, rounded up.
+    let x = t(DType::BF16, &[1, 512]);
+    let w = t(DType::BF16, &[1000, 512]);
+    let mut out = t(DType::BF16, &[1, 1000]);
+    let p = linear_b256::plan(&NV, &x, &w, &mut out).unwrap();
+    assert_eq!((p.symbol.as_str(), p.grid, p.block), ("rf_linear_b256_bf16_b256_w32_m1", [125, 1, 1], [256, 1, 1]));
+    let p = linear_b256::plan(&DeviceLimits::AMD_CDNA, &x, &w, &mut out).unwrap();
+    assert_eq!((p.symbol.as_str(), p.grid, p.block), ("rf_linear_b256_bf16_b256_w64_m1", [250, 1, 1], [256, 1, 1]));
+    let p = linear_b64::plan(&NV, &x, &w, &mut out).unwrap();
+    assert_eq!((p.symbol.as_str(), p.grid, p.block), ("rf_linear_b64_bf16_b64_w32_m1", [500, 1, 1], [64, 1, 1]));
+    let p = linear_b64::plan(&DeviceLimits::AMD_CDNA, &x, &w, &mut out).unwrap();
+    assert_eq!((p.symbol.as_str(), p.grid, p.block), ("rf_linear_b64_bf16_b64_w64_m1", [1000, 1, 1], [64, 1, 1]));
+    // The generated source declares the workgroup size it is launched with.
+    let k = linear_b256::kernel().unwrap();
+    for warp in [32, 64] {
+        let specs = k.specs(warp);
+        assert_eq!(specs.len(), 1);
+        let src = rocmforge::dsl::codegen::render_spec(k, &specs[0]).unwrap();
+        assert!(src.contains("__launch_bounds__(256)"), "{src}");
+        assert!(src.contains(&format!("constexpr int WARP = {warp};")) && src.contains("constexpr int WPB = 256 / WARP;"), "{src}");
+    }
+}
+
 #[test]
 fn gemv_shape_errors_name_the_tensor() {
     let w = t(DType::BF16, &[64, 256]);
