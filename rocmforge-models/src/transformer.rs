@@ -216,9 +216,9 @@ impl Transformer {
         }
         for (li, l) in self.layers.iter().enumerate() {
             let xn = rmsnorm_rows(&x, &l.attn_norm.data(), c.eps);
-            let mut q = linear(&xn, t_n, &l.wq, l.bq.as_ref());
-            let mut k = linear(&xn, t_n, &l.wk, l.bk.as_ref());
-            let v = linear(&xn, t_n, &l.wv, l.bv.as_ref());
+            let mut q = linear(&xn, t_n, &l.wq, l.bq.as_ref())?;
+            let mut k = linear(&xn, t_n, &l.wk, l.bk.as_ref())?;
+            let v = linear(&xn, t_n, &l.wv, l.bv.as_ref())?;
             if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
                 q = rmsnorm_rows(&q, &qn.data(), c.eps);
                 k = rmsnorm_rows(&k, &kn.data(), c.eps);
@@ -230,17 +230,17 @@ impl Transformer {
                 kv.write(seq, li, pos, &k[t * kvd..(t + 1) * kvd], &v[t * kvd..(t + 1) * kvd])?;
             }
             let attn = self.attention(kv, seq, li, &q, start, t_n);
-            let o = linear(&attn, t_n, &l.wo, l.bo.as_ref());
+            let o = linear(&attn, t_n, &l.wo, l.bo.as_ref())?;
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
             let xn = rmsnorm_rows(&x, &l.mlp_norm.data(), c.eps);
             let [bg, bu, bd] = match &l.mlp_bias {
                 Some([g, u, d]) => [Some(g), Some(u), Some(d)],
                 None => [None, None, None],
             };
-            let mut gate = linear(&xn, t_n, &l.w_gate, bg);
-            let up = linear(&xn, t_n, &l.w_up, bu);
+            let mut gate = linear(&xn, t_n, &l.w_gate, bg)?;
+            let up = linear(&xn, t_n, &l.w_up, bu)?;
             gate.iter_mut().zip(&up).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u);
-            let d = linear(&gate, t_n, &l.w_down, bd);
+            let d = linear(&gate, t_n, &l.w_down, bd)?;
             x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
         }
         kv.commit(seq, t_n)?;
@@ -250,7 +250,7 @@ impl Transformer {
         };
         let xn = rmsnorm_rows(rows, &self.norm.data(), c.eps);
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        Ok(linear(&xn, xn.len() / h, head, None))
+        linear(&xn, xn.len() / h, head, None)
     }
 
     /// NeoX-style rotation (HF `rotate_half`) of one head at position `pos`.
@@ -316,10 +316,19 @@ pub fn rmsnorm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
 /// `y[rows, out] = x[rows, in] @ W[out, in]^T + b`, parallel over output features. 16-bit
 /// weights are widened as they are read (one row at a time for several input rows): the
 /// same sums as on a widened copy, from half the bytes.
-pub fn linear(x: &[f32], rows: usize, w: &Weight, bias: Option<&Weight>) -> Vec<f32> {
-    let (out, inp) = (w.shape()[0], w.shape()[1]);
+/// Mismatched sizes are an error, before any work.
+pub fn linear(x: &[f32], rows: usize, w: &Weight, bias: Option<&Weight>) -> Result<Vec<f32>> {
+    let &[out, inp] = w.shape() else {
+        return Err(ModelError::Invalid(format!("linear needs a [out, in] weight, not shape {:?}", w.shape())));
+    };
+    if Some(x.len()) != rows.checked_mul(inp) || w.values().len() != out * inp {
+        return Err(ModelError::Invalid(format!("linear: {} input values for {rows} rows of a [{out}, {inp}] weight", x.len())));
+    }
     let bias = bias.map(Weight::data);
     let bias = bias.as_deref();
+    if let Some(b) = bias.filter(|b| b.len() != out) {
+        return Err(ModelError::Invalid(format!("linear: a bias of {} values for {out} outputs", b.len())));
+    }
     let b = |o: usize| bias.map_or(0.0, |b| b[o]);
     let xr = |t: usize| &x[t * inp..(t + 1) * inp];
     // Columns of y computed as contiguous runs: yt[o][t].
@@ -341,7 +350,7 @@ pub fn linear(x: &[f32], rows: usize, w: &Weight, bias: Option<&Weight>) -> Vec<
         ),
     }
     if rows == 1 {
-        return yt;
+        return Ok(yt);
     }
     let mut y = vec![0.0f32; rows * out];
     for (o, col) in yt.chunks_exact(rows).enumerate() {
@@ -349,7 +358,7 @@ pub fn linear(x: &[f32], rows: usize, w: &Weight, bias: Option<&Weight>) -> Vec<
             y[t * out + o] = v;
         }
     }
-    y
+    Ok(y)
 }
 
 /// [`dot`] with bf16 weights, widened as read: the same sum as `dot` on the widened row.

@@ -67,7 +67,7 @@ impl Values<'_> {
     }
     /// Values `start..start + dst.len()` widened to f32 into `dst` (exact). Panics past
     /// the end, like slice indexing: callers index within the weight's shape.
-    pub fn widen_into(&self, start: usize, dst: &mut [f32]) {
+    pub(crate) fn widen_into(&self, start: usize, dst: &mut [f32]) {
         let range = start..start + dst.len();
         match self {
             Values::F32(v) => dst.copy_from_slice(&v[range]),
@@ -80,7 +80,7 @@ impl Values<'_> {
 /// f16 bit patterns widened to f32 (exact; SIMD where the CPU has it). `dst` is as long
 /// as `src`.
 #[inline]
-pub fn f16_to_f32_slice(src: &[u16], dst: &mut [f32]) {
+pub(crate) fn f16_to_f32_slice(src: &[u16], dst: &mut [f32]) {
     use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
     src.reinterpret_cast::<half::f16>().convert_to_f32_slice(dst);
 }

@@ -151,8 +151,9 @@ fn bf16_matrices_are_read_in_place_and_widen_exactly() {
     let widened = rocmforge_models::weights::Weight::from_vec(want, shape.to_vec()).unwrap();
     // One input row (decode: the row-dot path) and two (prefill: a widened row reused).
     for rows in [1, 2] {
-        let a = rocmforge_models::transformer::linear(&x[..rows * 160], rows, &w, None);
-        let b = rocmforge_models::transformer::linear(&x[..rows * 160], rows, &widened, None);
+        let a = rocmforge_models::transformer::linear(&x[..rows * 160], rows, &w, None).unwrap();
+        let b = rocmforge_models::transformer::linear(&x[..rows * 160], rows, &widened, None).unwrap();
+        assert!(rocmforge_models::transformer::linear(&x[..rows * 160 - 1], rows, &w, None).is_err(), "short input");
         assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), b.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
     }
 }
