@@ -363,19 +363,75 @@ pub fn linear(x: &[f32], rows: usize, w: &Weight, bias: Option<&Weight>) -> Resu
 
 /// [`dot`] with bf16 weights, widened as read: the same sum as `dot` on the widened row.
 pub fn dot_bf16(a: &[f32], b: &[u16]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the function only needs AVX2, which this CPU has (checked just above).
+        return unsafe { avx2::dot_bf16(a, b) };
+    }
+    dot_with(a, b, bf16_to_f32)
+}
+
+/// [`dot`] with f16 weights, widened 256 at a time: the same sum as `dot` on the widened row.
+pub fn dot_f16(a: &[f32], b: &[u16]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the function only needs AVX2, which this CPU has (checked just above).
+        return unsafe { avx2::dot_f16(a, b) };
+    }
+    dot_f16_with(a, b)
+}
+
+/// Dot product with eight independent accumulators (vectorizes; sums in a fixed order).
+/// On x86-64 CPUs with AVX2 the same loop runs compiled for it: eight accumulators are
+/// one 256-bit register, and the sums are the same bits.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the function only needs AVX2, which this CPU has (checked just above).
+        return unsafe { avx2::dot(a, b) };
+    }
+    dot_with(a, b, |v| v)
+}
+
+/// The dot products compiled for AVX2 (chosen at run time). Rust does not reassociate or
+/// contract float arithmetic, so these give the same bits as the baseline build.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{bf16_to_f32, dot_f16_with, dot_with};
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+        dot_with(a, b, |v| v)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn dot_bf16(a: &[f32], b: &[u16]) -> f32 {
+        dot_with(a, b, bf16_to_f32)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn dot_f16(a: &[f32], b: &[u16]) -> f32 {
+        dot_f16_with(a, b)
+    }
+}
+
+/// `sum(a[i] * widen(b[i]))` with eight accumulators, the tail summed apart, in one order.
+#[inline(always)]
+fn dot_with<W: Copy>(a: &[f32], b: &[W], widen: impl Fn(W) -> f32) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, &y)| x * bf16_to_f32(y)).sum();
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, &y)| x * widen(y)).sum();
     for (x, y) in ac.zip(bc) {
         for i in 0..8 {
-            acc[i] += x[i] * bf16_to_f32(y[i]);
+            acc[i] += x[i] * widen(y[i]);
         }
     }
     acc.iter().sum::<f32>() + tail
 }
 
-/// [`dot`] with f16 weights, widened 256 at a time: the same sum as `dot` on the widened row.
-pub fn dot_f16(a: &[f32], b: &[u16]) -> f32 {
+/// [`dot_with`] for f16, widening 256 values at a time into a buffer.
+#[inline(always)]
+fn dot_f16_with(a: &[f32], b: &[u16]) -> f32 {
     const CHUNK: usize = 256;
     let mut acc = [0.0f32; 8];
     let mut buf = [0.0f32; CHUNK];
@@ -392,19 +448,6 @@ pub fn dot_f16(a: &[f32], b: &[u16]) -> f32 {
         i += n;
     }
     let tail: f32 = a[whole..].iter().zip(&b[whole..]).map(|(x, &y)| x * half::f16::from_bits(y).to_f32()).sum();
-    acc.iter().sum::<f32>() + tail
-}
-
-/// Dot product with eight independent accumulators (vectorizes; sums in a fixed order).
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
     acc.iter().sum::<f32>() + tail
 }
 
@@ -428,6 +471,10 @@ mod tests {
             let hf_wide: Vec<f32> = hf.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect();
             prop_assert_eq!(dot_bf16(&x, &bf).to_bits(), dot(&x, &bf_wide).to_bits());
             prop_assert_eq!(dot_f16(&x, &hf).to_bits(), dot(&x, &hf_wide).to_bits());
+            // The run-time AVX2 versions (where the CPU has it) give the baseline's bits.
+            prop_assert_eq!(dot(&x, &w).to_bits(), dot_with(&x, &w, |v| v).to_bits());
+            prop_assert_eq!(dot_bf16(&x, &bf).to_bits(), dot_with(&x, &bf, bf16_to_f32).to_bits());
+            prop_assert_eq!(dot_f16(&x, &hf).to_bits(), dot_f16_with(&x, &hf).to_bits());
         }
     }
 }
