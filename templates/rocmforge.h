@@ -167,11 +167,17 @@ RF_DEVICE unsigned int rf_smem_addr(const void* p) {
     return (unsigned int)a;
 }
 #endif
-RF_DEVICE void rf_cp_async16(void* smem, const void* gmem, bool valid) {
 #if defined(RF_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    const unsigned int s = rf_smem_addr(smem);
+// The same copy to a 32-bit shared-space address (from rf_smem_addr once, then plain
+// integer offsets: no generic-to-shared conversion per copy).
+RF_DEVICE void rf_cp_async16_s(unsigned int s, const void* gmem, bool valid) {
     const int bytes = valid ? 16 : 0;
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
+}
+#endif
+RF_DEVICE void rf_cp_async16(void* smem, const void* gmem, bool valid) {
+#if defined(RF_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    rf_cp_async16_s(rf_smem_addr(smem), gmem, valid);
 #else
     typedef rf_vec<unsigned int, 4> chunk;
     chunk c;
@@ -271,18 +277,20 @@ RF_DEVICE unsigned int rf_atomic_add(unsigned int* p, unsigned int v) {
 
 #if defined(RF_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 // Matrix-core fragments (mma.sync m16n8k16, f32 accumulate) and their loads.
-RF_DEVICE void rf_ldmatrix_x4(unsigned int (&r)[4], const void* smem) {
-    const unsigned int s = rf_smem_addr(smem);
+// The _s forms take a 32-bit shared-space address (rf_smem_addr of the base once, then
+// integer offsets the compiler folds into the instruction's immediate).
+RF_DEVICE void rf_ldmatrix_x4_s(unsigned int (&r)[4], unsigned int s) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(s));
 }
-RF_DEVICE void rf_ldmatrix_x4_trans(unsigned int (&r)[4], const void* smem) {
-    const unsigned int s = rf_smem_addr(smem);
+RF_DEVICE void rf_ldmatrix_x4_trans_s(unsigned int (&r)[4], unsigned int s) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(s));
 }
+RF_DEVICE void rf_ldmatrix_x4(unsigned int (&r)[4], const void* smem) { rf_ldmatrix_x4_s(r, rf_smem_addr(smem)); }
+RF_DEVICE void rf_ldmatrix_x4_trans(unsigned int (&r)[4], const void* smem) { rf_ldmatrix_x4_trans_s(r, rf_smem_addr(smem)); }
 // d += a * b for one 16x8 tile; IS_BF16 picks bf16 inputs, else f16.
 template <bool IS_BF16>
 RF_DEVICE void rf_mma16816(float (&d)[4], const unsigned int (&a)[4], unsigned int b0, unsigned int b1) {
