@@ -78,8 +78,9 @@ pub struct Options {
     pub head_dims: Vec<u32>,
     /// Query rows per prefill workgroup (attention): 64 or 128.
     pub block_q: u32,
-    /// Key/value rows per prefill tile (attention): 32 or 64.
-    pub block_kv: u32,
+    /// Key/value rows per prefill tile (attention): 32, 64 or 128; `None` when the
+    /// declaration leaves it to `spec::prefill_tiles` (128 up to head_dim 64, else 64).
+    pub block_kv: Option<u32>,
     /// Print the expansion and the generated HIP at compile time.
     pub debug: bool,
 }

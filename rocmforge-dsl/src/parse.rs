@@ -66,7 +66,7 @@ impl Cx {
 }
 
 fn parse_attr(cx: &mut Cx, attr: TokenStream, item: &syn::ItemFn) -> (Kind, Options) {
-    let mut options = Options { dtypes: Vec::new(), blocks: Vec::new(), head_dims: Vec::new(), block_q: 128, block_kv: 64, debug: false };
+    let mut options = Options { dtypes: Vec::new(), blocks: Vec::new(), head_dims: Vec::new(), block_q: 128, block_kv: None, debug: false };
     let metas = match Punctuated::<Meta, Token![,]>::parse_terminated.parse2(attr) {
         Ok(m) => m,
         Err(e) => {
@@ -196,7 +196,7 @@ fn parse_attr(cx: &mut Cx, attr: TokenStream, item: &syn::ItemFn) -> (Kind, Opti
                 }
             }
             "block_q" | "block_kv" => {
-                let allowed: &[u64] = if name == "block_q" { &[64, 128] } else { &[32, 64] };
+                let allowed: &[u64] = if name == "block_q" { &[64, 128] } else { &[32, 64, 128] };
                 match values.as_slice() {
                     [v] => {
                         if let Some(b) = int_value(cx, v) {
@@ -205,7 +205,7 @@ fn parse_attr(cx: &mut Cx, attr: TokenStream, item: &syn::ItemFn) -> (Kind, Opti
                             } else if name == "block_q" {
                                 options.block_q = b as u32;
                             } else {
-                                options.block_kv = b as u32;
+                                options.block_kv = Some(b as u32);
                             }
                         }
                     }
