@@ -3,7 +3,7 @@
 # (the first `attention` launch of bench-attention: bf16 B4 H32 S4096 d128 non-causal)
 # with per-instruction SASS counters, and the resource usage of the compiled kernels.
 # Binaries from `bash scripts/gpu-check.sh build` (or at least .gpu/bench-attention).
-#   BINS: the bench binaries to time, alternating (default: bench-attention)
+#   BINS: the bench binaries to time, alternating (default: bench-attention), ROUNDS times (2)
 #   NCU_BIN: the binary profiled (default: bench-attention); NCU=0 skips the profile
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,7 @@ export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH
 cache=$(mktemp -d)
 export ROCMFORGE_CACHE_DIR=$cache
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv > "$out/gpu.txt"
-for round in 1 2; do
+for round in $(seq 1 "${ROUNDS:-2}"); do
     for b in ${BINS:-bench-attention}; do
         echo "== $b round $round" >> "$out/bench.log"
         timeout 200 ".gpu/$b" >> "$out/bench.log" 2>&1; echo "$b round $round exit $?"
