@@ -154,6 +154,25 @@ RF_DEVICE void rf_store_group(const rf_vec<T, N>& g, T* p, long long c, long lon
 
 // ---- Attention helpers ---------------------------------------------------------------
 
+// CDNA matrix cores (gfx90a, gfx94x; wave64): v_mfma_f32_16x16x16{bf16_1k,f16}. For
+// D = A B (16 x 16 x 16), lane l holds A[l % 16][4 (l / 16) + i] and B[4 (l / 16) + i][l % 16]
+// for i = 0..3, and D[4 (l / 16) + i][l % 16].
+#if defined(RF_HIP) && (defined(__gfx90a__) || defined(__gfx940__) || defined(__gfx941__) || defined(__gfx942__))
+#define RF_MFMA 1
+typedef short rf_short4 __attribute__((ext_vector_type(4)));
+typedef _Float16 rf_half4 __attribute__((ext_vector_type(4)));
+typedef float rf_float4 __attribute__((ext_vector_type(4)));
+// d += a * b for one 16 x 16 x 16 product of 16-bit bit patterns; IS_BF16 picks bf16.
+template <bool IS_BF16>
+RF_DEVICE void rf_mfma16(rf_float4& d, const rf_short4& a, const rf_short4& b) {
+    if (IS_BF16) {
+        d = __builtin_amdgcn_mfma_f32_16x16x16bf16_1k(a, b, d, 0, 0, 0);
+    } else {
+        d = __builtin_amdgcn_mfma_f32_16x16x16f16(__builtin_bit_cast(rf_half4, a), __builtin_bit_cast(rf_half4, b), d, 0, 0, 0);
+    }
+}
+#endif
+
 RF_DEVICE int rf_mini(int a, int b) { return a < b ? a : b; }
 RF_DEVICE long long rf_minll(long long a, long long b) { return a < b ? a : b; }
 RF_DEVICE long long rf_maxll(long long a, long long b) { return a > b ? a : b; }

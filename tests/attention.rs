@@ -175,9 +175,25 @@ fn plans_pick_decode_or_prefill_and_size_the_splits() {
     assert_eq!(pp.grid, [8, 8, 2]);
     assert!(pp.shared_bytes > 48 * 1024 && pp.shared_bytes <= nv.max_shared_bytes);
     assert_eq!(pp.workspace_bytes, 0);
-    // The same prefill on AMD (no matrix-core path yet) and in f32 runs the portable kernel.
+    // The same prefill on AMD (the MFMA path off, as it is unless ROCMFORGE_MFMA=1) and in
+    // f32 runs the portable kernel.
     let pa = kernels::attention_causal::plan(&DeviceLimits::AMD_CDNA, &sp.q, &sp.k, &sp.v, &mut sp.out, 0.1, &seqs_p).unwrap();
     assert!(pa.symbol.ends_with("_decode"));
+    // With the MFMA path on: the prefill kernel with its 64 x 32 tiles (Q, one K and one V
+    // tile of 136-element rows in LDS), within the CDNA's 64 KiB; decode stays portable.
+    let cdna = DeviceLimits { mfma: true, ..DeviceLimits::AMD_CDNA };
+    let pm = kernels::attention_causal::plan(&cdna, &sp.q, &sp.k, &sp.v, &mut sp.out, 0.1, &seqs_p).unwrap();
+    assert_eq!(pm.symbol, pp.symbol);
+    assert_eq!(pm.grid, [16, 8, 2], "1000 query rows in tiles of 64");
+    assert_eq!(pm.shared_bytes, (64 + 2 * 32) * 136 * 2);
+    assert!(pm.shared_bytes <= cdna.max_shared_bytes);
+    let pmd = kernels::attention_causal::plan(&cdna, &s.q, &s.k, &s.v, &mut s.out, 0.1, &seqs).unwrap();
+    assert!(pmd.symbol.ends_with("_decode"), "{}", pmd.symbol);
+    // head_dim 256 has no MFMA kernel (its accumulators would not fit): portable.
+    let mut s256 = shapes(DType::BF16, 1, 300, 300, 4, 4, 256);
+    let seqs256 = AttnSeqs { cu_q: &s256.cu_q, kv: KvIndex::Contiguous { cu_k: &s256.cu_k }, max_q: 300, max_kv: 300 };
+    let p256 = kernels::attention::plan(&cdna, &s256.q, &s256.k, &s256.v, &mut s256.out, 0.1, &seqs256).unwrap();
+    assert!(p256.symbol.ends_with("_decode"), "{}", p256.symbol);
     let mut sf = shapes(DType::F32, 2, 1000, 1000, 8, 2, 128);
     let seqs_f = AttnSeqs { cu_q: &sf.cu_q, kv: KvIndex::Contiguous { cu_k: &sf.cu_k }, max_q: 1000, max_kv: 1000 };
     let pf = kernels::attention_causal::plan(&nv, &sf.q, &sf.k, &sf.v, &mut sf.out, 0.1, &seqs_f).unwrap();

@@ -130,6 +130,23 @@ pub fn prefill_shared_bytes(kernel: &Kernel, spec: &Spec) -> u32 {
     (bq + 4 * bkv) * ld * 2
 }
 
+/// Prefill tiles of the CDNA matrix-core path (MFMA, wave64): `(block_q, block_kv)`, two
+/// waves of 32 query rows, single-buffered in 64 KiB of LDS.
+pub const MFMA_PREFILL_TILES: (u32, u32) = (64, 32);
+
+/// Largest head_dim of the CDNA matrix-core prefill (its output accumulators live in
+/// registers: head_dim / 16 x 4 per m-tile).
+pub const MFMA_PREFILL_MAX_HEAD_DIM: u32 = 128;
+
+/// Shared bytes of a CDNA matrix-core prefill workgroup: the Q tile and one K and one V
+/// tile, rows padded by 8 elements; `None` where the path does not exist (head_dim past
+/// `MFMA_PREFILL_MAX_HEAD_DIM`).
+pub fn mfma_prefill_shared_bytes(spec: &Spec) -> Option<u32> {
+    let h = spec.head_dim.unwrap_or(16);
+    let (bq, bkv) = MFMA_PREFILL_TILES;
+    (h <= MFMA_PREFILL_MAX_HEAD_DIM).then_some((bq + 2 * bkv) * (h + 8) * 2)
+}
+
 /// Suffix of the matrix-core split-KV decode kernel (f16/bf16 on sm_80+).
 pub const DECODE_MMA_SUFFIX: &str = "_decode_mma";
 

@@ -171,6 +171,7 @@ impl CudaDevice {
             max_shared_bytes: attr(A::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as u32,
             compute_units: attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32,
             mma: false,
+            mfma: false,
             clusters: false,
         };
         let (major, minor) = ctx.compute_capability().map_err(drv("cuDeviceGetAttribute"))?;

@@ -26,6 +26,10 @@ pub struct DeviceLimits {
     /// NVIDIA `mma.sync` (sm_80 and newer): attention prefill runs on the matrix cores;
     /// elsewhere it runs the portable kernel.
     pub mma: bool,
+    /// AMD CDNA matrix cores (MFMA, gfx90a and gfx94x): attention prefill (f16/bf16,
+    /// head_dim up to 128) runs the MFMA kernel. Off unless asked for
+    /// (`ROCMFORGE_MFMA=1`): that kernel has not run on an AMD GPU yet.
+    pub mfma: bool,
     /// NVIDIA thread-block clusters with distributed shared memory (sm_90 and newer):
     /// split-KV decode combines its splits inside a cluster instead of through a
     /// global workspace.
@@ -41,6 +45,7 @@ impl DeviceLimits {
         max_shared_bytes: 48 * 1024,
         compute_units: 1,
         mma: false,
+        mfma: false,
         clusters: false,
     };
     /// NVIDIA sm_80/sm_90 limits (A100, H100).
@@ -51,6 +56,7 @@ impl DeviceLimits {
         max_shared_bytes: 227 * 1024,
         compute_units: 132,
         mma: true,
+        mfma: false,
         clusters: true,
     };
     /// AMD CDNA (gfx90a, gfx94x): wave64.
@@ -61,6 +67,7 @@ impl DeviceLimits {
         max_shared_bytes: 64 * 1024,
         compute_units: 104,
         mma: false,
+        mfma: false,
         clusters: false,
     };
     /// AMD RDNA (gfx10xx, gfx11xx, gfx12xx): wave32.
@@ -71,6 +78,7 @@ impl DeviceLimits {
         max_shared_bytes: 64 * 1024,
         compute_units: 48,
         mma: false,
+        mfma: false,
         clusters: false,
     };
 }
@@ -550,8 +558,8 @@ pub fn plan_attention_with(
     force_decode: Option<bool>,
 ) -> Result<LaunchPlan, LaunchError> {
     use rocmforge_dsl::spec::{
-        decode_chunk, decode_mma_shared_bytes, decode_mma_tile, prefill_shared_bytes, prefill_tiles, symbol_name, DECODE_MMA_ROWS,
-        DECODE_MMA_SUFFIX, DECODE_MMA_WARPS, DECODE_ROWS, DECODE_SUFFIX,
+        decode_chunk, decode_mma_shared_bytes, decode_mma_tile, mfma_prefill_shared_bytes, prefill_shared_bytes, prefill_tiles,
+        symbol_name, DECODE_MMA_ROWS, DECODE_MMA_SUFFIX, DECODE_MMA_WARPS, DECODE_ROWS, DECODE_SUFFIX, MFMA_PREFILL_TILES,
     };
     if kernel.kind != Kind::Attention {
         return Err(LaunchError::Kernel(format!("kernel `{}` is {}, not attention", kernel.name, kernel.kind.name())));
@@ -600,10 +608,15 @@ pub fn plan_attention_with(
     values.push(ArgValue::I32(i32_of("pages per sequence", max_pages)?));
     values.push(ArgValue::I32(i32_of("pages", pages)?));
     let is_mma_dtype = matches!(dtype, Some(DType::F16 | DType::BF16));
-    let decode = force_decode.unwrap_or(max_q <= u64::from(DECODE_MAX_Q) || !limits.mma || !is_mma_dtype);
-    if !(decode || limits.mma && is_mma_dtype) {
+    // The prefill's matrix-core kernel: mma.sync (NVIDIA sm_80+) or, where enabled, MFMA
+    // (AMD CDNA, head_dim up to 128, its own tiles and shared size).
+    let mfma_shared = if limits.mfma && !limits.mma { mfma_prefill_shared_bytes(&spec) } else { None };
+    let prefill_mma = is_mma_dtype && (limits.mma || mfma_shared.is_some());
+    let decode = force_decode.unwrap_or(max_q <= u64::from(DECODE_MAX_Q) || !prefill_mma);
+    if !(decode || prefill_mma) {
         return Err(LaunchError::Kernel(format!(
-            "kernel `{}`: the matrix-core prefill needs f16/bf16 and an sm_80+ NVIDIA GPU",
+            "kernel `{}`: the matrix-core prefill needs f16/bf16 and an sm_80+ NVIDIA GPU (or, with ROCMFORGE_MFMA=1, an AMD \
+             gfx90a/gfx94x GPU and head_dim up to 128)",
             kernel.name
         )));
     }
@@ -639,8 +652,10 @@ pub fn plan_attention_with(
         };
         return plan_decode(kernel, limits, spec, values, dims, seqs.max_kv, sizes, &kind);
     }
-    let (bq, _) = prefill_tiles(kernel, &spec);
-    let shared = prefill_shared_bytes(kernel, &spec);
+    let (bq, shared) = match mfma_shared {
+        Some(shared) => (MFMA_PREFILL_TILES.0, shared),
+        None => (prefill_tiles(kernel, &spec).0, prefill_shared_bytes(kernel, &spec)),
+    };
     limit(kernel, "shared memory per workgroup (bytes)", u64::from(shared), u64::from(limits.max_shared_bytes))?;
     limit(kernel, "heads (grid y)", heads, grid_y_max)?;
     limit(kernel, "batch (grid z)", batch, grid_z_max)?;

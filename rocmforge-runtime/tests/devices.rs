@@ -87,6 +87,21 @@ fn hiprtc_compiles_generated_kernels_without_a_gpu() {
     let sym = rocmforge_runtime::dsl::symbol_name(&k.name, &spec);
     let has = |s: &str| code.windows(s.len()).any(|w| w == s.as_bytes());
     assert!(has(&sym) && has(&format!("{sym}_wide")));
+    // Attention, whose prefill has an MFMA body on gfx90a, compiles at run time too.
+    let a = rocmforge_runtime::dsl::parse::parse_str(
+        "attention(dtype = [bf16], head_dim = [128])",
+        "fn attn(q: &Heads<T>, k: &Heads<T>, v: &Heads<T>, out: &mut Heads<T>, scale: f32) { mask!(kv_pos <= q_pos); }",
+    )
+    .unwrap();
+    let aspec = a.specs(64)[0];
+    let asrc = render_source(&a, &[aspec]).unwrap();
+    assert!(asrc.contains("defined(RF_MFMA)"));
+    let acode = match rocmforge_runtime::hip::hiprtc_compile(&asrc, "gfx90a") {
+        Ok(c) => c,
+        Err((msg, log)) => panic!("{msg}\n{log}"),
+    };
+    let asym = rocmforge_runtime::dsl::symbol_name(&a.name, &aspec);
+    assert!(acode.windows(asym.len()).any(|w| w == asym.as_bytes()), "{asym} in the code object");
     // A compile error carries the compiler's log.
     let (msg, log) = rocmforge_runtime::hip::hiprtc_compile("this is not C++", "gfx90a").unwrap_err();
     assert!(msg.contains("hiprtcCompileProgram"), "{msg}");
