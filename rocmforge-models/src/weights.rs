@@ -53,7 +53,7 @@ pub enum Values<'a> {
     BF16(&'a [u16]),
 }
 
-impl Values<'_> {
+impl<'a> Values<'a> {
     /// The number of values.
     pub fn len(&self) -> usize {
         match self {
@@ -64,6 +64,14 @@ impl Values<'_> {
     /// Whether there are no values.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// Values `range`, in the same storage; `None` past the end.
+    pub fn get(self, range: std::ops::Range<usize>) -> Option<Values<'a>> {
+        Some(match self {
+            Values::F32(v) => Values::F32(v.get(range)?),
+            Values::F16(v) => Values::F16(v.get(range)?),
+            Values::BF16(v) => Values::BF16(v.get(range)?),
+        })
     }
     /// Values `start..start + dst.len()` widened to f32 into `dst` (exact). Panics past
     /// the end, like slice indexing: callers index within the weight's shape.
@@ -130,12 +138,7 @@ impl Weight {
         if r >= rows {
             return None;
         }
-        let range = r * cols..(r + 1) * cols;
-        Some(match self.values() {
-            Values::F32(v) => std::borrow::Cow::Borrowed(v.get(range)?),
-            Values::F16(v) => widen_values(Values::F16(v.get(range)?)),
-            Values::BF16(v) => widen_values(Values::BF16(v.get(range)?)),
-        })
+        self.values().get(r * cols..(r + 1) * cols).map(widen_values)
     }
     /// The shape.
     pub fn shape(&self) -> &[usize] {
@@ -144,13 +147,6 @@ impl Weight {
     /// Whether the data is used in place from the mapped file.
     pub fn is_mapped(&self) -> bool {
         matches!(self.data, WeightData::Mapped { .. } | WeightData::Mapped16 { .. })
-    }
-    /// Bytes per stored value (4 for f32, 2 for f16 and bf16).
-    pub fn stored_bytes_per_value(&self) -> usize {
-        match self.data {
-            WeightData::Mapped16 { .. } => 2,
-            _ => 4,
-        }
     }
 }
 

@@ -71,37 +71,32 @@ fn rocmforge_device_picks_the_default() {
 #[test]
 fn hiprtc_compiles_generated_kernels_without_a_gpu() {
     use rocmforge_runtime::dsl::codegen::render_source;
-    let k = rocmforge_runtime::dsl::parse::parse_str(
+    // One declaration's first wave64 specialization: its symbol, source and code object.
+    let compile = |kind: &str, body: &str| {
+        let k = rocmforge_runtime::dsl::parse::parse_str(kind, body).unwrap();
+        let spec = k.specs(64)[0];
+        let src = render_source(&k, &[spec]).unwrap();
+        let code = match rocmforge_runtime::hip::hiprtc_compile(&src, "gfx90a") {
+            Ok(c) => c,
+            Err((msg, log)) => panic!("{msg}\n{log}"),
+        };
+        (rocmforge_runtime::dsl::symbol_name(&k.name, &spec), src, code)
+    };
+    let (sym, _, code) = compile(
         "rowwise(dtype = [bf16], block = [256])",
         "fn rmsnorm(x: &Rows<T>, w: &[T], out: &mut Rows<T>, eps: f32) { *out = x * rsqrt(mean(x * x) + eps) * w; }",
-    )
-    .unwrap();
-    let spec = k.specs(64)[0];
-    let src = render_source(&k, &[spec]).unwrap();
-    let code = match rocmforge_runtime::hip::hiprtc_compile(&src, "gfx90a") {
-        Ok(c) => c,
-        Err((msg, log)) => panic!("{msg}\n{log}"),
-    };
+    );
     assert_eq!(&code[..4], b"\x7fELF", "a code object");
     // Both kernels of the specialization are in it.
-    let sym = rocmforge_runtime::dsl::symbol_name(&k.name, &spec);
-    let has = |s: &str| code.windows(s.len()).any(|w| w == s.as_bytes());
-    assert!(has(&sym) && has(&format!("{sym}_wide")));
+    let has = |code: &[u8], s: &str| code.windows(s.len()).any(|w| w == s.as_bytes());
+    assert!(has(&code, &sym) && has(&code, &format!("{sym}_wide")));
     // Attention, whose prefill has an MFMA body on gfx90a, compiles at run time too.
-    let a = rocmforge_runtime::dsl::parse::parse_str(
+    let (asym, asrc, acode) = compile(
         "attention(dtype = [bf16], head_dim = [128])",
         "fn attn(q: &Heads<T>, k: &Heads<T>, v: &Heads<T>, out: &mut Heads<T>, scale: f32) { mask!(kv_pos <= q_pos); }",
-    )
-    .unwrap();
-    let aspec = a.specs(64)[0];
-    let asrc = render_source(&a, &[aspec]).unwrap();
+    );
     assert!(asrc.contains("defined(RF_MFMA)"));
-    let acode = match rocmforge_runtime::hip::hiprtc_compile(&asrc, "gfx90a") {
-        Ok(c) => c,
-        Err((msg, log)) => panic!("{msg}\n{log}"),
-    };
-    let asym = rocmforge_runtime::dsl::symbol_name(&a.name, &aspec);
-    assert!(acode.windows(asym.len()).any(|w| w == asym.as_bytes()), "{asym} in the code object");
+    assert!(has(&acode, &asym), "{asym} in the code object");
     // A compile error carries the compiler's log.
     let (msg, log) = rocmforge_runtime::hip::hiprtc_compile("this is not C++", "gfx90a").unwrap_err();
     assert!(msg.contains("hiprtcCompileProgram"), "{msg}");
