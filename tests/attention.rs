@@ -201,6 +201,50 @@ fn plans_pick_decode_or_prefill_and_size_the_splits() {
 }
 
 #[test]
+fn plans_take_the_hopper_kernel_for_head_dim_128_prefill() {
+    use rocmforge::dsl::spec::{has_wgmma_prefill, wgmma_prefill_shared_bytes};
+    let hopper = DeviceLimits { wgmma: true, ..DeviceLimits::NVIDIA_SM90 };
+    let k = kernels::attention_causal::kernel().unwrap();
+    // bf16 and f16 prefill at head_dim 128: the warpgroup kernel, two warpgroups, 128-row
+    // query tiles, Q and two stages of K and V (128 x 128, unpadded) plus the 1 KiB of
+    // alignment slack, and one argument per parameter of its signature.
+    for dtype in [DType::BF16, DType::F16] {
+        let mut sp = shapes(dtype, 2, 1000, 1000, 8, 2, 128);
+        let seqs = AttnSeqs { cu_q: &sp.cu_q, kv: KvIndex::Contiguous { cu_k: &sp.cu_k }, max_q: 1000, max_kv: 1000 };
+        let p = kernels::attention_causal::plan(&hopper, &sp.q, &sp.k, &sp.v, &mut sp.out, 0.1, &seqs).unwrap();
+        assert!(p.symbol.ends_with("_wgmma"), "{}", p.symbol);
+        assert_eq!((p.grid, p.block), ([8, 8, 2], [256, 1, 1]));
+        assert_eq!(p.shared_bytes, (128 + 4 * 128) * 128 * 2 + 1024);
+        assert_eq!(p.shared_bytes, wgmma_prefill_shared_bytes());
+        assert!(p.shared_bytes <= hopper.max_shared_bytes);
+        assert_eq!(p.args.len(), signature_len(k, &p), "{}", p.symbol);
+        // Without wgmma (any device but compute capability 9.0, or ROCMFORGE_WGMMA=0):
+        // the mma.sync kernel.
+        let q = kernels::attention_causal::plan(&DeviceLimits::NVIDIA_SM90, &sp.q, &sp.k, &sp.v, &mut sp.out, 0.1, &seqs).unwrap();
+        assert_eq!((q.symbol.clone() + "_wgmma", q.block), (p.symbol.clone(), [128, 1, 1]));
+        // Decode is unchanged.
+        let seqs1 = AttnSeqs { cu_q: &sp.cu_q, kv: KvIndex::Contiguous { cu_k: &sp.cu_k }, max_q: 1, max_kv: 1000 };
+        let d = kernels::attention_causal::plan(&hopper, &sp.q, &sp.k, &sp.v, &mut sp.out, 0.1, &seqs1).unwrap();
+        assert!(d.symbol.ends_with("_decode_mma"), "{}", d.symbol);
+    }
+    // Other head dims keep the mma.sync kernel.
+    let mut s64 = shapes(DType::BF16, 1, 300, 300, 4, 4, 64);
+    let seqs64 = AttnSeqs { cu_q: &s64.cu_q, kv: KvIndex::Contiguous { cu_k: &s64.cu_k }, max_q: 300, max_kv: 300 };
+    let p64 = kernels::attention::plan(&hopper, &s64.q, &s64.k, &s64.v, &mut s64.out, 0.1, &seqs64).unwrap();
+    assert!(!p64.symbol.ends_with("_wgmma") && p64.block == [128, 1, 1], "{}", p64.symbol);
+    // Explicit tile options name the mma.sync kernel they describe.
+    let spec = k.specs(32).into_iter().find(|s| s.head_dim == Some(128) && s.dtype == Some(DType::BF16)).unwrap();
+    assert!(has_wgmma_prefill(k, &spec, DType::BF16));
+    assert!(!has_wgmma_prefill(k, &spec, DType::F32));
+    let mut tiled = k.clone();
+    tiled.options.block_kv = Some(64);
+    assert!(!has_wgmma_prefill(&tiled, &spec, DType::BF16));
+    tiled.options.block_kv = None;
+    tiled.options.block_q = 64;
+    assert!(!has_wgmma_prefill(&tiled, &spec, DType::BF16));
+}
+
+#[test]
 fn plans_refuse_bad_attention_arguments() {
     let nv = DeviceLimits::NVIDIA_SM90;
     let run = |s: &mut Shapes, max_q: u32| {

@@ -364,6 +364,7 @@ fn attention_ctx(kernel: &Kernel, spec: &Spec, ctx: &mut tera::Context) {
     ctx.insert("rows", &DECODE_ROWS);
     ctx.insert("counters", &crate::spec::DECODE_COUNTERS);
     ctx.insert("mma", &matches!(dtype, crate::DType::F16 | crate::DType::BF16));
+    ctx.insert("wgmma", &crate::spec::has_wgmma_prefill(kernel, spec, dtype));
     ctx.insert("is_bf16", &(dtype == crate::DType::BF16));
     ctx.insert("storage", dtype.c_storage());
     for (key, i) in [("q", 0), ("k", 1), ("v", 2), ("out", 3)] {

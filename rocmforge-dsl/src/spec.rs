@@ -147,6 +147,37 @@ pub fn mfma_prefill_shared_bytes(spec: &Spec) -> Option<u32> {
     (h <= MFMA_PREFILL_MAX_HEAD_DIM).then_some((bq + 2 * bkv) * (h + 8) * 2)
 }
 
+/// Suffix of the Hopper prefill kernel (warpgroup `wgmma`, sm_90a).
+pub const WGMMA_PREFILL_SUFFIX: &str = "_wgmma";
+
+/// Prefill tiles of the Hopper path: `(block_q, block_kv)`, two warpgroups of 64 query
+/// rows sharing each K/V tile.
+pub const WGMMA_PREFILL_TILES: (u32, u32) = (128, 128);
+
+/// Threads of a Hopper prefill workgroup (two warpgroups).
+pub const WGMMA_PREFILL_THREADS: u32 = 256;
+
+/// The head dims the Hopper prefill is written for.
+pub const WGMMA_PREFILL_HEAD_DIM: u32 = 128;
+
+/// Whether a specialization has the Hopper prefill kernel: f16/bf16 at head_dim 128
+/// with the default tiles (explicit `block_q`/`block_kv` options keep the `mma.sync`
+/// kernel they describe).
+pub fn has_wgmma_prefill(kernel: &Kernel, spec: &Spec, dtype: DType) -> bool {
+    matches!(dtype, DType::F16 | DType::BF16)
+        && spec.head_dim == Some(WGMMA_PREFILL_HEAD_DIM)
+        && kernel.options.block_q == 128
+        && kernel.options.block_kv.is_none()
+}
+
+/// Shared bytes of a Hopper prefill workgroup: the Q tile and two stages of K and V
+/// tiles, unpadded (128-byte swizzled rows), plus 1 KiB to align the base to the
+/// swizzle's 1024-byte period.
+pub fn wgmma_prefill_shared_bytes() -> u32 {
+    let (bq, bkv) = WGMMA_PREFILL_TILES;
+    (bq + 4 * bkv) * WGMMA_PREFILL_HEAD_DIM * 2 + 1024
+}
+
 /// Suffix of the matrix-core split-KV decode kernel (f16/bf16 on sm_80+).
 pub const DECODE_MMA_SUFFIX: &str = "_decode_mma";
 

@@ -173,9 +173,13 @@ impl CudaDevice {
             mma: false,
             mfma: false,
             clusters: false,
+            wgmma: false,
         };
         let (major, minor) = ctx.compute_capability().map_err(drv("cuDeviceGetAttribute"))?;
-        let limits = DeviceLimits { mma: major >= 8, clusters: major >= 9, ..limits };
+        // wgmma exists on sm_90a code only, which runs on compute capability 9.0 alone
+        // (the kernels are compiled for this device's arch; see `nvrtc_arch`).
+        let wgmma = (major, minor) == (9, 0) && std::env::var("ROCMFORGE_WGMMA").as_deref() != Ok("0");
+        let limits = DeviceLimits { mma: major >= 8, clusters: major >= 9, wgmma, ..limits };
         let name = ctx.name().map_err(drv("cuDeviceGetName"))?;
         let total_mem = ctx.total_mem().map_err(drv("cuDeviceTotalMem"))?;
         let compute_units = attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
@@ -470,7 +474,7 @@ impl CudaDevice {
     fn load_source(&self, symbol: &str, src: &str) -> Result<Arc<CudaModule>, CudaError> {
         let nvrtc_version = nvrtc_version();
         let dir = cache_dir();
-        let path = dir.as_ref().map(|d| entry(d, symbol, &self.arch, src, &nvrtc_version, "cubin"));
+        let path = dir.as_ref().map(|d| entry(d, symbol, &nvrtc_arch(&self.arch), src, &nvrtc_version, "cubin"));
         let cached = path.as_ref().and_then(|p| std::fs::read(p).ok()).filter(|b| !b.is_empty());
         let cubin = if let Some(cubin) = cached {
             self.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -927,12 +931,25 @@ impl Drop for DeviceTensor {
     }
 }
 
+/// The NVRTC target for a device arch: `sm_90a` for `sm_90`, so that Hopper's
+/// arch-specific instructions (`wgmma`; `__CUDA_ARCH_FEAT_SM90_ALL` in the source) are
+/// available. Such code runs on compute capability 9.0 only, which is the device the
+/// CUBIN is compiled for and cached under.
+fn nvrtc_arch(arch: &str) -> String {
+    if arch == "sm_90" {
+        "sm_90a".to_string()
+    } else {
+        arch.to_string()
+    }
+}
+
 /// NVRTC to a CUBIN for `arch` (`sm_90`): (message, compiler log) on failure.
 fn compile_cubin(src: &str, arch: &str) -> Result<Vec<u8>, (String, String)> {
     use cudarc::nvrtc::{result, sys};
     let csrc = std::ffi::CString::new(src).map_err(|_| ("kernel source contains a NUL byte".to_string(), String::new()))?;
     let prog = result::create_program(&csrc, None).map_err(|e| (format!("nvrtcCreateProgram: {e:?}"), String::new()))?;
-    let options = [format!("--gpu-architecture={arch}"), "--std=c++17".to_string(), format!("--include-path={}", cuda_include_dir())];
+    let options =
+        [format!("--gpu-architecture={}", nvrtc_arch(arch)), "--std=c++17".to_string(), format!("--include-path={}", cuda_include_dir())];
     // SAFETY: `prog` was just created from `csrc`, which outlives it, and is destroyed
     // exactly once below; the size query and the copy use a buffer of the reported size.
     unsafe {

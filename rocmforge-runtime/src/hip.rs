@@ -149,6 +149,7 @@ impl HipDevice {
             // AMD GPU, and the self-check is CUDA-only: it is taken only when asked for.
             mfma: (arch == "gfx90a" || arch.starts_with("gfx94")) && std::env::var("ROCMFORGE_MFMA").as_deref() == Ok("1"),
             clusters: false,
+            wgmma: false,
         };
         let aot = code_objects.iter().find(|(t, _)| *t == arch).map(|(_, b)| *b);
         Ok(Arc::new(HipDevice {

@@ -34,6 +34,11 @@ pub struct DeviceLimits {
     /// split-KV decode combines its splits inside a cluster instead of through a
     /// global workspace.
     pub clusters: bool,
+    /// NVIDIA Hopper warpgroup matrix instructions (`wgmma`, sm_90a): the f16/bf16
+    /// prefill at head_dim 128 with the default tiles runs the `_wgmma` kernel (two
+    /// warpgroups, 128 x 128 tiles). Set by the CUDA device on compute capability 9.0
+    /// unless `ROCMFORGE_WGMMA=0`.
+    pub wgmma: bool,
 }
 
 impl DeviceLimits {
@@ -47,8 +52,10 @@ impl DeviceLimits {
         mma: false,
         mfma: false,
         clusters: false,
+        wgmma: false,
     };
-    /// NVIDIA sm_80/sm_90 limits (A100, H100).
+    /// NVIDIA sm_80/sm_90 limits (A100, H100), without the Hopper-only `wgmma` prefill
+    /// (the planner's tests set it where they test it).
     pub const NVIDIA_SM90: DeviceLimits = DeviceLimits {
         warp_size: 32,
         max_threads_per_block: 1024,
@@ -58,6 +65,7 @@ impl DeviceLimits {
         mma: true,
         mfma: false,
         clusters: true,
+        wgmma: false,
     };
     /// AMD CDNA (gfx90a, gfx94x): wave64.
     pub const AMD_CDNA: DeviceLimits = DeviceLimits {
@@ -69,6 +77,7 @@ impl DeviceLimits {
         mma: false,
         mfma: false,
         clusters: false,
+        wgmma: false,
     };
     /// AMD RDNA (gfx10xx, gfx11xx, gfx12xx): wave32.
     pub const AMD_RDNA: DeviceLimits = DeviceLimits {
@@ -80,6 +89,7 @@ impl DeviceLimits {
         mma: false,
         mfma: false,
         clusters: false,
+        wgmma: false,
     };
 }
 
@@ -558,8 +568,9 @@ pub fn plan_attention_with(
     force_decode: Option<bool>,
 ) -> Result<LaunchPlan, LaunchError> {
     use rocmforge_dsl::spec::{
-        decode_chunk, decode_mma_shared_bytes, decode_mma_tile, mfma_prefill_shared_bytes, prefill_shared_bytes, prefill_tiles,
-        symbol_name, DECODE_MMA_ROWS, DECODE_MMA_SUFFIX, DECODE_MMA_WARPS, DECODE_ROWS, DECODE_SUFFIX, MFMA_PREFILL_TILES,
+        decode_chunk, decode_mma_shared_bytes, decode_mma_tile, has_wgmma_prefill, mfma_prefill_shared_bytes, prefill_shared_bytes,
+        prefill_tiles, symbol_name, wgmma_prefill_shared_bytes, DECODE_MMA_ROWS, DECODE_MMA_SUFFIX, DECODE_MMA_WARPS, DECODE_ROWS,
+        DECODE_SUFFIX, MFMA_PREFILL_TILES, WGMMA_PREFILL_SUFFIX, WGMMA_PREFILL_THREADS, WGMMA_PREFILL_TILES,
     };
     if kernel.kind != Kind::Attention {
         return Err(LaunchError::Kernel(format!("kernel `{}` is {}, not attention", kernel.name, kernel.kind.name())));
@@ -652,8 +663,11 @@ pub fn plan_attention_with(
         };
         return plan_decode(kernel, limits, spec, values, dims, seqs.max_kv, sizes, &kind);
     }
+    // Hopper: the warpgroup kernel where the specialization has it.
+    let wgmma = limits.wgmma && limits.mma && dtype.is_some_and(|d| has_wgmma_prefill(kernel, &spec, d));
     let (bq, shared) = match mfma_shared {
         Some(shared) => (MFMA_PREFILL_TILES.0, shared),
+        None if wgmma => (WGMMA_PREFILL_TILES.0, wgmma_prefill_shared_bytes()),
         None => (prefill_tiles(kernel, &spec).0, prefill_shared_bytes(kernel, &spec)),
     };
     limit(kernel, "shared memory per workgroup (bytes)", u64::from(shared), u64::from(limits.max_shared_bytes))?;
@@ -663,9 +677,9 @@ pub fn plan_attention_with(
     Ok(LaunchPlan {
         kernel: kernel.name.clone(),
         spec,
-        symbol: base,
+        symbol: if wgmma { format!("{base}{WGMMA_PREFILL_SUFFIX}") } else { base },
         grid: [gx as u32, heads as u32, batch as u32],
-        block: [spec.block, 1, 1],
+        block: [if wgmma { WGMMA_PREFILL_THREADS } else { spec.block }, 1, 1],
         shared_bytes: shared,
         args: values,
         dims,
