@@ -1,7 +1,7 @@
 // Prototype: FlashAttention-2 style prefill on Hopper's warpgroup matrix instructions
 // (wgmma), bf16, head_dim 128, 128 x 128 tiles, two consumer warpgroups of 64 query rows,
 // K/V double-buffered with cp.async into 128-byte-swizzled shared memory. Standalone
-// (nvcc -arch=sm_90a), to settle the shared-memory layouts and the speed before the
+// (nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a), to settle the shared-memory layouts and the speed before the
 // DSL template takes it. Layout [B, S, H, D]; checks against an f64 host reference.
 //   ./attn_wgmma check | bench
 #include <cuda_bf16.h>
@@ -13,7 +13,7 @@
 #include <string>
 #include <algorithm>
 #include <random>
-#include "wgmma_ops.h"
+#include "../../templates/rocmforge.h"  // rf_wgmma_*: the wrappers the DSL kernel uses
 
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e), __FILE__, __LINE__); exit(1); } } while (0)
 
@@ -26,11 +26,6 @@ constexpr unsigned SMEM = QBYTES + 4 * KVBYTES + 1024;
 // (the 128B-swizzle canonical layout of wgmma).
 __device__ __forceinline__ unsigned swz(int r, int chunk, int rows) {
     return (chunk >> 3) * rows * 128 + r * 128 + (((chunk & 7) ^ (r & 7)) << 4);
-}
-
-__device__ __forceinline__ unsigned long long mkdesc(unsigned saddr, unsigned lbo, unsigned sbo) {
-    return (unsigned long long)((saddr & 0x3FFFF) >> 4) | ((unsigned long long)((lbo & 0x3FFFF) >> 4) << 16) |
-           ((unsigned long long)((sbo & 0x3FFFF) >> 4) << 32) | (1ull << 62);
 }
 
 __device__ __forceinline__ void cp16(unsigned s, const void* g, bool valid) {
@@ -46,6 +41,7 @@ template <bool CAUSAL>
 __global__ void __launch_bounds__(NT, 1) attn_wgmma(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
                                                     const __nv_bfloat16* __restrict__ v, __nv_bfloat16* __restrict__ o,
                                                     int S, int H, float scale) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)  // the wgmma wrappers exist in the sm_90a device pass only
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     unsigned base;
     asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(base) : "l"(smem_raw));
@@ -98,8 +94,8 @@ __global__ void __launch_bounds__(NT, 1) attn_wgmma(const __nv_bfloat16* __restr
         const unsigned qa = sq + wg * 64 * 128, kbase = sk + buf * KVBYTES;
 #pragma unroll
         for (int ks = 0; ks < 8; ++ks) {
-            const unsigned long long da = mkdesc(qa + (ks >> 2) * BQ * 128 + (ks & 3) * 32, 16, 1024);
-            const unsigned long long db = mkdesc(kbase + (ks >> 2) * BKV * 128 + (ks & 3) * 32, 16, 1024);
+            const unsigned long long da = rf_wgmma_desc(qa + (ks >> 2) * BQ * 128 + (ks & 3) * 32, 16, 1024);
+            const unsigned long long db = rf_wgmma_desc(kbase + (ks >> 2) * BKV * 128 + (ks & 3) * 32, 16, 1024);
             if (ks == 0) rf_wgmma_ss<true>(s, da, db, 0); else rf_wgmma_ss<true>(s, da, db, 1);
         }
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
@@ -164,7 +160,7 @@ __global__ void __launch_bounds__(NT, 1) attn_wgmma(const __nv_bfloat16* __restr
         const unsigned vbase = sv + buf * KVBYTES;
 #pragma unroll
         for (int ks = 0; ks < 8; ++ks) {
-            const unsigned long long db = mkdesc(vbase + ks * 16 * 128, BKV * 128, 1024);
+            const unsigned long long db = rf_wgmma_desc(vbase + ks * 16 * 128, BKV * 128, 1024);
             rf_wgmma_rs<true>(oacc, pa[ks], db);
         }
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
@@ -183,6 +179,7 @@ __global__ void __launch_bounds__(NT, 1) attn_wgmma(const __nv_bfloat16* __restr
         if (r0 < S) *reinterpret_cast<__nv_bfloat162*>(ob + (long long)r0 * rs + c) = __floats2bfloat162_rn(oacc[4 * j] * i0, oacc[4 * j + 1] * i0);
         if (r0 + 8 < S) *reinterpret_cast<__nv_bfloat162*>(ob + (long long)(r0 + 8) * rs + c) = __floats2bfloat162_rn(oacc[4 * j + 2] * i1, oacc[4 * j + 3] * i1);
     }
+#endif
 }
 
 static float bf(const __nv_bfloat16& x) { return __bfloat162float(x); }
