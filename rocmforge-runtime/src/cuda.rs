@@ -1004,3 +1004,17 @@ pub fn cuda_include_dir() -> String {
     }
     "/usr/local/cuda/include".to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::nvrtc_arch;
+
+    #[test]
+    fn hopper_compiles_for_the_arch_specific_target() {
+        // wgmma needs sm_90a; every other arch is compiled as the device reports it.
+        assert_eq!(nvrtc_arch("sm_90"), "sm_90a");
+        for a in ["sm_80", "sm_86", "sm_89", "sm_100", "sm_120"] {
+            assert_eq!(nvrtc_arch(a), a);
+        }
+    }
+}
