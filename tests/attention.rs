@@ -222,6 +222,10 @@ fn plans_take_the_hopper_kernel_for_head_dim_128_prefill() {
         // the mma.sync kernel.
         let q = kernels::attention_causal::plan(&DeviceLimits::NVIDIA_SM90, &sp.q, &sp.k, &sp.v, &mut sp.out, 0.1, &seqs).unwrap();
         assert_eq!((q.symbol.clone() + "_wgmma", q.block), (p.symbol.clone(), [128, 1, 1]));
+        // A device whose workgroups get less shared memory than its tiles: mma.sync.
+        let small = DeviceLimits { max_shared_bytes: 160 * 1024, ..hopper };
+        let r = kernels::attention_causal::plan(&small, &sp.q, &sp.k, &sp.v, &mut sp.out, 0.1, &seqs).unwrap();
+        assert_eq!((r.symbol.as_str(), r.block), (q.symbol.as_str(), [128, 1, 1]));
         // Decode is unchanged.
         let seqs1 = AttnSeqs { cu_q: &sp.cu_q, kv: KvIndex::Contiguous { cu_k: &sp.cu_k }, max_q: 1, max_kv: 1000 };
         let d = kernels::attention_causal::plan(&hopper, &sp.q, &sp.k, &sp.v, &mut sp.out, 0.1, &seqs1).unwrap();

@@ -663,8 +663,12 @@ pub fn plan_attention_with(
         };
         return plan_decode(kernel, limits, spec, values, dims, seqs.max_kv, sizes, &kind);
     }
-    // Hopper: the warpgroup kernel where the specialization has it.
-    let wgmma = limits.wgmma && limits.mma && dtype.is_some_and(|d| has_wgmma_prefill(kernel, &spec, d));
+    // Hopper: the warpgroup kernel where the specialization has it and its shared tiles
+    // fit (else the mma.sync kernel, which needs less).
+    let wgmma = limits.wgmma
+        && limits.mma
+        && dtype.is_some_and(|d| has_wgmma_prefill(kernel, &spec, d))
+        && wgmma_prefill_shared_bytes() <= limits.max_shared_bytes;
     let (bq, shared) = match mfma_shared {
         Some(shared) => (MFMA_PREFILL_TILES.0, shared),
         None if wgmma => (WGMMA_PREFILL_TILES.0, wgmma_prefill_shared_bytes()),
