@@ -157,7 +157,7 @@ pub const WGMMA_PREFILL_TILES: (u32, u32) = (128, 128);
 /// Threads of a Hopper prefill workgroup (two warpgroups).
 pub const WGMMA_PREFILL_THREADS: u32 = 256;
 
-/// The head dims the Hopper prefill is written for.
+/// The head dim the Hopper prefill is written for.
 pub const WGMMA_PREFILL_HEAD_DIM: u32 = 128;
 
 /// Whether a specialization has the Hopper prefill kernel: f16/bf16 at head_dim 128

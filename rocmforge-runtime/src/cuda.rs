@@ -474,14 +474,17 @@ impl CudaDevice {
     fn load_source(&self, symbol: &str, src: &str) -> Result<Arc<CudaModule>, CudaError> {
         let nvrtc_version = nvrtc_version();
         let dir = cache_dir();
-        let path = dir.as_ref().map(|d| entry(d, symbol, &nvrtc_arch(&self.arch), src, &nvrtc_version, "cubin"));
+        // The target compiled for is also the cache key, so a CUBIN built for another
+        // target is never read back for this one.
+        let target = nvrtc_arch(&self.arch);
+        let path = dir.as_ref().map(|d| entry(d, symbol, &target, src, &nvrtc_version, "cubin"));
         let cached = path.as_ref().and_then(|p| std::fs::read(p).ok()).filter(|b| !b.is_empty());
         let cubin = if let Some(cubin) = cached {
             self.cache_hits.fetch_add(1, Ordering::Relaxed);
             cubin
         } else {
             let t = Instant::now();
-            let cubin = compile_cubin(src, &self.arch).map_err(|(message, log)| CudaError::Compile {
+            let cubin = compile_cubin(src, &target).map_err(|(message, log)| CudaError::Compile {
                 kernel: symbol.to_string(),
                 arch: self.arch.clone(),
                 message,
@@ -943,13 +946,13 @@ fn nvrtc_arch(arch: &str) -> String {
     }
 }
 
-/// NVRTC to a CUBIN for `arch` (`sm_90`): (message, compiler log) on failure.
-fn compile_cubin(src: &str, arch: &str) -> Result<Vec<u8>, (String, String)> {
+/// NVRTC to a CUBIN for `target` (from [`nvrtc_arch`], e.g. `sm_90a`): (message,
+/// compiler log) on failure.
+fn compile_cubin(src: &str, target: &str) -> Result<Vec<u8>, (String, String)> {
     use cudarc::nvrtc::{result, sys};
     let csrc = std::ffi::CString::new(src).map_err(|_| ("kernel source contains a NUL byte".to_string(), String::new()))?;
     let prog = result::create_program(&csrc, None).map_err(|e| (format!("nvrtcCreateProgram: {e:?}"), String::new()))?;
-    let options =
-        [format!("--gpu-architecture={}", nvrtc_arch(arch)), "--std=c++17".to_string(), format!("--include-path={}", cuda_include_dir())];
+    let options = [format!("--gpu-architecture={target}"), "--std=c++17".to_string(), format!("--include-path={}", cuda_include_dir())];
     // SAFETY: `prog` was just created from `csrc`, which outlives it, and is destroyed
     // exactly once below; the size query and the copy use a buffer of the reported size.
     unsafe {

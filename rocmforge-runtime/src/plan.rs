@@ -669,10 +669,11 @@ pub fn plan_attention_with(
         && limits.mma
         && dtype.is_some_and(|d| has_wgmma_prefill(kernel, &spec, d))
         && wgmma_prefill_shared_bytes() <= limits.max_shared_bytes;
-    let (bq, shared) = match mfma_shared {
-        Some(shared) => (MFMA_PREFILL_TILES.0, shared),
-        None if wgmma => (WGMMA_PREFILL_TILES.0, wgmma_prefill_shared_bytes()),
-        None => (prefill_tiles(kernel, &spec).0, prefill_shared_bytes(kernel, &spec)),
+    // The prefill kernel: (symbol suffix, query rows per workgroup, shared bytes, threads).
+    let (suffix, bq, shared, threads) = match mfma_shared {
+        Some(shared) => ("", MFMA_PREFILL_TILES.0, shared, spec.block),
+        None if wgmma => (WGMMA_PREFILL_SUFFIX, WGMMA_PREFILL_TILES.0, wgmma_prefill_shared_bytes(), WGMMA_PREFILL_THREADS),
+        None => ("", prefill_tiles(kernel, &spec).0, prefill_shared_bytes(kernel, &spec), spec.block),
     };
     limit(kernel, "shared memory per workgroup (bytes)", u64::from(shared), u64::from(limits.max_shared_bytes))?;
     limit(kernel, "heads (grid y)", heads, grid_y_max)?;
@@ -681,9 +682,9 @@ pub fn plan_attention_with(
     Ok(LaunchPlan {
         kernel: kernel.name.clone(),
         spec,
-        symbol: if wgmma { format!("{base}{WGMMA_PREFILL_SUFFIX}") } else { base },
+        symbol: format!("{base}{suffix}"),
         grid: [gx as u32, heads as u32, batch as u32],
-        block: [if wgmma { WGMMA_PREFILL_THREADS } else { spec.block }, 1, 1],
+        block: [threads, 1, 1],
         shared_bytes: shared,
         args: values,
         dims,
