@@ -7,6 +7,7 @@
 //!   copy bandwidth measured in the same run, next to a copy of the same bytes.
 //!
 //! Run: `cargo bench --features cuda --bench attention` (or the binary it builds).
+//! `BENCH_ONLY=prefill|decode|combine` runs one section (for a profiler).
 
 #![allow(clippy::print_stdout, clippy::print_stderr, clippy::unwrap_used, clippy::expect_used, reason = "a benchmark program")]
 
@@ -118,75 +119,81 @@ fn main() {
     dev.prepare(&[full, causal]).expect("compile kernels");
     let mut rng = Rng::new(11);
     let copy_gbs = common::copy_bandwidth(&dev, &mut rng);
+    let only = std::env::var("BENCH_ONLY").ok();
+    let section = |name: &str| only.as_deref().is_none_or(|o| o == name);
 
-    println!("prefill (TFLOP/s, FlashAttention's FLOP count; peers: PyTorch SDPA flash / cuDNN on the H100, ../shared/GPU.md)");
-    let mut rows = Vec::new();
-    for (name, k, b, h, s, hd, peer) in [
-        ("non-causal", full, 4usize, 32usize, 4096usize, 128usize, "354 / 673"),
-        ("causal", causal, 4, 32, 4096, 128, "294 / 603"),
-        ("non-causal d64", full, 4, 64, 4096, 64, "309 / 489"),
-    ] {
-        let sets = vec![make_set(&dev, &mut rng, DType::BF16, b, s, s, h, h, hd, None)];
-        let ms = run(&dev, k, &sets, s, s, 1.0 / (hd as f32).sqrt());
-        let mut flops = 4.0 * (b * h * s * s * hd) as f64;
-        if k.name == "attention_causal" {
-            flops /= 2.0;
-        }
-        let tflops = flops / (ms * 1e-3) / 1e12;
-        rows.push(format!("{:<38} {:>10.1} {:>9.0}  {peer}", format!("bf16 B{b} H{h} S{s} d{hd} {name}"), ms * 1e3, tflops));
-    }
-    println!("{:<38} {:>10} {:>9}  peer flash / cuDNN", "shape", "median us", "TFLOP/s");
-    rows.iter().for_each(|r| println!("{r}"));
-    println!("\nprefill tile variants, bf16 B4 S4096 non-causal (standard: 128 x 64 at d128, 128 x 128 at d64):");
-    for (name, k) in [("128 x 32", attn_q128_kv32::kernel().unwrap()), ("64 x 64", attn_q64_kv64::kernel().unwrap())] {
-        for (h, hd) in [(32usize, 128usize), (64, 64)] {
-            let (b, s) = (4usize, 4096usize);
+    if section("prefill") {
+        println!("prefill (TFLOP/s, FlashAttention's FLOP count; peers: PyTorch SDPA flash / cuDNN on the H100, ../shared/GPU.md)");
+        let mut rows = Vec::new();
+        for (name, k, b, h, s, hd, peer) in [
+            ("non-causal", full, 4usize, 32usize, 4096usize, 128usize, "354 / 673"),
+            ("causal", causal, 4, 32, 4096, 128, "294 / 603"),
+            ("non-causal d64", full, 4, 64, 4096, 64, "309 / 489"),
+        ] {
             let sets = vec![make_set(&dev, &mut rng, DType::BF16, b, s, s, h, h, hd, None)];
             let ms = run(&dev, k, &sets, s, s, 1.0 / (hd as f32).sqrt());
-            let tflops = 4.0 * (b * h * s * s * hd) as f64 / (ms * 1e-3) / 1e12;
-            println!("  {name:<10} H{h} d{hd}: {:>8.1} us {tflops:>6.0} TFLOP/s", ms * 1e3);
+            let mut flops = 4.0 * (b * h * s * s * hd) as f64;
+            if k.name == "attention_causal" {
+                flops /= 2.0;
+            }
+            let tflops = flops / (ms * 1e-3) / 1e12;
+            rows.push(format!("{:<38} {:>10.1} {:>9.0}  {peer}", format!("bf16 B{b} H{h} S{s} d{hd} {name}"), ms * 1e3, tflops));
         }
-    }
-
-    {
-        let (b, s, h, hd) = (4usize, 4096usize, 64usize, 64usize);
-        let sets = vec![make_set(&dev, &mut rng, DType::BF16, b, s, s, h, h, hd, None)];
-        let ms = run(&dev, attn_q128_kv64::kernel().unwrap(), &sets, s, s, 1.0 / (hd as f32).sqrt());
-        let tflops = 4.0 * (b * h * s * s * hd) as f64 / (ms * 1e-3) / 1e12;
-        println!("  128 x 64   H{h} d{hd}: {:>8.1} us {tflops:>6.0} TFLOP/s", ms * 1e3);
-    }
-
-    println!("\ndecode (one query token, KV 4096, 32/8 heads, d 128; peer: PyTorch SDPA fp16, 445 GB/s at batch 1, 2937 at batch 16)");
-    let mut rows = Vec::new();
-    for d in [DType::BF16, DType::F16] {
-        for b in [1usize, 16] {
-            for page in [None, Some(16)] {
-                let (h, kvh, hd, kv) = (32usize, 8usize, 128usize, 4096usize);
-                let kv_bytes = 2 * b * kv * kvh * hd * d.size();
-                let bytes = kv_bytes + 2 * b * h * hd * d.size();
-                let n = ROTATE_BYTES.div_ceil(bytes).max(2);
-                let sets: Vec<Set> = (0..n).map(|_| make_set(&dev, &mut rng, d, b, 1, kv, h, kvh, hd, page)).collect();
-                let ms = run(&dev, causal, &sets, 1, kv, 1.0 / (hd as f32).sqrt());
-                let gbs = bytes as f64 / (ms * 1e-3) / 1e9;
-                let same = same_size_copy_us(&dev, bytes);
-                let layout = page.map_or("contiguous".to_string(), |p| format!("paged {p}"));
-                rows.push(format!(
-                    "{:<38} {:>10.1} {:>9.0} {:>8.2} {:>10.1} {:>8.2}",
-                    format!("{d} batch {b} {layout}"),
-                    ms * 1e3,
-                    gbs,
-                    gbs / copy_gbs,
-                    same,
-                    same / (ms * 1e3)
-                ));
+        println!("{:<38} {:>10} {:>9}  peer flash / cuDNN", "shape", "median us", "TFLOP/s");
+        rows.iter().for_each(|r| println!("{r}"));
+        println!("\nprefill tile variants, bf16 B4 S4096 non-causal (standard: 128 x 64 at d128, 128 x 128 at d64):");
+        for (name, k) in [("128 x 32", attn_q128_kv32::kernel().unwrap()), ("64 x 64", attn_q64_kv64::kernel().unwrap())] {
+            for (h, hd) in [(32usize, 128usize), (64, 64)] {
+                let (b, s) = (4usize, 4096usize);
+                let sets = vec![make_set(&dev, &mut rng, DType::BF16, b, s, s, h, h, hd, None)];
+                let ms = run(&dev, k, &sets, s, s, 1.0 / (hd as f32).sqrt());
+                let tflops = 4.0 * (b * h * s * s * hd) as f64 / (ms * 1e-3) / 1e12;
+                println!("  {name:<10} H{h} d{hd}: {:>8.1} us {tflops:>6.0} TFLOP/s", ms * 1e3);
             }
         }
-    }
-    println!("{:<38} {:>10} {:>9} {:>8} {:>10} {:>8}", "shape", "median us", "GB/s", "of copy", "copy us", "vs copy");
-    rows.iter().for_each(|r| println!("{r}"));
-    println!("\n(bytes: K and V read once, q read and out written; copy us: a device copy of the same bytes, timed the same way)");
 
-    if dev.limits().clusters {
+        {
+            let (b, s, h, hd) = (4usize, 4096usize, 64usize, 64usize);
+            let sets = vec![make_set(&dev, &mut rng, DType::BF16, b, s, s, h, h, hd, None)];
+            let ms = run(&dev, attn_q128_kv64::kernel().unwrap(), &sets, s, s, 1.0 / (hd as f32).sqrt());
+            let tflops = 4.0 * (b * h * s * s * hd) as f64 / (ms * 1e-3) / 1e12;
+            println!("  128 x 64   H{h} d{hd}: {:>8.1} us {tflops:>6.0} TFLOP/s", ms * 1e3);
+        }
+    }
+
+    if section("decode") {
+        println!("\ndecode (one query token, KV 4096, 32/8 heads, d 128; peer: PyTorch SDPA fp16, 445 GB/s at batch 1, 2937 at batch 16)");
+        let mut rows = Vec::new();
+        for d in [DType::BF16, DType::F16] {
+            for b in [1usize, 16] {
+                for page in [None, Some(16)] {
+                    let (h, kvh, hd, kv) = (32usize, 8usize, 128usize, 4096usize);
+                    let kv_bytes = 2 * b * kv * kvh * hd * d.size();
+                    let bytes = kv_bytes + 2 * b * h * hd * d.size();
+                    let n = ROTATE_BYTES.div_ceil(bytes).max(2);
+                    let sets: Vec<Set> = (0..n).map(|_| make_set(&dev, &mut rng, d, b, 1, kv, h, kvh, hd, page)).collect();
+                    let ms = run(&dev, causal, &sets, 1, kv, 1.0 / (hd as f32).sqrt());
+                    let gbs = bytes as f64 / (ms * 1e-3) / 1e9;
+                    let same = same_size_copy_us(&dev, bytes);
+                    let layout = page.map_or("contiguous".to_string(), |p| format!("paged {p}"));
+                    rows.push(format!(
+                        "{:<38} {:>10.1} {:>9.0} {:>8.2} {:>10.1} {:>8.2}",
+                        format!("{d} batch {b} {layout}"),
+                        ms * 1e3,
+                        gbs,
+                        gbs / copy_gbs,
+                        same,
+                        same / (ms * 1e3)
+                    ));
+                }
+            }
+        }
+        println!("{:<38} {:>10} {:>9} {:>8} {:>10} {:>8}", "shape", "median us", "GB/s", "of copy", "copy us", "vs copy");
+        rows.iter().for_each(|r| println!("{r}"));
+        println!("\n(bytes: K and V read once, q read and out written; copy us: a device copy of the same bytes, timed the same way)");
+    }
+
+    if dev.limits().clusters && section("combine") {
         // Two to eight splits of a tile combine in a thread-block cluster; the same launch
         // planned without clusters combines through the global workspace.
         println!("\ndecode split combine, bf16, paged 16, one query token: cluster (sm_90) vs workspace, median us");

@@ -146,16 +146,22 @@ fn plans_pass_one_argument_per_kernel_parameter() {
 #[test]
 fn plans_pick_decode_or_prefill_and_size_the_splits() {
     let nv = DeviceLimits::NVIDIA_SM90;
-    // Decode: batch 1, 32 heads over 8 kv heads, 4096 positions: split across the SMs.
-    let mut s = shapes(DType::BF16, 1, 1, 4096, 32, 8, 128);
-    let seqs = AttnSeqs { cu_q: &s.cu_q, kv: KvIndex::Contiguous { cu_k: &s.cu_k }, max_q: 1, max_kv: 4096 };
+    // Decode: batch 1, 32 heads over 8 kv heads, 8192 positions: split across the SMs,
+    // at least 512 positions a split.
+    let mut s = shapes(DType::BF16, 1, 1, 8192, 32, 8, 128);
+    let seqs = AttnSeqs { cu_q: &s.cu_q, kv: KvIndex::Contiguous { cu_k: &s.cu_k }, max_q: 1, max_kv: 8192 };
     let p = kernels::attention_causal::plan(&nv, &s.q, &s.k, &s.v, &mut s.out, 0.1, &seqs).unwrap();
     assert!(p.symbol.ends_with("_decode_mma"), "{}", p.symbol);
     assert_eq!(p.grid[1], 8, "one row of tiles per kv head");
-    assert!(p.grid[2] >= 16, "splits {} too few to fill 132 SMs", p.grid[2]);
+    assert_eq!(p.grid[2], 16, "8192 positions in splits of 512");
     // More splits than a cluster holds combine through the workspace.
     assert!(p.workspace_bytes > 0);
     assert_eq!(p.cluster_z, 1);
+    // Short contexts take fewer, longer splits: 600 positions are two splits, one cluster.
+    let mut s600 = shapes(DType::BF16, 1, 1, 600, 32, 8, 128);
+    let seqs600 = AttnSeqs { cu_q: &s600.cu_q, kv: KvIndex::Contiguous { cu_k: &s600.cu_k }, max_q: 1, max_kv: 600 };
+    let p600 = kernels::attention_causal::plan(&nv, &s600.q, &s600.k, &s600.v, &mut s600.out, 0.1, &seqs600).unwrap();
+    assert_eq!((p600.grid[2], p600.cluster_z, p600.workspace_bytes), (2, 2, 0));
     // Batch 16 needs fewer splits; on sm_90 they form one cluster per tile (no workspace),
     // elsewhere they combine through the workspace.
     let mut s16 = shapes(DType::BF16, 16, 1, 4096, 32, 8, 128);

@@ -638,7 +638,7 @@ pub fn plan_attention_with(
         let sizes = [batch, heads, kv_heads, head_dim, max_q];
         let kind = if force_decode != Some(true) && limits.mma && is_mma_dtype {
             // Matrix cores: 16 rows, workgroups as many as fit at once (one wave), each
-            // warp of a split over at least two tiles.
+            // split over at least DECODE_MMA_MIN_SPLIT positions.
             let shared = decode_mma_shared_bytes(&spec);
             limit(kernel, "shared memory per workgroup (bytes)", u64::from(shared), u64::from(limits.max_shared_bytes))?;
             DecodeKind {
@@ -646,7 +646,7 @@ pub fn plan_attention_with(
                 suffix: DECODE_MMA_SUFFIX,
                 shared,
                 workgroups: u64::from(limits.compute_units.max(1)) * u64::from((limits.max_shared_bytes / shared.max(1)).max(1)),
-                min_split: 2 * DECODE_MMA_WARPS * decode_mma_tile(&spec),
+                min_split: DECODE_MMA_MIN_SPLIT.max(2 * DECODE_MMA_WARPS * decode_mma_tile(&spec)),
                 clusters: true,
             }
         } else {
@@ -709,6 +709,16 @@ struct DecodeKind {
     clusters: bool,
 }
 
+/// Fewest positions per split of the matrix-core decode. 512 against the former two
+/// tiles a warp (128 positions at head_dim 128, 256 at 64), same H200 job, CUDA graphs
+/// (`benches/logs/h200-2026-11-28-b/`): Llama-3-8B shape tg128 239.6-239.7 against
+/// 236.1-236.2 tok/s, 4096 context 221.3-221.6 against 216.8-217.1; Llama-3.2-1B tg128
+/// unchanged, 4096 context 993 against 981. The attention benchmark alone agrees at 4096
+/// positions (8 splits in one cluster, 15.8 us, against 32 through the workspace, 19.2)
+/// but not at 1024, where more, shorter splits time faster on their own (11.0 against
+/// 15.7 us) and still lose inside the model's step.
+const DECODE_MMA_MIN_SPLIT: u32 = 512;
+
 /// A split-KV decode launch: tiles of (query rows x GQA heads) per (sequence, kv head),
 /// split along the positions to fill the device; with several splits, a workspace for
 /// the partial results and the combine counters.
@@ -741,8 +751,7 @@ fn plan_decode(
     }
     // On sm_90, up to 8 splits of a tile (the portable cluster size) form one cluster and
     // merge through distributed shared memory: no workspace, no second pass over global
-    // memory. More splits (long contexts at small batch) combine through the workspace;
-    // capping them at 8 measured slower there (batch 1, 4096 paged positions: 32 vs 21 us).
+    // memory. More splits (long contexts at small batch) combine through the workspace.
     let cluster = kind.clusters && limits.clusters && splits > 1 && splits <= u64::from(DECODE_MAX_CLUSTER);
     let i32_of = |what, v| to_i32(kernel, what, v);
     values.push(ArgValue::I32(i32_of("query rows", q_rows)?));
