@@ -173,6 +173,36 @@ RF_DEVICE void rf_mfma16(rf_float4& d, const rf_short4& a, const rf_short4& b) {
 }
 #endif
 
+#if defined(RF_HIP) && (defined(__gfx1100__) || defined(__gfx1101__) || defined(__gfx1102__) || defined(__gfx1103__) || \
+    defined(__gfx1150__) || defined(__gfx1151__))
+// RDNA3 matrix cores (WMMA, wave32). Operands of one 16 x 16 x 16 product: lane t holds
+// row t % 16 of A and column t % 16 of B, 16 elements each, the same in both half-waves;
+// the f32 result holds D[2 e + t / 16][t % 16] in element e of lane t.
+#define RF_WMMA 1
+typedef short rf_short16 __attribute__((ext_vector_type(16)));
+typedef _Float16 rf_half16 __attribute__((ext_vector_type(16)));
+typedef float rf_float8 __attribute__((ext_vector_type(8)));
+// d += a * b for 16-bit bit patterns; IS_BF16 picks bf16.
+template <bool IS_BF16>
+RF_DEVICE void rf_wmma16(rf_float8& d, const rf_short16& a, const rf_short16& b) {
+    if (IS_BF16) {
+        d = __builtin_amdgcn_wmma_f32_16x16x16_bf16_w32(a, b, d);
+    } else {
+        d = __builtin_amdgcn_wmma_f32_16x16x16_f16_w32(__builtin_bit_cast(rf_half16, a), __builtin_bit_cast(rf_half16, b), d);
+    }
+}
+// 16 consecutive 16-bit elements from shared memory at a 16-byte-aligned address (two
+// 16-byte loads: rows padded by 8 elements are not 32-byte aligned).
+RF_DEVICE rf_short16 rf_lds_short16(const unsigned short* p) {
+    struct alignas(16) two {
+        rf_vec<unsigned int, 4> lo, hi;
+    } t;
+    t.lo = reinterpret_cast<const rf_vec<unsigned int, 4>*>(p)[0];
+    t.hi = reinterpret_cast<const rf_vec<unsigned int, 4>*>(p)[1];
+    return __builtin_bit_cast(rf_short16, t);
+}
+#endif
+
 RF_DEVICE int rf_mini(int a, int b) { return a < b ? a : b; }
 RF_DEVICE long long rf_minll(long long a, long long b) { return a < b ? a : b; }
 RF_DEVICE long long rf_maxll(long long a, long long b) { return a > b ? a : b; }

@@ -193,6 +193,18 @@ fn plans_pick_decode_or_prefill_and_size_the_splits() {
     assert_eq!(pm.grid, [16, 8, 2], "1000 query rows in tiles of 64");
     assert_eq!(pm.shared_bytes, (64 + 2 * 32) * 136 * 2);
     assert!(pm.shared_bytes <= cdna.max_shared_bytes);
+    // The RDNA3 WMMA path (with ROCMFORGE_WMMA=1): the same symbol, 64-row query tiles,
+    // Q and one K tile of 136-element rows plus V transposed (128 rows of 40).
+    let rdna3 = DeviceLimits { wmma: true, ..DeviceLimits::AMD_RDNA };
+    let pw = kernels::attention_causal::plan(&rdna3, &sp.q, &sp.k, &sp.v, &mut sp.out, 0.1, &seqs_p).unwrap();
+    assert_eq!((pw.symbol.as_str(), pw.grid, pw.block), (pp.symbol.as_str(), [16, 8, 2], [128, 1, 1]));
+    assert_eq!(pw.shared_bytes, (64 + 32) * 136 * 2 + 128 * 40 * 2);
+    let pwd = kernels::attention_causal::plan(&rdna3, &s.q, &s.k, &s.v, &mut s.out, 0.1, &seqs).unwrap();
+    assert!(pwd.symbol.ends_with("_decode"), "{}", pwd.symbol);
+    assert!(kernels::attention_causal::plan(&DeviceLimits::AMD_RDNA, &sp.q, &sp.k, &sp.v, &mut sp.out, 0.1, &seqs_p)
+        .unwrap()
+        .symbol
+        .ends_with("_decode"));
     let pmd = kernels::attention_causal::plan(&cdna, &s.q, &s.k, &s.v, &mut s.out, 0.1, &seqs).unwrap();
     assert!(pmd.symbol.ends_with("_decode"), "{}", pmd.symbol);
     // head_dim 256 has no MFMA kernel (its accumulators would not fit): portable.

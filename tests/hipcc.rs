@@ -1,7 +1,8 @@
 //! Every generated kernel (and the engine kernels) compiled by hipcc with `-Wall -Werror`: gfx90a (wave64, the
-//! CDNA path) and gfx1030 (wave32, the RDNA path).
+//! CDNA path) and gfx1030 (wave32, the RDNA path); and by LLVM 19's clang for gfx1100 (RDNA3,
+//! the WMMA prefill), which Debian's hipcc (LLVM 15) cannot build.
 //!
-//! Without hipcc the test fails when `ROCMFORGE_REQUIRE_AOT=1` (as in CI) and otherwise
+//! Without the compiler a test fails when `ROCMFORGE_REQUIRE_AOT=1` (as in CI) and otherwise
 //! reports that it compiled nothing, so a developer machine without ROCm still passes.
 
 #![allow(
@@ -59,4 +60,72 @@ fn generated_hip_compiles_without_warnings() {
     });
     let _ = std::fs::remove_dir_all(&dir);
     assert!(failures.is_empty(), "hipcc failed:\n{}", failures.join("\n"));
+}
+
+/// gfx1100 device code of every generated kernel, to assembly, by clang 19 (`clang-19`, or
+/// `ROCMFORGE_HIP_CLANG`) with `-Wall -Werror` and the HIP headers of the hipcc install;
+/// each f16/bf16 attention kernel up to head_dim 128 must contain WMMA instructions (its
+/// prefill took the `RF_WMMA` path, not the empty fallback).
+#[test]
+fn generated_hip_compiles_for_rdna3_with_wmma() {
+    let Some(clang) = find_tool("ROCMFORGE_HIP_CLANG", "clang-19", &[]).or_else(|| {
+        let p = std::path::PathBuf::from("/usr/lib/llvm-19/bin/clang");
+        p.is_file().then_some(p)
+    }) else {
+        assert_ne!(std::env::var("ROCMFORGE_REQUIRE_AOT").as_deref(), Ok("1"), "ROCMFORGE_REQUIRE_AOT=1 but clang-19 was not found");
+        eprintln!("clang-19 not found: compiled nothing for gfx1100");
+        return;
+    };
+    let target = "gfx1100";
+    let dir = std::env::temp_dir().join(format!("rocmforge-gfx1100-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ks = kernels::all().unwrap();
+    let mut units: Vec<(String, bool, String)> = ks
+        .iter()
+        .map(|k| {
+            let specs = k.specs(amd_warp_size(target));
+            let wmma = matches!(k.kind, rocmforge::dsl::ir::Kind::Attention)
+                && specs.iter().any(|s| s.dtype.is_some_and(|d| d.size() == 2) && s.head_dim.is_some_and(|h| h <= 128));
+            (k.name.clone(), wmma, render_source(k, &specs).unwrap())
+        })
+        .collect();
+    units.push(("engine".into(), false, rocmforge::dsl::codegen::engine_source().unwrap()));
+    assert!(units.iter().filter(|u| u.1).count() >= 4, "the attention kernels with a WMMA prefill");
+    let mut failures = Vec::new();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = units
+            .into_iter()
+            .map(|(name, wmma, src)| {
+                let (clang, dir) = (&clang, &dir);
+                s.spawn(move || {
+                    let path = dir.join(format!("{name}.hip"));
+                    let out = dir.join(format!("{name}.s"));
+                    std::fs::write(&path, src).unwrap();
+                    let o = Command::new(clang)
+                        .args(["-x", "hip", &format!("--offload-arch={target}"), "-nogpulib", "--cuda-device-only", "-O3", "-std=c++17"])
+                        .args(["-Wall", "-Werror", "-S", "-o"])
+                        .arg(&out)
+                        .arg(&path)
+                        .output()
+                        .expect("run clang");
+                    let log = String::from_utf8_lossy(&o.stderr).into_owned();
+                    let asm = std::fs::read_to_string(&out).unwrap_or_default();
+                    let ok = o.status.success() && log.trim().is_empty() && (!wmma || asm.contains("v_wmma_f32_16x16x16"));
+                    (
+                        name,
+                        ok,
+                        format!("{log}{}", if wmma && !asm.contains("v_wmma") { "no v_wmma instruction in the assembly\n" } else { "" }),
+                    )
+                })
+            })
+            .collect();
+        for h in handles {
+            let (what, ok, log) = h.join().unwrap();
+            if !ok {
+                failures.push(format!("{what} {target}:\n{log}"));
+            }
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "clang failed:\n{}", failures.join("\n"));
 }

@@ -258,7 +258,7 @@ proptest! {
         grid_x in 1u32..=u32::MAX, threads in prop_oneof![Just(64u32), Just(256), Just(1024)], warp in prop_oneof![Just(32u32), Just(64)],
         kind in 0usize..3,
     ) {
-        let limits = DeviceLimits { warp_size: warp, max_threads_per_block: threads, max_grid: [grid_x, 65535, 65535], max_shared_bytes: 49152, compute_units: 100, mma: false, mfma: false, clusters: false, wgmma: false };
+        let limits = DeviceLimits { warp_size: warp, max_threads_per_block: threads, max_grid: [grid_x, 65535, 65535], max_shared_bytes: 49152, compute_units: 100, mma: false, mfma: false, wmma: false, clusters: false, wgmma: false };
         let exact = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d as u64));
         let res = match kind {
             0 => {

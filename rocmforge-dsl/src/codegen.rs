@@ -360,6 +360,8 @@ fn attention_ctx(kernel: &Kernel, spec: &Spec, ctx: &mut tera::Context) {
     ctx.insert("block_kv", &bkv);
     ctx.insert("mfma_block_q", &crate::spec::MFMA_PREFILL_TILES.0);
     ctx.insert("mfma_block_kv", &crate::spec::MFMA_PREFILL_TILES.1);
+    ctx.insert("wmma_block_q", &crate::spec::WMMA_PREFILL_TILES.0);
+    ctx.insert("wmma_block_kv", &crate::spec::WMMA_PREFILL_TILES.1);
     ctx.insert("chunk", &decode_chunk(spec, dtype.size() as u32));
     ctx.insert("rows", &DECODE_ROWS);
     ctx.insert("counters", &crate::spec::DECODE_COUNTERS);

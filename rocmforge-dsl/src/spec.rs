@@ -130,9 +130,12 @@ pub fn prefill_shared_bytes(kernel: &Kernel, spec: &Spec) -> u32 {
     (bq + 4 * bkv) * ld * 2
 }
 
+/// Query rows of a workgroup of the AMD matrix-core prefills (MFMA and WMMA alike).
+pub const AMD_PREFILL_BLOCK_Q: u32 = 64;
+
 /// Prefill tiles of the CDNA matrix-core path (MFMA, wave64): `(block_q, block_kv)`, two
 /// waves of 32 query rows, single-buffered in 64 KiB of LDS.
-pub const MFMA_PREFILL_TILES: (u32, u32) = (64, 32);
+pub const MFMA_PREFILL_TILES: (u32, u32) = (AMD_PREFILL_BLOCK_Q, 32);
 
 /// Largest head_dim of the CDNA matrix-core prefill (its output accumulators live in
 /// registers: head_dim / 16 x 4 per m-tile).
@@ -145,6 +148,19 @@ pub fn mfma_prefill_shared_bytes(spec: &Spec) -> Option<u32> {
     let h = spec.head_dim.unwrap_or(16);
     let (bq, bkv) = MFMA_PREFILL_TILES;
     (h <= MFMA_PREFILL_MAX_HEAD_DIM).then_some((bq + 2 * bkv) * (h + 8) * 2)
+}
+
+/// Prefill tiles of the RDNA3 matrix-core path (WMMA, wave32): `(block_q, block_kv)`, four
+/// waves of 16 query rows, single-buffered.
+pub const WMMA_PREFILL_TILES: (u32, u32) = (AMD_PREFILL_BLOCK_Q, 32);
+
+/// Shared bytes of an RDNA3 matrix-core prefill workgroup: the Q tile and one K tile (rows
+/// padded by 8 elements) and one V tile stored transposed (head_dim rows of block_kv + 8);
+/// `None` past head_dim 128 (its output accumulators live in registers).
+pub fn wmma_prefill_shared_bytes(spec: &Spec) -> Option<u32> {
+    let h = spec.head_dim.unwrap_or(16);
+    let (bq, bkv) = WMMA_PREFILL_TILES;
+    (h <= MFMA_PREFILL_MAX_HEAD_DIM).then_some((bq + bkv) * (h + 8) * 2 + h * (bkv + 8) * 2)
 }
 
 /// Suffix of the Hopper prefill kernel (warpgroup `wgmma`, sm_90a).

@@ -172,6 +172,7 @@ impl CudaDevice {
             compute_units: attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32,
             mma: false,
             mfma: false,
+            wmma: false,
             clusters: false,
             wgmma: false,
         };

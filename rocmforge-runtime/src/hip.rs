@@ -148,6 +148,8 @@ impl HipDevice {
             // The MFMA prefill (gfx90a, gfx94x) compiles (CI, hipcc) but has not run on an
             // AMD GPU, and the self-check is CUDA-only: it is taken only when asked for.
             mfma: (arch == "gfx90a" || arch.starts_with("gfx94")) && std::env::var("ROCMFORGE_MFMA").as_deref() == Ok("1"),
+            // The WMMA prefill (RDNA3, gfx11xx): compiled for gfx1100 in CI, never run.
+            wmma: arch.starts_with("gfx11") && std::env::var("ROCMFORGE_WMMA").as_deref() == Ok("1"),
             clusters: false,
             wgmma: false,
         };

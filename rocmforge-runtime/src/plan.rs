@@ -30,6 +30,10 @@ pub struct DeviceLimits {
     /// head_dim up to 128) runs the MFMA kernel. Off unless asked for
     /// (`ROCMFORGE_MFMA=1`): that kernel has not run on an AMD GPU yet.
     pub mfma: bool,
+    /// AMD RDNA3 matrix cores (WMMA, gfx11xx, wave32): attention prefill (f16/bf16,
+    /// head_dim up to 128) runs the WMMA kernel. Off unless asked for
+    /// (`ROCMFORGE_WMMA=1`): that kernel has not run on an AMD GPU yet.
+    pub wmma: bool,
     /// NVIDIA thread-block clusters with distributed shared memory (sm_90 and newer):
     /// split-KV decode combines its splits inside a cluster instead of through a
     /// global workspace.
@@ -51,6 +55,7 @@ impl DeviceLimits {
         compute_units: 1,
         mma: false,
         mfma: false,
+        wmma: false,
         clusters: false,
         wgmma: false,
     };
@@ -64,6 +69,7 @@ impl DeviceLimits {
         compute_units: 132,
         mma: true,
         mfma: false,
+        wmma: false,
         clusters: true,
         wgmma: false,
     };
@@ -76,6 +82,7 @@ impl DeviceLimits {
         compute_units: 104,
         mma: false,
         mfma: false,
+        wmma: false,
         clusters: false,
         wgmma: false,
     };
@@ -88,6 +95,7 @@ impl DeviceLimits {
         compute_units: 48,
         mma: false,
         mfma: false,
+        wmma: false,
         clusters: false,
         wgmma: false,
     };
@@ -569,8 +577,8 @@ pub fn plan_attention_with(
 ) -> Result<LaunchPlan, LaunchError> {
     use rocmforge_dsl::spec::{
         decode_chunk, decode_mma_shared_bytes, decode_mma_tile, has_wgmma_prefill, mfma_prefill_shared_bytes, prefill_shared_bytes,
-        prefill_tiles, symbol_name, wgmma_prefill_shared_bytes, DECODE_MMA_ROWS, DECODE_MMA_SUFFIX, DECODE_MMA_WARPS, DECODE_ROWS,
-        DECODE_SUFFIX, MFMA_PREFILL_TILES, WGMMA_PREFILL_SUFFIX, WGMMA_PREFILL_THREADS, WGMMA_PREFILL_TILES,
+        prefill_tiles, symbol_name, wgmma_prefill_shared_bytes, wmma_prefill_shared_bytes, AMD_PREFILL_BLOCK_Q, DECODE_MMA_ROWS,
+        DECODE_MMA_SUFFIX, DECODE_MMA_WARPS, DECODE_ROWS, DECODE_SUFFIX, WGMMA_PREFILL_SUFFIX, WGMMA_PREFILL_THREADS, WGMMA_PREFILL_TILES,
     };
     if kernel.kind != Kind::Attention {
         return Err(LaunchError::Kernel(format!("kernel `{}` is {}, not attention", kernel.name, kernel.kind.name())));
@@ -620,14 +628,19 @@ pub fn plan_attention_with(
     values.push(ArgValue::I32(i32_of("pages", pages)?));
     let is_mma_dtype = matches!(dtype, Some(DType::F16 | DType::BF16));
     // The prefill's matrix-core kernel: mma.sync (NVIDIA sm_80+) or, where enabled, MFMA
-    // (AMD CDNA, head_dim up to 128, its own tiles and shared size).
-    let mfma_shared = if limits.mfma && !limits.mma { mfma_prefill_shared_bytes(&spec) } else { None };
-    let prefill_mma = is_mma_dtype && (limits.mma || mfma_shared.is_some());
+    // (AMD CDNA) or WMMA (AMD RDNA3), each up to head_dim 128 with its own shared size and
+    // 64-row query tiles.
+    let amd_shared = match (limits.mma, limits.mfma, limits.wmma) {
+        (false, true, _) => mfma_prefill_shared_bytes(&spec),
+        (false, false, true) => wmma_prefill_shared_bytes(&spec),
+        _ => None,
+    };
+    let prefill_mma = is_mma_dtype && (limits.mma || amd_shared.is_some());
     let decode = force_decode.unwrap_or(max_q <= u64::from(DECODE_MAX_Q) || !prefill_mma);
     if !(decode || prefill_mma) {
         return Err(LaunchError::Kernel(format!(
             "kernel `{}`: the matrix-core prefill needs f16/bf16 and an sm_80+ NVIDIA GPU (or, with ROCMFORGE_MFMA=1, an AMD \
-             gfx90a/gfx94x GPU and head_dim up to 128)",
+             gfx90a/gfx94x GPU, or with ROCMFORGE_WMMA=1 a gfx11xx one, and head_dim up to 128)",
             kernel.name
         )));
     }
@@ -670,8 +683,8 @@ pub fn plan_attention_with(
         && dtype.is_some_and(|d| has_wgmma_prefill(kernel, &spec, d))
         && wgmma_prefill_shared_bytes() <= limits.max_shared_bytes;
     // The prefill kernel: (symbol suffix, query rows per workgroup, shared bytes, threads).
-    let (suffix, bq, shared, threads) = match mfma_shared {
-        Some(shared) => ("", MFMA_PREFILL_TILES.0, shared, spec.block),
+    let (suffix, bq, shared, threads) = match amd_shared {
+        Some(shared) => ("", AMD_PREFILL_BLOCK_Q, shared, spec.block),
         None if wgmma => (WGMMA_PREFILL_SUFFIX, WGMMA_PREFILL_TILES.0, wgmma_prefill_shared_bytes(), WGMMA_PREFILL_THREADS),
         None => ("", prefill_tiles(kernel, &spec).0, prefill_shared_bytes(kernel, &spec), spec.block),
     };
