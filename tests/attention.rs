@@ -332,3 +332,18 @@ fn kv_store_plan_checks_shapes() {
     let mut wrong = desc(DType::F16, &[4, 16, 3, 64]);
     assert!(kernels::attention::plan_kv_store(&nv, &kn, &kn, &mut wrong, &mut vc, &slots).is_err());
 }
+
+#[test]
+fn wmma_archs_are_the_ones_the_header_compiles_the_kernel_for() {
+    // The `#if` that defines RF_WMMA in the portability header (possibly continued over
+    // lines): every `__gfxNNNN__` it names, against the list the HIP device checks.
+    let h = rocmforge::dsl::codegen::PORTABILITY_HEADER;
+    let end = h.find("#define RF_WMMA 1").expect("the header defines RF_WMMA");
+    let start = h[..end].rfind("#if ").expect("an #if before it");
+    let mut named: Vec<&str> =
+        h[start..end].split("defined(__").filter_map(|p| p.split("__)").next()).filter(|a| a.starts_with("gfx")).collect();
+    named.sort_unstable();
+    let mut listed = rocmforge::dsl::spec::WMMA_ARCHS.to_vec();
+    listed.sort_unstable();
+    assert_eq!(named, listed);
+}

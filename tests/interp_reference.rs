@@ -45,27 +45,22 @@ fn nmse(got: &[f32], want: &[f64]) -> f64 {
     }
 }
 
-/// As [`check`] for outputs made of dot products, whose rounding error scales with the
-/// sum of the terms' magnitudes, not with the (possibly cancelled) result: the squared
-/// error is normalized by `mag` (per output, at least `|want|`: the same expression over
-/// absolute values), as the standard bound on a rounded dot product has it.
-fn check_dot(name: &str, d: DType, got: &[f32], want: &[f64], mag: &[f64]) {
+/// The squared error against `want` (rounded once to the dtype: what an ideal kernel
+/// stores, so f16 underflow of tiny GELU tails is not counted as error), normalized by
+/// `scale` squared, per output at least `|want|`, and held to the dtype's bound.
+fn check_scaled(name: &str, d: DType, got: &[f32], want: &[f64], scale: &[f64]) {
     assert!(got.iter().all(|v| v.is_finite()), "{name} {d}: non-finite output");
-    assert_eq!((got.len(), mag.len()), (want.len(), want.len()));
+    assert_eq!((got.len(), scale.len()), (want.len(), want.len()));
     let want: Vec<f64> = want.iter().map(|&w| f64::from(d.round_f32(w as f32))).collect();
     let num: f64 = got.iter().zip(&want).map(|(&g, &w)| (f64::from(g) - w).powi(2)).sum();
-    let den: f64 = mag.iter().zip(&want).map(|(m, w)| m.abs().max(w.abs()).powi(2)).sum();
+    let den: f64 = scale.iter().zip(&want).map(|(m, w)| m.abs().max(w.abs()).powi(2)).sum();
     let e = if den == 0.0 { num } else { num / den };
-    assert!(e <= bound(d), "{name} {d}: error {e:e} (relative to the terms' magnitude) over bound {:e}", bound(d));
+    assert!(e <= bound(d), "{name} {d}: normalized squared error {e:e} over bound {:e}", bound(d));
 }
 
+/// Normalized MSE against `want`.
 fn check(name: &str, d: DType, got: &[f32], want: &[f64]) {
-    assert!(got.iter().all(|v| v.is_finite()), "{name} {d}: non-finite output");
-    // What an ideal kernel stores: the exact value, rounded once to the dtype (so f16
-    // underflow of tiny GELU tails is not counted as error).
-    let want: Vec<f64> = want.iter().map(|&w| f64::from(d.round_f32(w as f32))).collect();
-    let e = nmse(got, &want);
-    assert!(e <= bound(d), "{name} {d}: nmse {e:e} over bound {:e}", bound(d));
+    check_scaled(name, d, got, want, want);
 }
 
 /// Random values rounded to `d`, returned as the tensor and as f64.
@@ -195,20 +190,22 @@ proptest! {
             out
         };
         let plain = product(&wv, &|i, c| xv[i * k + c]);
-        // The same sums over absolute values: the scale of each output's rounding error.
+        // The same sums over absolute values: a rounded dot product's error scales with
+        // its terms' magnitude, not with the (possibly cancelled) result, so the products'
+        // checks are normalized by these.
         let abs = |v: &[f64]| -> Vec<f64> { v.iter().map(|x| x.abs()).collect() };
         let (wa, w2a) = (abs(&wv), abs(&w2v));
         let plain_mag = product(&wa, &|i, c| xv[i * k + c].abs());
 
         let mut args = vec![HostArg::Tensor(x.clone()), HostArg::Tensor(w.clone()), HostArg::Tensor(nan.clone())];
         kernels::linear::run_host(&mut args).unwrap();
-        check_dot("linear", d, &out_f32(&args, 2), &plain, &plain_mag);
+        check_scaled("linear", d, &out_f32(&args, 2), &plain, &plain_mag);
 
         let mut args = vec![HostArg::Tensor(x.clone()), HostArg::Tensor(w.clone()), HostArg::Tensor(res)];
         kernels::linear_residual::run_host(&mut args).unwrap();
         let want: Vec<f64> = plain.iter().zip(&rv).map(|(p, r)| p + r).collect();
         let mag: Vec<f64> = plain_mag.iter().zip(&rv).map(|(p, r)| p + r.abs()).collect();
-        check_dot("linear_residual", d, &out_f32(&args, 2), &want, &mag);
+        check_scaled("linear_residual", d, &out_f32(&args, 2), &want, &mag);
 
         let inv: Vec<f64> = (0..m)
             .map(|i| 1.0 / ((0..k).map(|c| xv[i * k + c].powi(2)).sum::<f64>() / k as f64 + f64::from(eps)).sqrt())
@@ -219,12 +216,12 @@ proptest! {
         let mag: Vec<f64> = normed_mag.iter().enumerate().map(|(e, v)| v * inv[e / n]).collect();
         let mut args = vec![HostArg::Tensor(x.clone()), HostArg::Tensor(g.clone()), HostArg::Tensor(w.clone()), HostArg::Tensor(nan.clone()), HostArg::F32(eps)];
         kernels::rmsnorm_linear::run_host(&mut args).unwrap();
-        check_dot("rmsnorm_linear", d, &out_f32(&args, 3), &want, &mag);
+        check_scaled("rmsnorm_linear", d, &out_f32(&args, 3), &want, &mag);
 
         let logits = HostTensor::from_f32(DType::F32, &[m, n], &vec![f32::NAN; m * n]).unwrap();
         let mut args = vec![HostArg::Tensor(x.clone()), HostArg::Tensor(g), HostArg::Tensor(w), HostArg::Tensor(logits), HostArg::F32(eps)];
         kernels::lm_head::run_host(&mut args).unwrap();
-        check_dot("lm_head", DType::F32, &out_f32(&args, 3), &want, &mag);
+        check_scaled("lm_head", DType::F32, &out_f32(&args, 3), &want, &mag);
 
         let up = product(&w2v, &|i, c| xv[i * k + c]);
         let want: Vec<f64> = plain.iter().zip(&up).map(|(a, b)| silu(*a) * b).collect();
@@ -234,7 +231,7 @@ proptest! {
         // |silu(a) b| <= |a| |b|, and its error is within about twice (|a| |b|)'s.
         let up_mag = product(&w2a, &|i, c| xv[i * k + c].abs());
         let mag: Vec<f64> = plain_mag.iter().zip(&up_mag).map(|(a, b)| a * b).collect();
-        check_dot("gate_up_swiglu", d, &out_f32(&args, 3), &want, &mag);
+        check_scaled("gate_up_swiglu", d, &out_f32(&args, 3), &want, &mag);
 
         // The MLP's norm, gate/up products and SwiGLU: silu(gate(rmsnorm(x))) * up(rmsnorm(x)).
         let up_normed = product(&w2v, &|i, c| xv[i * k + c] * gv[c]);
@@ -249,7 +246,7 @@ proptest! {
         kernels::mlp_gate_up::run_host(&mut args).unwrap();
         let up_normed_mag = product(&w2a, &|i, c| (xv[i * k + c] * gv[c]).abs());
         let mag: Vec<f64> = (0..m * n).map(|e| normed_mag[e] * inv[e / n] * up_normed_mag[e] * inv[e / n]).collect();
-        check_dot("mlp_gate_up", d, &out_f32(&args, 4), &want, &mag);
+        check_scaled("mlp_gate_up", d, &out_f32(&args, 4), &want, &mag);
     }
 
     #[test]

@@ -150,6 +150,10 @@ pub fn mfma_prefill_shared_bytes(spec: &Spec) -> Option<u32> {
     (h <= MFMA_PREFILL_MAX_HEAD_DIM).then_some((bq + 2 * bkv) * (h + 8) * 2)
 }
 
+/// AMD targets with the RDNA3 matrix-core prefill: those `templates/rocmforge.h` defines
+/// `RF_WMMA` for (its kernel body is empty elsewhere; a test keeps the two lists equal).
+pub const WMMA_ARCHS: [&str; 6] = ["gfx1100", "gfx1101", "gfx1102", "gfx1103", "gfx1150", "gfx1151"];
+
 /// Prefill tiles of the RDNA3 matrix-core path (WMMA, wave32): `(block_q, block_kv)`, four
 /// waves of 16 query rows, single-buffered.
 pub const WMMA_PREFILL_TILES: (u32, u32) = (AMD_PREFILL_BLOCK_Q, 32);

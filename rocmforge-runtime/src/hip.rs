@@ -148,10 +148,9 @@ impl HipDevice {
             // The MFMA prefill (gfx90a, gfx94x) compiles (CI, hipcc) but has not run on an
             // AMD GPU, and the self-check is CUDA-only: it is taken only when asked for.
             mfma: (arch == "gfx90a" || arch.starts_with("gfx94")) && std::env::var("ROCMFORGE_MFMA").as_deref() == Ok("1"),
-            // The WMMA prefill (RDNA3, gfx11xx): compiled for gfx1100 in CI, never run.
-            // The archs `RF_WMMA` is defined for in rocmforge.h (elsewhere the kernel is empty).
-            wmma: matches!(arch.as_str(), "gfx1100" | "gfx1101" | "gfx1102" | "gfx1103" | "gfx1150" | "gfx1151")
-                && std::env::var("ROCMFORGE_WMMA").as_deref() == Ok("1"),
+            // The WMMA prefill (RDNA3): compiled for gfx1100 in CI, never run; only on the
+            // archs whose build has its body.
+            wmma: rocmforge_dsl::spec::WMMA_ARCHS.contains(&arch.as_str()) && std::env::var("ROCMFORGE_WMMA").as_deref() == Ok("1"),
             clusters: false,
             wgmma: false,
         };

@@ -576,9 +576,9 @@ pub fn plan_attention_with(
     force_decode: Option<bool>,
 ) -> Result<LaunchPlan, LaunchError> {
     use rocmforge_dsl::spec::{
-        decode_chunk, decode_mma_shared_bytes, decode_mma_tile, has_wgmma_prefill, mfma_prefill_shared_bytes, prefill_shared_bytes,
-        prefill_tiles, symbol_name, wgmma_prefill_shared_bytes, wmma_prefill_shared_bytes, AMD_PREFILL_BLOCK_Q, DECODE_MMA_ROWS,
-        DECODE_MMA_SUFFIX, DECODE_MMA_WARPS, DECODE_ROWS, DECODE_SUFFIX, WGMMA_PREFILL_SUFFIX, WGMMA_PREFILL_THREADS, WGMMA_PREFILL_TILES,
+        decode_chunk, decode_mma_shared_bytes, has_wgmma_prefill, mfma_prefill_shared_bytes, prefill_shared_bytes, prefill_tiles,
+        symbol_name, wgmma_prefill_shared_bytes, wmma_prefill_shared_bytes, AMD_PREFILL_BLOCK_Q, DECODE_MMA_ROWS, DECODE_MMA_SUFFIX,
+        DECODE_ROWS, DECODE_SUFFIX, WGMMA_PREFILL_SUFFIX, WGMMA_PREFILL_THREADS, WGMMA_PREFILL_TILES,
     };
     if kernel.kind != Kind::Attention {
         return Err(LaunchError::Kernel(format!("kernel `{}` is {}, not attention", kernel.name, kernel.kind.name())));
@@ -659,7 +659,7 @@ pub fn plan_attention_with(
                 suffix: DECODE_MMA_SUFFIX,
                 shared,
                 workgroups: u64::from(limits.compute_units.max(1)) * u64::from((limits.max_shared_bytes / shared.max(1)).max(1)),
-                min_split: DECODE_MMA_MIN_SPLIT.max(2 * DECODE_MMA_WARPS * decode_mma_tile(&spec)),
+                min_split: DECODE_MMA_MIN_SPLIT,
                 clusters: true,
             }
         } else {
