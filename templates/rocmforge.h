@@ -324,6 +324,36 @@ RF_DEVICE unsigned int rf_atomic_add(unsigned int* p, unsigned int v) {
 #endif
 }
 
+#if defined(RF_CUDA)
+// Every workgroup of the launch waits here until all have arrived; what any thread
+// wrote before it is visible to every thread after it. `bar[0]` counts arrivals (zero
+// between barriers: the last arrival resets it), `bar[1]` is the generation, which only
+// grows. Every workgroup must be resident at once (the launch is cooperative) and every
+// thread of each must call. Thread 0 arrives with acquire-release semantics and waits
+// with acquire loads at device scope (which also invalidate the multiprocessor's L1, so
+// plain loads after the barrier see other workgroups' writes); the workgroup barriers
+// around it extend that ordering to the other threads.
+RF_DEVICE void rf_grid_sync(unsigned int* bar) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned int gen, old;
+        asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(gen) : "l"(bar + 1) : "memory");
+        asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(old) : "l"(bar) : "memory");
+        if (old == gridDim.x - 1) {
+            asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(bar), "r"(0u) : "memory");
+            asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(bar + 1) : "memory");
+        } else {
+            unsigned int now;
+            // (A 64 ns sleep between polls measured the same: 723.5 against 722.9 tok/s.)
+            do {
+                asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(now) : "l"(bar + 1) : "memory");
+            } while (now == gen);
+        }
+    }
+    __syncthreads();
+}
+#endif
+
 #if defined(RF_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 // Matrix-core fragments (mma.sync m16n8k16, f32 accumulate) and their loads.
 // The _s forms take a 32-bit shared-space address (rf_smem_addr of the base once, then

@@ -18,6 +18,7 @@ use std::process::Command;
 
 use rocmforge::dsl::build::{amd_warp_size, find_tool, hipcc_args};
 use rocmforge::dsl::codegen::render_source;
+use rocmforge::dsl::DType;
 use rocmforge::models::kernels;
 
 #[test]
@@ -128,4 +129,63 @@ fn generated_hip_compiles_for_rdna3_with_wmma() {
     });
     let _ = std::fs::remove_dir_all(&dir);
     assert!(failures.is_empty(), "clang failed:\n{}", failures.join("\n"));
+}
+
+/// The CUDA side of every generated translation unit (the NVIDIA branches of the
+/// templates, which only NVRTC on a GPU machine compiles otherwise): every kernel, the
+/// engine kernels and the persistent decode step of each dtype and shape class, parsed
+/// and type-checked for sm_90 by clang 19 in CUDA mode with `-Wall -Werror`, with the
+/// device built-ins declared by `tests/common/cuda_decls.h` instead of a CUDA install.
+#[test]
+fn cuda_sources_parse_with_clang() {
+    let Some(clang) = find_tool("ROCMFORGE_HIP_CLANG", "clang-19", &[]).or_else(|| {
+        let p = std::path::PathBuf::from("/usr/lib/llvm-19/bin/clang");
+        p.is_file().then_some(p)
+    }) else {
+        assert_ne!(std::env::var("ROCMFORGE_REQUIRE_AOT").as_deref(), Ok("1"), "ROCMFORGE_REQUIRE_AOT=1 but clang-19 was not found");
+        eprintln!("clang-19 not found: checked no CUDA source");
+        return;
+    };
+    let decls = include_str!("common/cuda_decls.h");
+    let mut units: Vec<(String, String)> =
+        kernels::all().unwrap().iter().map(|k| (k.name.clone(), render_source(k, &k.specs(32)).unwrap())).collect();
+    units.push(("engine".into(), rocmforge::dsl::codegen::engine_source().unwrap()));
+    for dt in [DType::F32, DType::F16, DType::BF16] {
+        for (dpl, group) in [(1, 2), (2, 4), (4, 8)] {
+            let src = rocmforge::dsl::codegen::decode_step_source(dt, dpl, group).unwrap();
+            assert!(src.contains(&format!("rf_decode_step_{}(", dt.name())));
+            units.push((format!("decode_step_{}_d{dpl}_g{group}", dt.name()), src));
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("rocmforge-cuda-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut failures = Vec::new();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = units
+            .into_iter()
+            .map(|(name, src)| {
+                let (clang, dir) = (&clang, &dir);
+                s.spawn(move || {
+                    let path = dir.join(format!("{name}.cu"));
+                    std::fs::write(&path, format!("{decls}\n{src}")).unwrap();
+                    let o = Command::new(clang)
+                        .args(["-x", "cuda", "--cuda-device-only", "-nocudainc", "-nocudalib", "--cuda-gpu-arch=sm_90"])
+                        .args(["-D__CUDA_ARCH__=900", "-D__CUDA_ARCH_FEAT_SM90_ALL", "-std=c++17", "-Wall", "-Werror", "-fsyntax-only"])
+                        .arg(&path)
+                        .output()
+                        .expect("run clang");
+                    let log = String::from_utf8_lossy(&o.stderr).into_owned();
+                    (name, o.status.success() && log.trim().is_empty(), log)
+                })
+            })
+            .collect();
+        for h in handles {
+            let (what, ok, log) = h.join().unwrap();
+            if !ok {
+                failures.push(format!("{what}:\n{}", log.lines().take(20).collect::<Vec<_>>().join("\n")));
+            }
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(failures.is_empty(), "clang (CUDA) failed:\n{}", failures.join("\n"));
 }

@@ -12,8 +12,9 @@ use crate::spec::{symbol_name, RowMode, Spec};
 /// The portability header every translation unit starts with.
 pub const PORTABILITY_HEADER: &str = include_str!("../../templates/rocmforge.h");
 
-const TEMPLATES: [(&str, &str); 6] = [
+const TEMPLATES: [(&str, &str); 7] = [
     ("attention.hip.tera", include_str!("../../templates/attention.hip.tera")),
+    ("decode_step.hip.tera", include_str!("../../templates/decode_step.hip.tera")),
     ("engine.hip.tera", include_str!("../../templates/engine.hip.tera")),
     ("elementwise.hip.tera", include_str!("../../templates/elementwise.hip.tera")),
     ("gemv.hip.tera", include_str!("../../templates/gemv.hip.tera")),
@@ -82,29 +83,46 @@ pub const ENGINE_DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 pub fn engine_source() -> Result<String, CodegenError> {
     let mut out = String::from(PORTABILITY_HEADER);
     for dt in ENGINE_DTYPES {
-        let mut ctx = tera::Context::new();
-        ctx.insert("dt", dt.name());
-        ctx.insert("T", dt.c_storage());
-        ctx.insert(
-            "to_f32",
-            match dt {
-                DType::F16 => "rf_f16_to_f32",
-                DType::BF16 => "rf_bf16_to_f32",
-                _ => "",
-            },
-        );
-        ctx.insert(
-            "from_f32",
-            match dt {
-                DType::F16 => "rf_f32_to_f16",
-                DType::BF16 => "rf_f32_to_bf16",
-                _ => "",
-            },
-        );
         out.push('\n');
-        out.push_str(&render("engine.hip.tera", &ctx)?);
+        out.push_str(&render("engine.hip.tera", &engine_context(dt))?);
     }
     Ok(out)
+}
+
+/// The names an engine template uses for one storage dtype.
+fn engine_context(dt: DType) -> tera::Context {
+    let mut ctx = tera::Context::new();
+    ctx.insert("dt", dt.name());
+    ctx.insert("T", dt.c_storage());
+    ctx.insert(
+        "to_f32",
+        match dt {
+            DType::F16 => "rf_f16_to_f32",
+            DType::BF16 => "rf_bf16_to_f32",
+            _ => "",
+        },
+    );
+    ctx.insert(
+        "from_f32",
+        match dt {
+            DType::F16 => "rf_f32_to_f16",
+            DType::BF16 => "rf_f32_to_bf16",
+            _ => "",
+        },
+    );
+    ctx
+}
+
+/// The persistent decode step (`rf_decode_step_{dtype}`, templates/decode_step.hip.tera)
+/// for one storage dtype, each lane accumulating `dpl` head dims (1, 2 or 4: head_dim up
+/// to 32, 64 or 128) of `group` query heads (a GQA group, 1 to 8), as a translation unit
+/// of its own: it is compiled on first use, for the shape a model has, not with the
+/// other engine kernels. CUDA only (the body is empty elsewhere).
+pub fn decode_step_source(dt: DType, dpl: u32, group: u32) -> Result<String, CodegenError> {
+    let mut ctx = engine_context(dt);
+    ctx.insert("dpl", &dpl);
+    ctx.insert("group", &group);
+    Ok(format!("{PORTABILITY_HEADER}\n{}", render("decode_step.hip.tera", &ctx)?))
 }
 
 /// The `__global__` function of one specialization (without the header).

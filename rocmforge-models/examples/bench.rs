@@ -103,6 +103,15 @@ struct Args {
     /// epilogues of the gate/up and q/k/v products.
     #[arg(long)]
     no_pair_epilogues: bool,
+    /// Decode of one sequence as one persistent launch of the whole step (every layer and
+    /// the LM head, grid barriers between the phases) instead of one launch per stage.
+    /// Slower so far; see benches/RESULTS.md.
+    #[arg(long)]
+    persistent: bool,
+    /// With --persistent: print the last step's phase times (device clock at each grid
+    /// barrier).
+    #[arg(long)]
+    step_clock: bool,
     /// Decode without CUDA graphs (one launch per kernel).
     #[arg(long)]
     no_graphs: bool,
@@ -258,6 +267,8 @@ fn run(args: &Args) -> Res<serde_json::Value> {
         cuda_graphs: !args.no_graphs,
         gemv: !args.no_gemv,
         pair_epilogues: !args.no_pair_epilogues,
+        persistent_decode: args.persistent,
+        step_clock: args.step_clock,
         ..GpuOptions::default()
     };
     let (free0, total) = dev.memory_info()?;
@@ -314,6 +325,12 @@ fn run(args: &Args) -> Res<serde_json::Value> {
         tg_pipelined(&mut g, 8)?;
         let v: Vec<f64> = (0..reps).map(|_| tg_pipelined(&mut g, args.gen)).collect::<Res<_>>()?;
         let tok_s = median(v);
+        if let Some(t) = g.step_phase_times()? {
+            eprintln!(
+                "persistent step phases (us, last step, per layer): qkv {:.2} attention {:.2} o {:.2} gate_up {:.2} down {:.2}; lm_head {:.2}; an empty barrier {:.2}",
+                t[0], t[1], t[2], t[3], t[4], t[5], t[6]
+            );
+        }
         row(
             format!("tg{}", args.gen),
             tok_s,
@@ -366,6 +383,7 @@ fn run(args: &Args) -> Res<serde_json::Value> {
         "decode_products": if args.no_gemv { "cublas" } else { "gemv kernel at one sequence, cublas at more" },
         "cuda_graphs": !args.no_graphs,
         "pair_epilogues": !args.no_gemv && !args.no_pair_epilogues,
+        "persistent_decode": g.persistent_decode(),
         "weight_bytes": mem.weights,
         "kv_cache_tokens": mem.kv_tokens,
         "kv_cache_bytes": mem.kv_bytes(),

@@ -208,6 +208,30 @@ fn check_fixture(dev: &Arc<CudaDevice>, name: &str, tally: &mut Tally) -> Res<()
             );
             singles.push(logits);
         }
+        // The persistent decode step against the layered decode (one launch per stage):
+        // the same products in the same order, attention split differently.
+        let persistent = GpuOptions { persistent_decode: true, ..opts };
+        let mut g2 = GpuModel::load(dev, model.transformer.config().clone(), &mut &ck, persistent, |_, _| {})?;
+        if g2.persistent_decode() {
+            let mut worst = 0.0f64;
+            let mut same = 0;
+            for ((p, (cpu_ids, _)), layered) in prompts.iter().zip(&cpu).zip(&singles) {
+                let (_, persistent) = gpu_run(&mut g2, p, cpu_ids)?;
+                // Step 0 is the prompt's prefill, the same launches in both.
+                worst = persistent.iter().zip(layered).skip(1).map(|(a, b)| nmse(a, b)).fold(worst, f64::max);
+                same += persistent.iter().zip(layered).skip(1).filter(|(a, b)| argmax(a) == argmax(b)).count();
+            }
+            let steps = prompts.len() * (STEPS - 1);
+            tally.check(
+                worst <= bound(dtype) && (same == steps || dtype != DType::F32),
+                format!(
+                    "model {name:<10} {dtype:<5} persistent decode step vs layered decode: logits nmse max {worst:.2e} (bound {:.0e}), argmax {same}/{steps} equal",
+                    bound(dtype)
+                ),
+            );
+        } else {
+            println!("model {name:<10} {dtype:<5} persistent decode step: not taken (per-head q/k norms or windows)");
+        }
         if dtype == DType::F32 {
             let batched = gpu_batched(&mut g, &prompts)?;
             let worst = batched.iter().zip(&singles).flat_map(|(b, s)| b.iter().zip(s).map(|(x, y)| nmse(x, y))).fold(0.0, f64::max);

@@ -15,8 +15,9 @@ use std::sync::Arc;
 use rocmforge_dsl::rope::inv_freq;
 use rocmforge_runtime::cuda::{CudaDevice, CudaError, CudaEvent, DeviceGraph, DeviceTensor};
 use rocmforge_runtime::engine::{
-    argmax_workspace, plan_argmax, plan_gather, plan_gemm, plan_gemv, plan_gemv_pairs, plan_qkv_post, plan_swiglu_rows, plan_topk,
-    GemvFusion, PairEpilogue, QkvPost, TOPK_MAX,
+    argmax_workspace, decode_step_table, decode_step_ticks, decode_step_unsupported, decode_step_workspace, plan_argmax, plan_decode_step,
+    plan_gather, plan_gemm, plan_gemv, plan_gemv_pairs, plan_qkv_post, plan_swiglu_rows, plan_topk, GemvFusion, PairEpilogue, QkvPost,
+    StepBuffers, StepDims, StepLayer, TOPK_MAX,
 };
 use rocmforge_runtime::{AttnSeqs, DType, Kernel, KvIndex, LaunchError, LaunchPlan, TensorArg};
 
@@ -150,6 +151,25 @@ pub struct GpuModel {
     profile: std::collections::BTreeMap<&'static str, (f64, usize)>,
     /// Captured decode steps by (sequences, block-table width).
     graphs: std::collections::HashMap<(usize, usize), DeviceGraph>,
+    /// The persistent decode step's state, where the model takes it.
+    step: Option<StepState>,
+}
+
+/// Most chunks the persistent decode step cuts a sequence's positions into for attention
+/// (each a multiple of 32 positions).
+const STEP_MAX_SPLITS: usize = 64;
+
+/// What the persistent decode step reads besides the model's tensors: the layer table
+/// (each layer's addresses), the attention partials, the per-KV-head counters and the
+/// grid barrier (both zeroed at allocation; every launch leaves them so).
+struct StepState {
+    dims: StepDims,
+    table: DeviceTensor,
+    ws: DeviceTensor,
+    counters: DeviceTensor,
+    bar: DeviceTensor,
+    /// The phase clock ([`GpuModel::step_phase_times`]), where asked for.
+    times: Option<DeviceTensor>,
 }
 
 impl std::fmt::Debug for GpuModel {
@@ -374,6 +394,7 @@ impl GpuModel {
             argmax_ws: dev.alloc(DType::F32, &[argmax_workspace(sq, cfg.vocab).max(1)])?,
             argmax_counters: dev.zeros(DType::U32, &[sq])?,
         };
+        let step = step_state(dev, &cfg, &opts, &layers, (&k_cache, &v_cache), (freqs.len(), mscale))?;
         // Compile (or read from the disk cache) what the forward launches, up front.
         dev.prepare_engine()?;
         Ok(GpuModel {
@@ -396,7 +417,33 @@ impl GpuModel {
             profiling: false,
             profile: std::collections::BTreeMap::new(),
             graphs: std::collections::HashMap::new(),
+            step,
         })
+    }
+
+    /// The last persistent decode step's phase durations in microseconds, averaged over
+    /// the layers: q/k/v, attention, o, gate/up, down (each up to the end of the grid
+    /// barrier after it), then the LM head, then one grid barrier alone; `None` unless the clock was asked for.
+    pub fn step_phase_times(&self) -> Result<Option<Vec<f64>>> {
+        let Some(t) = self.step.as_ref().and_then(|s| s.times.as_ref()) else { return Ok(None) };
+        let b = self.dev.read_bytes(t)?;
+        let ns: Vec<u64> = b.chunks_exact(8).map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect();
+        let n = self.layers.len();
+        let mut out = vec![0.0; 7];
+        for l in 0..n {
+            for (p, o) in out.iter_mut().enumerate().take(5) {
+                *o += ns[2 + 5 * l + p].saturating_sub(ns[1 + 5 * l + p]) as f64 / 1e3 / n as f64;
+            }
+        }
+        out[5] = ns[5 * n + 2].saturating_sub(ns[5 * n + 1]) as f64 / 1e3;
+        out[6] = ns[1].saturating_sub(ns[0]) as f64 / 1e3;
+        Ok(Some(out))
+    }
+
+    /// Whether decode of one sequence runs as one persistent launch
+    /// ([`GpuOptions::persistent_decode`] and a model shape the kernel takes).
+    pub fn persistent_decode(&self) -> bool {
+        self.step.is_some()
     }
 
     /// The configuration.
@@ -607,6 +654,33 @@ impl GpuModel {
         // sequence is the only fused case while GEMV_ROWS is 1; this keeps the rule if
         // it changes.
         let pairs = fused && self.opts.pair_epilogues && t == 1;
+        if let Some(st) = self.step.as_ref().filter(|_| pairs) {
+            // Decode of one sequence: every layer and the LM head in one launch.
+            marks.mark("step")?;
+            let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+            let b = StepBuffers {
+                table: &st.table,
+                res: &s.res.view(0, &[h])?,
+                qbuf: &s.q.view(0, &[qd])?,
+                attn: &s.attn.view(0, &[qd])?,
+                act: &s.act.view(0, &[inter])?,
+                final_norm: &self.norm,
+                head,
+                logits: &s.logits.view(0, &[c.vocab])?,
+                pos: &v_pos,
+                slots: &v_slots,
+                block_table: &v_table,
+                lens: &v_lens,
+                inv_freq: &self.inv_freq,
+                ws: &st.ws,
+                counters: &st.counters,
+                bar: &st.bar,
+                times: st.times.as_ref().map(|t| t as &dyn TensorArg),
+            };
+            dev.launch_engine(&plan_decode_step(&lim, self.opts.dtype, &st.dims, self.layers.len(), &b)?)?;
+            marks.mark("end")?;
+            return self.finish_forward(nb, marks, host_t0);
+        }
         for (l, layer) in self.layers.iter().enumerate() {
             // Attention block input: RMSNorm, with the previous MLP's residual add fused.
             marks.mark("norm")?;
@@ -866,4 +940,66 @@ impl GpuModel {
         let ids = self.sample(&mut [sampler])?;
         ids.first().copied().ok_or_else(|| ModelError::Invalid("no token was sampled".into()))
     }
+}
+
+/// The persistent decode step's state for this model, or `None` where the options turn
+/// it off or the model's shape is not one the kernel takes (the layered decode runs).
+fn step_state(
+    dev: &Arc<CudaDevice>,
+    cfg: &ModelConfig,
+    opts: &GpuOptions,
+    layers: &[Layer],
+    (k_cache, v_cache): (&[DeviceTensor], &[DeviceTensor]),
+    (half_rot, mscale): (usize, f32),
+) -> Result<Option<StepState>> {
+    if !(opts.persistent_decode && opts.gemv && opts.pair_epilogues && opts.cuda_graphs && dev.limits().mma) {
+        return Ok(None);
+    }
+    if layers.iter().any(|l| l.q_norm.is_some() || l.k_norm.is_some() || l.window.is_some()) {
+        return Ok(None);
+    }
+    let dims = StepDims {
+        hidden: cfg.hidden,
+        heads: cfg.heads,
+        kv_heads: cfg.kv_heads,
+        head_dim: cfg.head_dim,
+        half_rot,
+        inter: cfg.intermediate,
+        vocab: cfg.vocab,
+        page_size: opts.block_size,
+        max_splits: STEP_MAX_SPLITS,
+        eps: cfg.eps,
+        mscale,
+    };
+    if decode_step_unsupported(opts.dtype, &dims).is_some() {
+        return Ok(None);
+    }
+    let refs: Vec<StepLayer<'_>> = layers
+        .iter()
+        .zip(k_cache.iter().zip(v_cache))
+        .map(|(l, (k, v))| StepLayer {
+            attn_norm: &l.attn_norm,
+            wqkv: &l.wqkv,
+            bqkv: bias(&l.bqkv),
+            wo: &l.wo,
+            bo: bias(&l.bo),
+            mlp_norm: &l.mlp_norm,
+            w_gate_up: &l.w_gate_up,
+            b_gate_up: bias(&l.b_gate_up),
+            w_down: &l.w_down,
+            b_down: bias(&l.b_down),
+            k_cache: k,
+            v_cache: v,
+        })
+        .collect();
+    let words = decode_step_table(opts.dtype, &dims, &refs)?;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    Ok(Some(StepState {
+        dims,
+        table: dev.upload_bytes(DType::U32, &[words.len()], &bytes)?,
+        ws: dev.alloc(DType::F32, &[decode_step_workspace(&dims)])?,
+        counters: dev.zeros(DType::U32, &[cfg.kv_heads])?,
+        bar: dev.zeros(DType::U32, &[2])?,
+        times: if opts.step_clock { Some(dev.zeros(DType::U32, &[2 * decode_step_ticks(layers.len())])?) } else { None },
+    }))
 }

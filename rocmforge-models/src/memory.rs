@@ -211,6 +211,15 @@ pub struct GpuOptions {
     /// epilogues (one warp per pair of weight rows), instead of separate kernels after
     /// them (not for per-head q/k norms, which need a whole head).
     pub pair_epilogues: bool,
+    /// With `gemv`, `pair_epilogues` and `cuda_graphs`, decode of one sequence runs every
+    /// layer and the LM head in one persistent launch (grid barriers between the phases
+    /// instead of kernel boundaries) where the model's shape allows it (no per-head q/k
+    /// norms or windows; see `rocmforge_runtime::engine::decode_step_unsupported`).
+    /// Off by default: it is slower than the layered decode so far (benches/RESULTS.md).
+    pub persistent_decode: bool,
+    /// With `persistent_decode`: record the device clock at every grid barrier of each
+    /// step ([`crate::gpu::GpuModel::step_phase_times`]).
+    pub step_clock: bool,
 }
 
 impl Default for GpuOptions {
@@ -225,6 +234,8 @@ impl Default for GpuOptions {
             cuda_graphs: true,
             gemv: true,
             pair_epilogues: true,
+            persistent_decode: false,
+            step_clock: false,
         }
     }
 }

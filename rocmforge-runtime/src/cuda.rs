@@ -22,7 +22,7 @@ use crate::cache::OnceMap;
 use crate::diskcache::{cache_dir, entry, write_atomic};
 pub use cudarc::driver::CudaEvent;
 
-use crate::engine::{EnginePlan, GemmPlan};
+use crate::engine::{EngineModule, EnginePlan, GemmPlan};
 use crate::plan::{DeviceLimits, LaunchError, LaunchPlan, TensorArg};
 
 /// A failure in the CUDA backend.
@@ -94,6 +94,17 @@ const BLAS_WORKSPACE: usize = 32 << 20;
 
 fn drv(call: &'static str) -> impl FnOnce(DriverError) -> CudaError {
     move |source| CudaError::Driver { call, source }
+}
+
+/// How the workgroups of a launch are grouped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Grouping {
+    /// Independently.
+    None,
+    /// Clusters of this many workgroups along z (sm_90; 1 is none).
+    ClusterZ(u32),
+    /// Every workgroup resident at once, or the driver refuses the launch (grid barriers).
+    Cooperative,
 }
 
 /// One NVIDIA GPU with its context, default stream and module cache.
@@ -222,31 +233,42 @@ impl CudaDevice {
         &self.arch
     }
 
-    /// Queues `f` on the device's stream. With `cluster_z > 1`, `cluster_z` workgroups along z form one thread-block cluster.
+    /// Queues `f` on the device's stream, its workgroups grouped as `group` says.
     ///
     /// # Safety
     /// The context is current on this thread; `f` is a function of it; `params` holds one pointer per kernel
     /// parameter, each to a value of the width the kernel declares, and every device
     /// pointer among them is live until the kernel has run; grid and block are within
-    /// the device limits; with `cluster_z > 1` the device supports clusters (sm_90+) and
-    /// `grid[2]` is a multiple of `cluster_z`.
+    /// the device limits; with [`Grouping::ClusterZ`] the device supports clusters (sm_90+)
+    /// and `grid[2]` is a multiple of the cluster size.
     unsafe fn launch_raw(
         &self,
         f: &CudaFunction,
         grid: [u32; 3],
         block: [u32; 3],
         shared: u32,
-        cluster_z: u32,
+        group: Grouping,
         params: &mut [*mut std::ffi::c_void],
     ) -> Result<(), CudaError> {
-        if cluster_z > 1 {
-            // SAFETY: the attribute value is a plain union of integers; only the cluster
-            // dimension member is written and read.
-            let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-            attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-            attr.value.clusterDim.x = 1;
-            attr.value.clusterDim.y = 1;
-            attr.value.clusterDim.z = cluster_z;
+        let attr_of = |attr: &mut sys::CUlaunchAttribute| match group {
+            Grouping::ClusterZ(z) if z > 1 => {
+                attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+                attr.value.clusterDim.x = 1;
+                attr.value.clusterDim.y = 1;
+                attr.value.clusterDim.z = z;
+                true
+            }
+            Grouping::Cooperative => {
+                attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+                attr.value.cooperative = 1;
+                true
+            }
+            _ => false,
+        };
+        // SAFETY: the attribute value is a plain union of integers; only the member the
+        // id names is written (by `attr_of`) and read (by the driver).
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        if attr_of(&mut attr) {
             let config = sys::CUlaunchConfig {
                 gridDimX: grid[0],
                 gridDimY: grid[1],
@@ -563,7 +585,7 @@ impl CudaDevice {
         // float, int, unsigned: the first 4). Grid and block are within the device
         // limits. The pointers are live device allocations owned by the caller. The
         // context was bound above.
-        unsafe { self.launch_raw(&f, plan.grid, plan.block, plan.shared_bytes, plan.cluster_z, &mut params) }
+        unsafe { self.launch_raw(&f, plan.grid, plan.block, plan.shared_bytes, Grouping::ClusterZ(plan.cluster_z), &mut params) }
     }
 
     /// Copies host bytes into `dst` starting at byte `offset`, in stream order (after the
@@ -705,22 +727,37 @@ impl CudaDevice {
     }
 
     fn engine_module(&self) -> Result<Arc<CudaModule>, CudaError> {
-        let m = self.engine.get_or_init("engine", || {
+        self.module_of(EngineModule::Engine)
+    }
+
+    /// The module of an engine translation unit, compiled (or read from the disk cache)
+    /// and loaded on first use.
+    fn module_of(&self, module: EngineModule) -> Result<Arc<CudaModule>, CudaError> {
+        let key = module.key();
+        let m = self.engine.get_or_init(&key, || {
             let t = Instant::now();
-            let src = rocmforge_dsl::codegen::engine_source().map_err(|e| e.to_string())?;
-            let m = self.load_source("rf_engine", &src).map_err(|e| e.to_string());
+            let src = match module {
+                EngineModule::Engine => rocmforge_dsl::codegen::engine_source(),
+                EngineModule::DecodeStep { dtype, dpl, group } => rocmforge_dsl::codegen::decode_step_source(dtype, dpl, group),
+            };
+            let m = src.map_err(|e| e.to_string()).and_then(|src| self.load_source(&key, &src).map_err(|e| e.to_string()));
             self.compile_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
             m
         });
-        m.map_err(|message| CudaError::Compile { kernel: "engine".into(), arch: self.arch.clone(), message, log: String::new() })
+        m.map_err(|message| CudaError::Compile { kernel: key.clone(), arch: self.arch.clone(), message, log: String::new() })
     }
 
     /// Launches a planned engine kernel on the device's stream.
     pub fn launch_engine(&self, plan: &EnginePlan) -> Result<(), CudaError> {
-        let module = self.engine_module()?;
-        let f = self.functions.get_or_init(&plan.symbol, || {
-            module.load_function(&plan.symbol).map_err(|e| format!("cuModuleGetFunction({}): {e:?}", plan.symbol))
-        });
+        let module = self.module_of(plan.module)?;
+        // Modules other than the engine's define symbols of the same name per variant.
+        let fkey = match plan.module {
+            EngineModule::Engine => plan.symbol.clone(),
+            m => format!("{}/{}", m.key(), plan.symbol),
+        };
+        let f = self
+            .functions
+            .get_or_init(&fkey, || module.load_function(&plan.symbol).map_err(|e| format!("cuModuleGetFunction({}): {e:?}", plan.symbol)));
         let f = f.clone().map_err(|message| CudaError::Compile {
             kernel: "engine".into(),
             arch: self.arch.clone(),
@@ -730,11 +767,15 @@ impl CudaDevice {
         self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
         let mut storage = plan.param_slots();
         let mut params: Vec<*mut std::ffi::c_void> = storage.iter_mut().map(|b| b.as_mut_ptr().cast()).collect();
+        let group = if plan.cooperative { Grouping::Cooperative } else { Grouping::None };
         // SAFETY: the context is bound above. Engine plans (crate::engine) check every
         // tensor's dtype and shape against the kernel's signature in
-        // templates/engine.hip.tera and pass one slot per parameter in its declared
-        // width; grid and block are within the device limits.
-        unsafe { self.launch_raw(&f, plan.grid, plan.block, 0, 1, &mut params) }
+        // templates/engine.hip.tera or templates/decode_step.hip.tera and pass one slot
+        // per parameter in its declared width; grid and block are within the device
+        // limits; a cooperative plan's grid is at most one workgroup per multiprocessor
+        // times what the kernel's launch bounds allow, and the driver refuses it rather
+        // than launch workgroups that cannot all be resident.
+        unsafe { self.launch_raw(&f, plan.grid, plan.block, 0, group, &mut params) }
     }
 
     /// Replaces the workspace with a zeroed one of at least `need` bytes.

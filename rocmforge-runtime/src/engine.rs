@@ -19,6 +19,38 @@ pub struct EnginePlan {
     pub block: [u32; 3],
     /// Arguments in parameter order.
     pub args: Vec<ArgValue>,
+    /// A cooperative launch: every workgroup resident at once (the driver refuses the
+    /// launch otherwise), as a kernel with grid barriers needs.
+    pub cooperative: bool,
+    /// The translation unit that defines the kernel.
+    pub module: EngineModule,
+}
+
+/// Which translation unit an engine kernel is compiled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineModule {
+    /// The engine kernels of every dtype (`rocmforge_dsl::codegen::engine_source`).
+    Engine,
+    /// The persistent decode step of one dtype and head dims a lane
+    /// (`rocmforge_dsl::codegen::decode_step_source`).
+    DecodeStep {
+        /// Storage dtype.
+        dtype: DType,
+        /// Head dims a lane accumulates: 1, 2 or 4.
+        dpl: u32,
+        /// Query heads per KV head: 1 to 8.
+        group: u32,
+    },
+}
+
+impl EngineModule {
+    /// The module's cache key (and NVRTC program name).
+    pub fn key(&self) -> String {
+        match self {
+            EngineModule::Engine => "engine".into(),
+            EngineModule::DecodeStep { dtype, dpl, group } => format!("rf_decode_step_{}_d{dpl}_g{group}", dtype.name()),
+        }
+    }
 }
 
 impl EnginePlan {
@@ -156,6 +188,8 @@ pub fn plan_gather(
     let elem = table.dtype().size() as u64;
     let vec = (ts[1] as u64 * elem).is_multiple_of(16) && table.device_ptr().is_multiple_of(16) && out.device_ptr().is_multiple_of(16);
     Ok(EnginePlan {
+        cooperative: false,
+        module: EngineModule::Engine,
         symbol,
         grid: rows_grid(limits, n),
         block: [256, 1, 1],
@@ -217,6 +251,8 @@ pub fn plan_argmax(
     }
     let (parts, chunk) = argmax_parts(cols);
     Ok(EnginePlan {
+        cooperative: false,
+        module: EngineModule::Engine,
         symbol,
         grid: [parts as u32, rows as u32, 1],
         block: [256, 1, 1],
@@ -290,6 +326,8 @@ pub fn plan_topk(
     }
     block_1024(K, limits)?;
     Ok(EnginePlan {
+        cooperative: false,
+        module: EngineModule::Engine,
         symbol,
         grid: rows_grid(limits, rows),
         block: [1024, 1, 1],
@@ -407,6 +445,8 @@ pub fn plan_gemv(
         0
     };
     Ok(EnginePlan {
+        cooperative: false,
+        module: EngineModule::Engine,
         symbol: format!("rf_gemv{mt}_{}", dtype.name()),
         grid: rows_grid(limits, (g.n as u64).div_ceil(4)),
         block: [128, 1, 1],
@@ -540,6 +580,8 @@ pub fn plan_qkv_post(limits: &DeviceLimits, a: &QkvPost<'_>, mscale: f32, eps: f
         limit: i64::MAX as u64,
     })?;
     Ok(EnginePlan {
+        cooperative: false,
+        module: EngineModule::Engine,
         symbol,
         grid: rows_grid(limits, items.div_ceil(4)),
         block: [128, 1, 1],
@@ -691,6 +733,8 @@ pub fn plan_gemv_pairs(
     args.extend(stage);
     args.extend(sizes.map(ArgValue::I32));
     Ok(EnginePlan {
+        cooperative: false,
+        module: EngineModule::Engine,
         symbol: format!("rf_gemv_pair{}_{}", (m as usize).next_power_of_two(), dtype.name()),
         grid: rows_grid(limits, pairs.div_ceil(4)),
         block: [128, 1, 1],
@@ -716,6 +760,8 @@ pub fn plan_swiglu_rows(limits: &DeviceLimits, x: &dyn TensorArg, out: &dyn Tens
     }
     let n = rows.saturating_mul(cols / 2);
     Ok(EnginePlan {
+        cooperative: false,
+        module: EngineModule::Engine,
         symbol,
         grid: rows_grid(limits, n.div_ceil(256)),
         block: [256, 1, 1],
@@ -725,6 +771,311 @@ pub fn plan_swiglu_rows(limits: &DeviceLimits, x: &dyn TensorArg, out: &dyn Tens
             ArgValue::I64(i64_of(K, "rows", rows)?),
             ArgValue::I64(i64_of(K, "inter", cols / 2)?),
         ],
+    })
+}
+
+/// One layer's tensors as the persistent decode step reads them ([`decode_step_table`]):
+/// the weights as the model stores them fused (`wqkv` `[(heads + 2 kv_heads) head_dim,
+/// hidden]`, `w_gate_up` `[2 inter, hidden]`) and the layer's paged K/V caches
+/// `[pages, page_size, kv_heads, head_dim]`.
+#[derive(Clone, Copy)]
+#[allow(missing_docs)] // the fields are the layer's tensors by their usual names
+pub struct StepLayer<'a> {
+    pub attn_norm: &'a dyn TensorArg,
+    pub wqkv: &'a dyn TensorArg,
+    pub bqkv: Option<&'a dyn TensorArg>,
+    pub wo: &'a dyn TensorArg,
+    pub bo: Option<&'a dyn TensorArg>,
+    pub mlp_norm: &'a dyn TensorArg,
+    pub w_gate_up: &'a dyn TensorArg,
+    pub b_gate_up: Option<&'a dyn TensorArg>,
+    pub w_down: &'a dyn TensorArg,
+    pub b_down: Option<&'a dyn TensorArg>,
+    pub k_cache: &'a dyn TensorArg,
+    pub v_cache: &'a dyn TensorArg,
+}
+
+impl std::fmt::Debug for StepLayer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepLayer").field("wqkv", &self.wqkv.shape()).field("k_cache", &self.k_cache.shape()).finish_non_exhaustive()
+    }
+}
+
+/// The model dimensions of a persistent decode step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepDims {
+    /// Model width.
+    pub hidden: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Dimensions of a head.
+    pub head_dim: usize,
+    /// Rotated pairs per head (`head_dim / 2` for full rotary).
+    pub half_rot: usize,
+    /// MLP width.
+    pub inter: usize,
+    /// Vocabulary (LM head rows).
+    pub vocab: usize,
+    /// KV cache tokens per page (a power of two).
+    pub page_size: usize,
+    /// Most chunks the attention phase cuts a sequence into (sizes `ws`).
+    pub max_splits: usize,
+    /// RMSNorm epsilon.
+    pub eps: f32,
+    /// Rotary amplitude (1 but for YaRN).
+    pub mscale: f32,
+}
+
+/// Words (u32) per layer in the table [`decode_step_table`] builds: 12 device addresses.
+pub const STEP_LAYER_WORDS: usize = 24;
+/// Threads of a persistent decode step's workgroup (`RF_STEP_THREADS`).
+const STEP_THREADS: u32 = 512;
+/// Bytes of one warp's q stage (`RF_STEP_QBYTES`): a GQA group's q heads.
+const STEP_QBYTES: usize = 2048;
+
+/// Why a model cannot take the persistent decode step, or `None` where it can: the
+/// kernel streams whole 16-byte groups (every reduced dimension a multiple of 16 bytes),
+/// stages a GQA group's q heads in 2 KiB of shared memory, and keeps at most 8 query
+/// heads and 4 head dims a lane in registers.
+pub fn decode_step_unsupported(dtype: DType, d: &StepDims) -> Option<String> {
+    if !dtype.is_float() {
+        return Some(format!("dtype {dtype}"));
+    }
+    let v = 16 / dtype.size();
+    if d.kv_heads == 0 || !d.heads.is_multiple_of(d.kv_heads) || d.heads / d.kv_heads > 8 {
+        return Some(format!("{} query heads over {} KV heads (at most 8 a group)", d.heads, d.kv_heads));
+    }
+    if d.head_dim == 0 || d.head_dim > 128 || !d.head_dim.is_multiple_of(v) || d.half_rot * 2 > d.head_dim {
+        return Some(format!("head_dim {} (a multiple of {v} up to 128)", d.head_dim));
+    }
+    if (d.heads / d.kv_heads) * d.head_dim * dtype.size() > STEP_QBYTES {
+        return Some(format!("a GQA group of {} x {} elements", d.heads / d.kv_heads, d.head_dim));
+    }
+    for (what, k) in [("hidden", d.hidden), ("heads x head_dim", d.heads * d.head_dim), ("intermediate", d.inter)] {
+        if k == 0 || k % v != 0 || k > i32::MAX as usize {
+            return Some(format!("{what} {k} (a multiple of {v})"));
+        }
+    }
+    if !d.page_size.is_power_of_two() || d.max_splits == 0 || d.max_splits > 64 || d.vocab == 0 {
+        return Some(format!("page size {} / {} splits / vocabulary {}", d.page_size, d.max_splits, d.vocab));
+    }
+    None
+}
+
+/// The device table of a persistent decode step's layers (u32 words, [`STEP_LAYER_WORDS`]
+/// a layer: each tensor's address as two little-endian words, 0 for an absent bias), after
+/// checking every tensor's dtype and shape against `d`.
+pub fn decode_step_table(dtype: DType, d: &StepDims, layers: &[StepLayer<'_>]) -> Result<Vec<u32>, LaunchError> {
+    const K: &str = "decode_step";
+    if let Some(why) = decode_step_unsupported(dtype, d) {
+        return Err(LaunchError::Unsupported { kernel: K.into(), what: why });
+    }
+    let (h, qd, kvd) = (d.hidden, d.heads * d.head_dim, d.kv_heads * d.head_dim);
+    let matrix = |name: &str, t: &dyn TensorArg, rows: usize, cols: usize| -> Result<u64, LaunchError> {
+        if t.dtype() != dtype {
+            return Err(dtype_err(K, name, dtype.to_string(), t.dtype()));
+        }
+        if t.shape() != [rows, cols] {
+            return Err(shape_err(K, name, format!("[{rows}, {cols}]"), t.shape()));
+        }
+        if !t.device_ptr().is_multiple_of(16) {
+            return Err(shape_err(K, name, "a 16-byte aligned address".into(), t.shape()));
+        }
+        Ok(t.device_ptr())
+    };
+    let vector = |name: &str, t: &dyn TensorArg, len: usize| vector_arg(K, name, t, dtype, len as u64);
+    let opt = |name: &str, t: Option<&dyn TensorArg>, len: usize| t.map(|t| vector(name, t, len)).transpose().map(|p| p.unwrap_or(0));
+    let cache = |name: &str, t: &dyn TensorArg| -> Result<u64, LaunchError> {
+        if t.dtype() != dtype {
+            return Err(dtype_err(K, name, dtype.to_string(), t.dtype()));
+        }
+        match t.shape() {
+            [_, ps, kh, hd] if *ps == d.page_size && *kh == d.kv_heads && *hd == d.head_dim => Ok(t.device_ptr()),
+            s => Err(shape_err(K, name, format!("[pages, {}, {}, {}]", d.page_size, d.kv_heads, d.head_dim), s)),
+        }
+    };
+    let mut words = Vec::with_capacity(layers.len() * STEP_LAYER_WORDS);
+    for l in layers {
+        let ptrs = [
+            vector("attn_norm", l.attn_norm, h)?,
+            matrix("wqkv", l.wqkv, qd + 2 * kvd, h)?,
+            opt("bqkv", l.bqkv, qd + 2 * kvd)?,
+            matrix("wo", l.wo, h, qd)?,
+            opt("bo", l.bo, h)?,
+            vector("mlp_norm", l.mlp_norm, h)?,
+            matrix("w_gate_up", l.w_gate_up, 2 * d.inter, h)?,
+            opt("b_gate_up", l.b_gate_up, 2 * d.inter)?,
+            matrix("w_down", l.w_down, h, d.inter)?,
+            opt("b_down", l.b_down, h)?,
+            cache("k_cache", l.k_cache)?,
+            cache("v_cache", l.v_cache)?,
+        ];
+        for p in ptrs {
+            words.push(p as u32);
+            words.push((p >> 32) as u32);
+        }
+    }
+    Ok(words)
+}
+
+/// Buffers of a persistent decode step ([`plan_decode_step`]). `res` holds the new
+/// token's embedding on entry and the last layer's residual on exit; `index` views are
+/// the staged step (one token: `pos`, `slots`, `lens` `[1]`, `table` the block-table row).
+#[allow(missing_docs)] // named as the kernel's parameters
+pub struct StepBuffers<'a> {
+    /// The layer table ([`decode_step_table`], uploaded).
+    pub table: &'a dyn TensorArg,
+    pub res: &'a dyn TensorArg,
+    pub qbuf: &'a dyn TensorArg,
+    pub attn: &'a dyn TensorArg,
+    pub act: &'a dyn TensorArg,
+    pub final_norm: &'a dyn TensorArg,
+    pub head: &'a dyn TensorArg,
+    pub logits: &'a dyn TensorArg,
+    pub pos: &'a dyn TensorArg,
+    pub slots: &'a dyn TensorArg,
+    pub block_table: &'a dyn TensorArg,
+    pub lens: &'a dyn TensorArg,
+    pub inv_freq: &'a dyn TensorArg,
+    /// f32, at least [`decode_step_workspace`] elements.
+    pub ws: &'a dyn TensorArg,
+    /// u32, at least `kv_heads`, zero before the first launch (each launch leaves them zero).
+    pub counters: &'a dyn TensorArg,
+    /// u32, at least 2, zero before the first launch (each launch leaves the first zero).
+    pub bar: &'a dyn TensorArg,
+    /// Where given (u64 as u32 pairs, at least [`decode_step_ticks`] of them): the
+    /// device's nanosecond clock as workgroup 0 leaves each grid barrier.
+    pub times: Option<&'a dyn TensorArg>,
+}
+
+/// Clock readings a timed persistent decode step writes: after two barriers with nothing
+/// between them, after each of a layer's five phases, and at the end.
+pub fn decode_step_ticks(n_layers: usize) -> usize {
+    5 * n_layers + 3
+}
+
+impl std::fmt::Debug for StepBuffers<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepBuffers").field("res", &self.res.shape()).field("head", &self.head.shape()).finish_non_exhaustive()
+    }
+}
+
+/// f32 elements of the attention partials a persistent decode step needs.
+pub fn decode_step_workspace(d: &StepDims) -> usize {
+    d.heads.saturating_mul(d.max_splits).saturating_mul(d.head_dim + 2)
+}
+
+/// Plans one decode step of one sequence, every layer and the LM head, as one
+/// cooperative launch of one 512-thread workgroup per multiprocessor
+/// (`rf_decode_step_<dtype>`, templates/engine.hip.tera): the phases of a layer are
+/// separated by grid barriers, and each product accumulates exactly as [`plan_gemv`] and
+/// [`plan_gemv_pairs`] do. `layers` is the table from [`decode_step_table`] (u32
+/// `[n_layers * STEP_LAYER_WORDS]`). CUDA only (sm_70+: the barrier's
+/// acquire/release atomics).
+pub fn plan_decode_step(
+    limits: &DeviceLimits,
+    dtype: DType,
+    d: &StepDims,
+    n_layers: usize,
+    b: &StepBuffers<'_>,
+) -> Result<EnginePlan, LaunchError> {
+    const K: &str = "decode_step";
+    let times = match b.times {
+        Some(t) => {
+            workspace(K, "times", t, DType::U32, 2 * decode_step_ticks(n_layers))?;
+            t.device_ptr()
+        }
+        None => 0,
+    };
+    let symbol = engine_symbol(K, dtype)?;
+    if let Some(why) = decode_step_unsupported(dtype, d) {
+        return Err(LaunchError::Unsupported { kernel: K.into(), what: why });
+    }
+    if limits.max_threads_per_block < STEP_THREADS || limits.compute_units == 0 {
+        return Err(LaunchError::Limit {
+            kernel: K.into(),
+            what: "threads per workgroup",
+            value: u64::from(STEP_THREADS),
+            limit: u64::from(limits.max_threads_per_block),
+        });
+    }
+    let (h, qd) = (d.hidden, d.heads * d.head_dim);
+    workspace(K, "layers", b.table, DType::U32, n_layers * STEP_LAYER_WORDS)?;
+    if n_layers == 0 {
+        return Err(shape_err(K, "layers", "at least one layer".into(), b.table.shape()));
+    }
+    let vector = |name: &str, t: &dyn TensorArg, dt: DType, len: usize| vector_arg(K, name, t, dt, len as u64);
+    let res = vector("res", b.res, dtype, h)?;
+    let qbuf = vector("qbuf", b.qbuf, dtype, qd)?;
+    let attn = vector("attn", b.attn, dtype, qd)?;
+    let act = vector("act", b.act, dtype, d.inter)?;
+    let final_norm = vector("final_norm", b.final_norm, dtype, h)?;
+    if b.head.dtype() != dtype {
+        return Err(dtype_err(K, "head", dtype.to_string(), b.head.dtype()));
+    }
+    if b.head.shape() != [d.vocab, h] {
+        return Err(shape_err(K, "head", format!("[{}, {h}]", d.vocab), b.head.shape()));
+    }
+    let logits = vector("logits", b.logits, DType::F32, d.vocab)?;
+    let pos = vector("pos", b.pos, DType::I32, 1)?;
+    let slots = vector("slots", b.slots, DType::I32, 1)?;
+    let lens = vector("lens", b.lens, DType::I32, 1)?;
+    if b.block_table.dtype() != DType::I32 || b.block_table.shape().iter().product::<usize>() == 0 {
+        return Err(dtype_err(K, "block_table", "i32, non-empty".into(), b.block_table.dtype()));
+    }
+    let inv_freq = vector("inv_freq", b.inv_freq, DType::F32, d.head_dim / 2)?;
+    workspace(K, "ws", b.ws, DType::F32, decode_step_workspace(d))?;
+    workspace(K, "counters", b.counters, DType::U32, d.kv_heads)?;
+    workspace(K, "bar", b.bar, DType::U32, 2)?;
+    let aligned = [res, qbuf, attn, act, final_norm, b.head.device_ptr(), b.table.device_ptr()];
+    if !aligned.iter().all(|p| p.is_multiple_of(16)) {
+        return Err(shape_err(K, "res", "16-byte aligned buffers".into(), b.res.shape()));
+    }
+    let i = |what: &'static str, v: usize| int(K, what, v as u64);
+    Ok(EnginePlan {
+        symbol,
+        grid: [limits.compute_units.min(limits.max_grid[0]), 1, 1],
+        block: [STEP_THREADS, 1, 1],
+        args: vec![
+            ArgValue::Ptr(b.table.device_ptr()),
+            ArgValue::I32(i("layers", n_layers)?),
+            ArgValue::Ptr(res),
+            ArgValue::Ptr(qbuf),
+            ArgValue::Ptr(attn),
+            ArgValue::Ptr(act),
+            ArgValue::Ptr(final_norm),
+            ArgValue::Ptr(b.head.device_ptr()),
+            ArgValue::Ptr(logits),
+            ArgValue::I32(i("vocabulary", d.vocab)?),
+            ArgValue::Ptr(pos),
+            ArgValue::Ptr(slots),
+            ArgValue::Ptr(b.block_table.device_ptr()),
+            ArgValue::Ptr(lens),
+            ArgValue::Ptr(inv_freq),
+            ArgValue::F32(d.mscale),
+            ArgValue::F32(d.eps),
+            ArgValue::F32(1.0 / (d.head_dim as f32).sqrt()),
+            ArgValue::I32(i("hidden", h)?),
+            ArgValue::I32(i("heads", d.heads)?),
+            ArgValue::I32(i("kv heads", d.kv_heads)?),
+            ArgValue::I32(i("head_dim", d.head_dim)?),
+            ArgValue::I32(i("rotated pairs", d.half_rot)?),
+            ArgValue::I32(i("intermediate", d.inter)?),
+            ArgValue::I32(d.page_size.trailing_zeros() as i32),
+            ArgValue::I32(i("splits", d.max_splits)?),
+            ArgValue::Ptr(b.ws.device_ptr()),
+            ArgValue::Ptr(b.counters.device_ptr()),
+            ArgValue::Ptr(b.bar.device_ptr()),
+            ArgValue::Ptr(times),
+        ],
+        cooperative: true,
+        module: EngineModule::DecodeStep {
+            dtype,
+            dpl: d.head_dim.div_ceil(32).next_power_of_two() as u32,
+            group: (d.heads / d.kv_heads) as u32,
+        },
     })
 }
 
@@ -824,5 +1175,105 @@ mod tests {
         assert!(plan_gemv_pairs(&l, &x, &t(DType::BF16, &[7 * 64, 64]), None, None, &stage).is_err());
         let small = DeviceLimits { max_threads_per_block: 512, ..l };
         assert!(plan_topk(&small, &t(DType::F16, &[2, 1000]), 50, &t(DType::F32, &[2, 50]), &t(DType::I32, &[2, 50])).is_err());
+    }
+
+    #[test]
+    fn decode_step_plans_check_their_arguments() {
+        let l = DeviceLimits::NVIDIA_SM90;
+        let bf = DType::BF16;
+        let d = StepDims {
+            hidden: 64,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 16,
+            half_rot: 8,
+            inter: 160,
+            vocab: 512,
+            page_size: 16,
+            max_splits: 64,
+            eps: 1e-5,
+            mscale: 1.0,
+        };
+        assert_eq!(decode_step_unsupported(bf, &d), None);
+        for bad in [
+            StepDims { heads: 18, kv_heads: 2, ..d },
+            StepDims { head_dim: 256, ..d },
+            StepDims { head_dim: 12, ..d },
+            StepDims { hidden: 60, ..d },
+            StepDims { max_splits: 65, ..d },
+            StepDims { page_size: 24, ..d },
+        ] {
+            assert!(decode_step_unsupported(bf, &bad).is_some(), "{bad:?}");
+        }
+        assert!(decode_step_unsupported(DType::I32, &d).is_some());
+        let (norm, wqkv, wo, wgu, wd, kc) =
+            (t(bf, &[64]), t(bf, &[128, 64]), t(bf, &[64, 64]), t(bf, &[320, 64]), t(bf, &[64, 160]), t(bf, &[8, 16, 2, 16]));
+        let layer = StepLayer {
+            attn_norm: &norm,
+            wqkv: &wqkv,
+            bqkv: None,
+            wo: &wo,
+            bo: None,
+            mlp_norm: &norm,
+            w_gate_up: &wgu,
+            b_gate_up: None,
+            w_down: &wd,
+            b_down: None,
+            k_cache: &kc,
+            v_cache: &kc,
+        };
+        let words = decode_step_table(bf, &d, &[layer, layer]).unwrap();
+        assert_eq!(words.len(), 2 * STEP_LAYER_WORDS);
+        // attn_norm's address, then wqkv's; an absent bias is a null address.
+        assert_eq!(&words[..6], &[0x1000, 0, 0x1000, 0, 0, 0]);
+        let short = t(bf, &[127, 64]);
+        assert!(decode_step_table(bf, &d, &[StepLayer { wqkv: &short, ..layer }]).is_err());
+        let wrong_cache = t(bf, &[8, 32, 2, 16]);
+        assert!(decode_step_table(bf, &d, &[StepLayer { k_cache: &wrong_cache, ..layer }]).is_err());
+        let f16 = t(DType::F16, &[64, 64]);
+        assert!(decode_step_table(bf, &d, &[StepLayer { wo: &f16, ..layer }]).is_err());
+
+        let (table, res, q, act, head) =
+            (t(DType::U32, &[2 * STEP_LAYER_WORDS]), t(bf, &[64]), t(bf, &[64]), t(bf, &[160]), t(bf, &[512, 64]));
+        let (logits, one, bt, freq) = (t(DType::F32, &[512]), t(DType::I32, &[1]), t(DType::I32, &[1, 16]), t(DType::F32, &[8]));
+        let (ws, cnt, bar) = (t(DType::F32, &[decode_step_workspace(&d)]), t(DType::U32, &[2]), t(DType::U32, &[2]));
+        let b = StepBuffers {
+            table: &table,
+            res: &res,
+            qbuf: &q,
+            attn: &q,
+            act: &act,
+            final_norm: &norm,
+            head: &head,
+            logits: &logits,
+            pos: &one,
+            slots: &one,
+            block_table: &bt,
+            lens: &one,
+            inv_freq: &freq,
+            ws: &ws,
+            counters: &cnt,
+            bar: &bar,
+            times: None,
+        };
+        let p = plan_decode_step(&l, bf, &d, 2, &b).unwrap();
+        assert_eq!(
+            (p.symbol.as_str(), p.grid, p.block, p.cooperative),
+            ("rf_decode_step_bf16", [l.compute_units, 1, 1], [512, 1, 1], true)
+        );
+        assert_eq!(p.module, EngineModule::DecodeStep { dtype: bf, dpl: 1, group: 2 });
+        // One argument per parameter of the generated kernel.
+        let src = rocmforge_dsl::codegen::decode_step_source(bf, 1, 2).unwrap();
+        let sig = &src[src.find("rf_decode_step_bf16(const").unwrap()..];
+        let params = sig[..sig.find(") {").unwrap()].matches(',').count() + 1;
+        assert_eq!(p.args.len(), params);
+        assert!(plan_decode_step(&l, bf, &d, 3, &b).is_err(), "a table of two layers for three");
+        let short_ws = t(DType::F32, &[decode_step_workspace(&d) - 1]);
+        assert!(plan_decode_step(&l, bf, &d, 2, &StepBuffers { ws: &short_ws, ..b }).is_err());
+        let short_times = t(DType::U32, &[2 * decode_step_ticks(2) - 1]);
+        assert!(plan_decode_step(&l, bf, &d, 2, &StepBuffers { times: Some(&short_times), ..b }).is_err());
+        let times = t(DType::U32, &[2 * decode_step_ticks(2)]);
+        assert!(plan_decode_step(&l, bf, &d, 2, &StepBuffers { times: Some(&times), ..b }).is_ok());
+        assert!(plan_decode_step(&l, bf, &d, 2, &StepBuffers { logits: &t(bf, &[512]), ..b }).is_err());
     }
 }

@@ -272,6 +272,14 @@ pub enum LaunchError {
         /// The limit.
         limit: u64,
     },
+    /// A shape the kernel does not handle (the caller takes another path).
+    #[error("kernel `{kernel}` does not handle {what}")]
+    Unsupported {
+        /// Kernel name.
+        kernel: String,
+        /// What it does not handle.
+        what: String,
+    },
     /// The launcher's embedded declaration failed to parse (a RocmForge bug).
     #[error("embedded kernel declaration failed to parse: {0}")]
     Kernel(String),
