@@ -779,19 +779,30 @@ pub fn plan_swiglu_rows(limits: &DeviceLimits, x: &dyn TensorArg, out: &dyn Tens
 /// hidden]`, `w_gate_up` `[2 inter, hidden]`) and the layer's paged K/V caches
 /// `[pages, page_size, kv_heads, head_dim]`.
 #[derive(Clone, Copy)]
-#[allow(missing_docs)] // the fields are the layer's tensors by their usual names
 pub struct StepLayer<'a> {
+    /// `[hidden]`: the attention block's RMSNorm weight.
     pub attn_norm: &'a dyn TensorArg,
+    /// The fused q/k/v weight.
     pub wqkv: &'a dyn TensorArg,
+    /// Its bias, `[(heads + 2 kv_heads) head_dim]`, where the model has one.
     pub bqkv: Option<&'a dyn TensorArg>,
+    /// `[hidden, heads head_dim]`: the output projection.
     pub wo: &'a dyn TensorArg,
+    /// Its bias `[hidden]`.
     pub bo: Option<&'a dyn TensorArg>,
+    /// `[hidden]`: the MLP's RMSNorm weight.
     pub mlp_norm: &'a dyn TensorArg,
+    /// The fused gate/up weight.
     pub w_gate_up: &'a dyn TensorArg,
+    /// Its bias `[2 inter]`.
     pub b_gate_up: Option<&'a dyn TensorArg>,
+    /// `[hidden, inter]`: the down projection.
     pub w_down: &'a dyn TensorArg,
+    /// Its bias `[hidden]`.
     pub b_down: Option<&'a dyn TensorArg>,
+    /// The layer's paged key cache.
     pub k_cache: &'a dyn TensorArg,
+    /// The layer's paged value cache.
     pub v_cache: &'a dyn TensorArg,
 }
 
@@ -920,24 +931,34 @@ pub fn decode_step_table(dtype: DType, d: &StepDims, layers: &[StepLayer<'_>]) -
     Ok(words)
 }
 
-/// Buffers of a persistent decode step ([`plan_decode_step`]). `res` holds the new
-/// token's embedding on entry and the last layer's residual on exit; `index` views are
-/// the staged step (one token: `pos`, `slots`, `lens` `[1]`, `table` the block-table row).
-#[allow(missing_docs)] // named as the kernel's parameters
+/// Buffers of a persistent decode step ([`plan_decode_step`]), all of the model's dtype
+/// unless noted.
 pub struct StepBuffers<'a> {
     /// The layer table ([`decode_step_table`], uploaded).
     pub table: &'a dyn TensorArg,
+    /// `[hidden]`: the new token's embedding on entry, the last layer's residual on exit.
     pub res: &'a dyn TensorArg,
+    /// `[heads * head_dim]`: the rotated queries.
     pub qbuf: &'a dyn TensorArg,
+    /// `[heads * head_dim]`: the attention output.
     pub attn: &'a dyn TensorArg,
+    /// `[inter]`: the SwiGLU output.
     pub act: &'a dyn TensorArg,
+    /// `[hidden]`: the final RMSNorm weight.
     pub final_norm: &'a dyn TensorArg,
+    /// `[vocab, hidden]`: the LM head.
     pub head: &'a dyn TensorArg,
+    /// f32 `[vocab]`: the logits out.
     pub logits: &'a dyn TensorArg,
+    /// i32 `[1]`: the token's position.
     pub pos: &'a dyn TensorArg,
+    /// i32 `[1]`: its cache slot.
     pub slots: &'a dyn TensorArg,
+    /// i32: the sequence's block-table row.
     pub block_table: &'a dyn TensorArg,
+    /// i32 `[1]`: the sequence's length with the token.
     pub lens: &'a dyn TensorArg,
+    /// f32 `[head_dim / 2]`: the rotary frequencies.
     pub inv_freq: &'a dyn TensorArg,
     /// f32, at least [`decode_step_workspace`] elements.
     pub ws: &'a dyn TensorArg,
