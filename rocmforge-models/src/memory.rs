@@ -218,7 +218,7 @@ pub struct GpuOptions {
     /// Off by default: it is slower than the layered decode so far (benches/RESULTS.md).
     pub persistent_decode: bool,
     /// With `persistent_decode`: record the device clock at every grid barrier of each
-    /// step ([`crate::gpu::GpuModel::step_phase_times`]).
+    /// step (`GpuModel::step_phase_times`, feature `cuda`).
     pub step_clock: bool,
 }
 
