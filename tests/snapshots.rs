@@ -48,6 +48,14 @@ fn engine_kernels() {
 }
 
 #[test]
+fn decode_step_kernel() {
+    // The Llama-3.2-1B shape class: bf16, head_dim 64 (two dims a lane), 4 query heads a KV head.
+    let src = rocmforge::dsl::codegen::decode_step_source(rocmforge::dsl::DType::BF16, 2, 4).expect("decode step renders");
+    assert!(src.contains("rf_decode_step_bf16("));
+    insta::assert_snapshot!("decode_step_bf16_d2_g4", src);
+}
+
+#[test]
 fn portability_header() {
     insta::assert_snapshot!("portability_header", PORTABILITY_HEADER);
 }
