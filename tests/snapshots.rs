@@ -47,6 +47,39 @@ fn engine_kernels() {
     insta::assert_snapshot!("engine_kernels", src);
 }
 
+/// The `extern "C"` kernel symbols (`rf_...`) a source defines, in order.
+fn kernel_symbols(src: &str) -> Vec<String> {
+    src.match_indices("extern \"C\" __global__")
+        .filter_map(|(i, _)| src[i..].split(|c: char| c.is_whitespace() || c == '(').find(|t| t.starts_with("rf_")).map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn engine_parts_partition_the_engine_kernels() {
+    use rocmforge::dsl::codegen::{engine_source_for, EnginePart, ENGINE_DTYPES};
+    let all = kernel_symbols(&rocmforge::dsl::codegen::engine_source().expect("engine kernels render"));
+    let mut from_parts = Vec::new();
+    for d in ENGINE_DTYPES {
+        for part in EnginePart::ALL {
+            let src = engine_source_for(d, part).expect("engine part renders");
+            assert!(src.starts_with(PORTABILITY_HEADER), "{} {}: no header", d.name(), part.name());
+            let syms = kernel_symbols(&src);
+            assert!(!syms.is_empty(), "{} {}: no kernels", d.name(), part.name());
+            assert!(syms.iter().all(|s| s.ends_with(&format!("_{}", d.name()))), "{} {}: {syms:?}", d.name(), part.name());
+            from_parts.extend(syms);
+        }
+    }
+    // Every kernel in exactly one part, none lost or added.
+    let mut a = all.clone();
+    a.sort();
+    from_parts.sort();
+    assert_eq!(from_parts, a);
+    // 3 dtypes x (gather, argmax, top-k, q/k/v stage, SwiGLU rows + 4 gemv + 4 pair kernels).
+    assert_eq!(all.len(), 3 * 13);
+    assert!(engine_source_for(rocmforge::dsl::DType::I32, EnginePart::Misc).is_err());
+    assert!(engine_source_for(rocmforge::dsl::DType::BF16, EnginePart::Gemv(3)).is_err());
+}
+
 #[test]
 fn decode_step_kernel() {
     // The Llama-3.2-1B shape class: bf16, head_dim 64 (two dims a lane), 4 query heads a KV head.

@@ -34,6 +34,9 @@ pub enum CodegenError {
         /// Tera's message with its causes.
         message: String,
     },
+    /// A source asked for something it is not generated for.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 fn tera_message(e: &tera::Error) -> String {
@@ -83,10 +86,69 @@ pub const ENGINE_DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 pub fn engine_source() -> Result<String, CodegenError> {
     let mut out = String::from(PORTABILITY_HEADER);
     for dt in ENGINE_DTYPES {
+        let mut ctx = engine_context(dt);
+        ctx.insert("part", "all");
         out.push('\n');
-        out.push_str(&render("engine.hip.tera", &engine_context(dt))?);
+        out.push_str(&render("engine.hip.tera", &ctx)?);
     }
     Ok(out)
+}
+
+/// A part of the engine kernels of one dtype: what the runtime compiles as one module.
+/// The parts of a dtype together are that dtype's share of [`engine_source`], each
+/// kernel in exactly one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EnginePart {
+    /// Row gather, argmax, top-k, the q/k/v stage and SwiGLU (`rf_gather_*`,
+    /// `rf_argmax_*`, `rf_topk_*`, `rf_qkv_post_*`, `rf_swiglu_rows_*`).
+    Misc,
+    /// The matrix-vector product for up to this many rows of x (1, 2, 4 or 8:
+    /// `rf_gemv{rows}_*`).
+    Gemv(u32),
+    /// The matrix-vector product over pairs of weight rows for up to this many rows of x
+    /// (1, 2, 4 or 8: `rf_gemv_pair{rows}_*`).
+    Pairs(u32),
+}
+
+impl EnginePart {
+    /// Every part.
+    pub const ALL: [EnginePart; 9] = [
+        EnginePart::Misc,
+        EnginePart::Gemv(1),
+        EnginePart::Gemv(2),
+        EnginePart::Gemv(4),
+        EnginePart::Gemv(8),
+        EnginePart::Pairs(1),
+        EnginePart::Pairs(2),
+        EnginePart::Pairs(4),
+        EnginePart::Pairs(8),
+    ];
+
+    /// The part's name (the template's `part`, and the module name's suffix).
+    pub fn name(self) -> String {
+        match self {
+            EnginePart::Misc => "misc".into(),
+            EnginePart::Gemv(rows) => format!("gemv{rows}"),
+            EnginePart::Pairs(rows) => format!("pairs{rows}"),
+        }
+    }
+}
+
+/// One part of the engine kernels of one storage dtype (`dt` of [`ENGINE_DTYPES`]) as a
+/// translation unit of its own, with the portability header. The runtime compiles only
+/// the parts and dtypes a model launches, each part on its own thread, instead of every
+/// dtype's kernels as one unit (on an H200 host, a cold load of the Llama-3.2-1B shape
+/// compiled for 30 s as one unit).
+pub fn engine_source_for(dt: DType, part: EnginePart) -> Result<String, CodegenError> {
+    if !ENGINE_DTYPES.contains(&dt) {
+        return Err(CodegenError::Unsupported(format!("engine kernels for {}: they exist for f32, f16 and bf16", dt.name())));
+    }
+    if !EnginePart::ALL.contains(&part) {
+        return Err(CodegenError::Unsupported(format!("engine part {}: the products exist for 1, 2, 4 or 8 rows", part.name())));
+    }
+    let mut ctx = engine_context(dt);
+    ctx.insert("part", &part.name());
+    Ok(format!("{PORTABILITY_HEADER}\n{}", render("engine.hip.tera", &ctx)?))
 }
 
 /// The names an engine template uses for one storage dtype.

@@ -302,6 +302,8 @@ fn run(args: &Args) -> Res<serde_json::Value> {
         (free0 - free1) as f64 / 1e9,
         total as f64 / 1e9
     );
+    let (compile_s, compiled, cached) = dev.compile_stats();
+    eprintln!("kernels at load: {compiled} modules compiled, {cached} read from the disk cache, {compile_s:.1} s (summed over threads)");
     eprintln!("copy bandwidth {:.0} GB/s -> decode limit {limit:.1} tok/s", bw / 1e9);
     let reps = args.reps.max(1);
     let mut results = Vec::new();

@@ -16,8 +16,8 @@ use rocmforge_dsl::rope::inv_freq;
 use rocmforge_runtime::cuda::{CudaDevice, CudaError, CudaEvent, DeviceGraph, DeviceTensor};
 use rocmforge_runtime::engine::{
     argmax_workspace, decode_step_table, decode_step_ticks, decode_step_unsupported, decode_step_workspace, plan_argmax, plan_decode_step,
-    plan_gather, plan_gemm, plan_gemv, plan_gemv_pairs, plan_qkv_post, plan_swiglu_rows, plan_topk, GemvFusion, PairEpilogue, QkvPost,
-    StepBuffers, StepDims, StepLayer, TOPK_MAX,
+    plan_gather, plan_gemm, plan_gemv, plan_gemv_pairs, plan_qkv_post, plan_swiglu_rows, plan_topk, EngineModule, EnginePart, GemvFusion,
+    PairEpilogue, QkvPost, StepBuffers, StepDims, StepLayer, TOPK_MAX,
 };
 use rocmforge_runtime::{AttnSeqs, DType, Kernel, KvIndex, LaunchError, LaunchPlan, TensorArg};
 
@@ -395,8 +395,18 @@ impl GpuModel {
             argmax_counters: dev.zeros(DType::U32, &[sq])?,
         };
         let step = step_state(dev, &cfg, &opts, &layers, (&k_cache, &v_cache), (freqs.len(), mscale))?;
-        // Compile (or read from the disk cache) what the forward launches, up front.
-        dev.prepare_engine()?;
+        // Compile (or read from the disk cache) what the forward launches, up front, each
+        // module on its own thread: the weights' dtype's engine kernels (the products for
+        // decode batches up to GEMV_ROWS, the paired ones for one sequence, the only place
+        // they run), and the f32 part that holds the logits' argmax and top-k.
+        let widest = (GEMV_ROWS as u32).next_power_of_two();
+        let mut parts = vec![EnginePart::Misc, EnginePart::Pairs(1)];
+        parts.extend([1, 2, 4, 8].into_iter().filter(|&r| r <= widest).map(EnginePart::Gemv));
+        let mut modules: Vec<EngineModule> = parts.into_iter().map(|p| EngineModule::Engine(dt, p)).collect();
+        if dt != DType::F32 {
+            modules.push(EngineModule::Engine(DType::F32, EnginePart::Misc));
+        }
+        dev.prepare_engine(&modules)?;
         Ok(GpuModel {
             dev: Arc::clone(dev),
             cfg,

@@ -721,13 +721,14 @@ impl CudaDevice {
         }
     }
 
-    /// Compiles (or reads from the disk cache) and loads the engine kernels now.
-    pub fn prepare_engine(&self) -> Result<(), CudaError> {
-        self.engine_module().map(|_| ())
-    }
-
-    fn engine_module(&self) -> Result<Arc<CudaModule>, CudaError> {
-        self.module_of(EngineModule::Engine)
+    /// Compiles (or reads from the disk cache) and loads the engine `modules` now, each
+    /// on its own thread.
+    pub fn prepare_engine(&self, modules: &[EngineModule]) -> Result<(), CudaError> {
+        let errors: Vec<CudaError> = std::thread::scope(|s| {
+            let handles: Vec<_> = modules.iter().map(|&m| s.spawn(move || self.module_of(m).err())).collect();
+            handles.into_iter().filter_map(|h| h.join().ok().flatten()).collect()
+        });
+        errors.into_iter().next().map_or(Ok(()), Err)
     }
 
     /// The module of an engine translation unit, compiled (or read from the disk cache)
@@ -737,7 +738,7 @@ impl CudaDevice {
         let m = self.engine.get_or_init(&key, || {
             let t = Instant::now();
             let src = match module {
-                EngineModule::Engine => rocmforge_dsl::codegen::engine_source(),
+                EngineModule::Engine(dtype, part) => rocmforge_dsl::codegen::engine_source_for(dtype, part),
                 EngineModule::DecodeStep { dtype, dpl, group } => rocmforge_dsl::codegen::decode_step_source(dtype, dpl, group),
             };
             let m = src.map_err(|e| e.to_string()).and_then(|src| self.load_source(&key, &src).map_err(|e| e.to_string()));
@@ -750,9 +751,9 @@ impl CudaDevice {
     /// Launches a planned engine kernel on the device's stream.
     pub fn launch_engine(&self, plan: &EnginePlan) -> Result<(), CudaError> {
         let module = self.module_of(plan.module)?;
-        // Modules other than the engine's define symbols of the same name per variant.
+        // The decode step's modules define symbols of the same name per variant.
         let fkey = match plan.module {
-            EngineModule::Engine => plan.symbol.clone(),
+            EngineModule::Engine(..) => plan.symbol.clone(),
             m => format!("{}/{}", m.key(), plan.symbol),
         };
         let f = self

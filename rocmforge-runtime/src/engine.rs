@@ -4,6 +4,7 @@
 //! plans, so they are tested without a GPU; the devices run them.
 
 use rocmforge_dsl::args::ArgError;
+pub use rocmforge_dsl::codegen::EnginePart;
 use rocmforge_dsl::DType;
 
 use crate::plan::{ArgValue, DeviceLimits, LaunchError, TensorArg};
@@ -29,8 +30,10 @@ pub struct EnginePlan {
 /// Which translation unit an engine kernel is compiled in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineModule {
-    /// The engine kernels of every dtype (`rocmforge_dsl::codegen::engine_source`).
-    Engine,
+    /// One part of the engine kernels of one storage dtype
+    /// (`rocmforge_dsl::codegen::engine_source_for`): a model compiles only the parts
+    /// and dtypes it launches, each module on its own thread.
+    Engine(DType, EnginePart),
     /// The persistent decode step of one dtype and head dims a lane
     /// (`rocmforge_dsl::codegen::decode_step_source`).
     DecodeStep {
@@ -47,7 +50,7 @@ impl EngineModule {
     /// The module's cache key (and NVRTC program name).
     pub fn key(&self) -> String {
         match self {
-            EngineModule::Engine => "engine".into(),
+            EngineModule::Engine(dtype, part) => format!("rf_engine_{}_{}", dtype.name(), part.name()),
             EngineModule::DecodeStep { dtype, dpl, group } => format!("rf_decode_step_{}_d{dpl}_g{group}", dtype.name()),
         }
     }
@@ -189,7 +192,7 @@ pub fn plan_gather(
     let vec = (ts[1] as u64 * elem).is_multiple_of(16) && table.device_ptr().is_multiple_of(16) && out.device_ptr().is_multiple_of(16);
     Ok(EnginePlan {
         cooperative: false,
-        module: EngineModule::Engine,
+        module: EngineModule::Engine(table.dtype(), EnginePart::Misc),
         symbol,
         grid: rows_grid(limits, n),
         block: [256, 1, 1],
@@ -252,7 +255,7 @@ pub fn plan_argmax(
     let (parts, chunk) = argmax_parts(cols);
     Ok(EnginePlan {
         cooperative: false,
-        module: EngineModule::Engine,
+        module: EngineModule::Engine(x.dtype(), EnginePart::Misc),
         symbol,
         grid: [parts as u32, rows as u32, 1],
         block: [256, 1, 1],
@@ -327,7 +330,7 @@ pub fn plan_topk(
     block_1024(K, limits)?;
     Ok(EnginePlan {
         cooperative: false,
-        module: EngineModule::Engine,
+        module: EngineModule::Engine(x.dtype(), EnginePart::Misc),
         symbol,
         grid: rows_grid(limits, rows),
         block: [1024, 1, 1],
@@ -446,7 +449,7 @@ pub fn plan_gemv(
     };
     Ok(EnginePlan {
         cooperative: false,
-        module: EngineModule::Engine,
+        module: EngineModule::Engine(dtype, EnginePart::Gemv(mt as u32)),
         symbol: format!("rf_gemv{mt}_{}", dtype.name()),
         grid: rows_grid(limits, (g.n as u64).div_ceil(4)),
         block: [128, 1, 1],
@@ -581,7 +584,7 @@ pub fn plan_qkv_post(limits: &DeviceLimits, a: &QkvPost<'_>, mscale: f32, eps: f
     })?;
     Ok(EnginePlan {
         cooperative: false,
-        module: EngineModule::Engine,
+        module: EngineModule::Engine(a.qkv.dtype(), EnginePart::Misc),
         symbol,
         grid: rows_grid(limits, items.div_ceil(4)),
         block: [128, 1, 1],
@@ -732,10 +735,12 @@ pub fn plan_gemv_pairs(
     ];
     args.extend(stage);
     args.extend(sizes.map(ArgValue::I32));
+    // Checked above: m <= GEMV_MAX_ROWS (8).
+    let mt = (m as u32).next_power_of_two();
     Ok(EnginePlan {
         cooperative: false,
-        module: EngineModule::Engine,
-        symbol: format!("rf_gemv_pair{}_{}", (m as usize).next_power_of_two(), dtype.name()),
+        module: EngineModule::Engine(dtype, EnginePart::Pairs(mt)),
+        symbol: format!("rf_gemv_pair{mt}_{}", dtype.name()),
         grid: rows_grid(limits, pairs.div_ceil(4)),
         block: [128, 1, 1],
         args,
@@ -761,7 +766,7 @@ pub fn plan_swiglu_rows(limits: &DeviceLimits, x: &dyn TensorArg, out: &dyn Tens
     let n = rows.saturating_mul(cols / 2);
     Ok(EnginePlan {
         cooperative: false,
-        module: EngineModule::Engine,
+        module: EngineModule::Engine(x.dtype(), EnginePart::Misc),
         symbol,
         grid: rows_grid(limits, n.div_ceil(256)),
         block: [256, 1, 1],
