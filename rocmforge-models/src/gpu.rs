@@ -155,10 +155,6 @@ pub struct GpuModel {
     step: Option<StepState>,
 }
 
-/// Most chunks the persistent decode step cuts a sequence's positions into for attention
-/// (each a multiple of 32 positions).
-const STEP_MAX_SPLITS: usize = 64;
-
 /// What the persistent decode step reads besides the model's tensors: the layer table
 /// (each layer's addresses), the attention partials, the per-KV-head counters and the
 /// grid barrier (both zeroed at allocation; every launch leaves them so).
@@ -977,7 +973,6 @@ fn step_state(
         inter: cfg.intermediate,
         vocab: cfg.vocab,
         page_size: opts.block_size,
-        max_splits: STEP_MAX_SPLITS,
         eps: cfg.eps,
         mscale,
     };

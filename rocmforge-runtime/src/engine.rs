@@ -836,8 +836,6 @@ pub struct StepDims {
     pub vocab: usize,
     /// KV cache tokens per page (a power of two).
     pub page_size: usize,
-    /// Most chunks the attention phase cuts a sequence into (sizes `ws`).
-    pub max_splits: usize,
     /// RMSNorm epsilon.
     pub eps: f32,
     /// Rotary amplitude (1 but for YaRN).
@@ -874,8 +872,8 @@ pub fn decode_step_unsupported(dtype: DType, d: &StepDims) -> Option<String> {
             return Some(format!("{what} {k} (a multiple of {v})"));
         }
     }
-    if !d.page_size.is_power_of_two() || d.max_splits == 0 || d.max_splits > 64 || d.vocab == 0 {
-        return Some(format!("page size {} / {} splits / vocabulary {}", d.page_size, d.max_splits, d.vocab));
+    if !d.page_size.is_power_of_two() || d.vocab == 0 {
+        return Some(format!("page size {} / vocabulary {}", d.page_size, d.vocab));
     }
     None
 }
@@ -988,14 +986,19 @@ impl std::fmt::Debug for StepBuffers<'_> {
     }
 }
 
+/// Most chunks of 32 positions the persistent decode step's attention cuts a sequence
+/// into: the kernel's limit (it combines at most this many partials a head), passed to it
+/// and sizing its workspace.
+pub const STEP_MAX_SPLITS: usize = 64;
+
 /// f32 elements of the attention partials a persistent decode step needs.
 pub fn decode_step_workspace(d: &StepDims) -> usize {
-    d.heads.saturating_mul(d.max_splits).saturating_mul(d.head_dim + 2)
+    d.heads.saturating_mul(STEP_MAX_SPLITS).saturating_mul(d.head_dim + 2)
 }
 
 /// Plans one decode step of one sequence, every layer and the LM head, as one
 /// cooperative launch of one 512-thread workgroup per multiprocessor
-/// (`rf_decode_step_<dtype>`, templates/engine.hip.tera): the phases of a layer are
+/// (`rf_decode_step_<dtype>`, templates/decode_step.hip.tera): the phases of a layer are
 /// separated by grid barriers, and each product accumulates exactly as [`plan_gemv`] and
 /// [`plan_gemv_pairs`] do. `layers` is the table from [`decode_step_table`] (u32
 /// `[n_layers * STEP_LAYER_WORDS]`). CUDA only (sm_70+: the barrier's
@@ -1090,7 +1093,7 @@ pub fn plan_decode_step(
             ArgValue::I32(i("rotated pairs", d.half_rot)?),
             ArgValue::I32(i("intermediate", d.inter)?),
             ArgValue::I32(d.page_size.trailing_zeros() as i32),
-            ArgValue::I32(i("splits", d.max_splits)?),
+            ArgValue::I32(STEP_MAX_SPLITS as i32),
             ArgValue::Ptr(b.ws.device_ptr()),
             ArgValue::Ptr(b.counters.device_ptr()),
             ArgValue::Ptr(b.bar.device_ptr()),
@@ -1216,7 +1219,6 @@ mod tests {
             inter: 160,
             vocab: 512,
             page_size: 16,
-            max_splits: 64,
             eps: 1e-5,
             mscale: 1.0,
         };
@@ -1226,7 +1228,6 @@ mod tests {
             StepDims { head_dim: 256, ..d },
             StepDims { head_dim: 12, ..d },
             StepDims { hidden: 60, ..d },
-            StepDims { max_splits: 65, ..d },
             StepDims { page_size: 24, ..d },
         ] {
             assert!(decode_step_unsupported(bf, &bad).is_some(), "{bad:?}");
