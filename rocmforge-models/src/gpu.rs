@@ -396,9 +396,12 @@ impl GpuModel {
         // decode batches up to GEMV_ROWS, the paired ones for one sequence, the only place
         // they run), and the f32 part that holds the logits' argmax and top-k.
         let widest = (GEMV_ROWS as u32).next_power_of_two();
-        let mut parts = vec![EnginePart::Misc, EnginePart::Pairs(1)];
-        parts.extend([1, 2, 4, 8].into_iter().filter(|&r| r <= widest).map(EnginePart::Gemv));
-        let mut modules: Vec<EngineModule> = parts.into_iter().map(|p| EngineModule::Engine(dt, p)).collect();
+        let launched = |p: &EnginePart| match *p {
+            EnginePart::Misc => true,
+            EnginePart::Gemv(rows) => rows <= widest,
+            EnginePart::Pairs(rows) => rows == 1,
+        };
+        let mut modules: Vec<EngineModule> = EnginePart::ALL.into_iter().filter(launched).map(|p| EngineModule::Engine(dt, p)).collect();
         if dt != DType::F32 {
             modules.push(EngineModule::Engine(DType::F32, EnginePart::Misc));
         }
