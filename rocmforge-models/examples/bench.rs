@@ -72,15 +72,15 @@ struct Args {
     /// Weight and activation dtype on the GPU.
     #[arg(long, value_enum, default_value = "bf16")]
     dtype: WeightType,
-    /// Prompt lengths to time (comma-separated).
-    #[arg(short = 'p', long, value_delimiter = ',', default_value = "512,2048")]
-    prompt: Vec<usize>,
+    /// Prompt lengths to time (comma-separated; empty to skip).
+    #[arg(short = 'p', long, value_parser = sizes, default_value = "512,2048")]
+    prompt: Sizes,
     /// Generated tokens to time at batch 1.
     #[arg(short = 'n', long, default_value_t = 128)]
     gen: usize,
     /// Batch sizes of the batched decode table (comma-separated; empty to skip).
-    #[arg(short = 'b', long, value_delimiter = ',', default_value = "1,4,16,64")]
-    batch: Vec<usize>,
+    #[arg(short = 'b', long, value_parser = sizes, default_value = "1,4,16,64")]
+    batch: Sizes,
     /// Context length for the long-context check (0 to skip).
     #[arg(long, default_value_t = 8192)]
     context: usize,
@@ -135,6 +135,19 @@ impl From<Preset> for ModelPreset {
 }
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// A comma-separated list of sizes, possibly empty (`-b ""` skips the batched table).
+#[derive(Debug, Clone)]
+struct Sizes(Vec<usize>);
+
+fn sizes(s: &str) -> Result<Sizes, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse().map_err(|e| format!("`{p}` is not a size: {e}")))
+        .collect::<Result<_, _>>()
+        .map(Sizes)
+}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -318,7 +331,7 @@ fn run(args: &Args) -> Res<serde_json::Value> {
         }
         results.push(o);
     };
-    for &n in &args.prompt {
+    for &n in &args.prompt.0 {
         pp(&mut g, n.min(256))?;
         let v: Vec<f64> = (0..reps).map(|_| pp(&mut g, n)).collect::<Res<_>>()?;
         row(format!("pp{n}"), median(v), serde_json::json!({}));
@@ -347,7 +360,7 @@ fn run(args: &Args) -> Res<serde_json::Value> {
             serde_json::json!({ "fraction_of_limit": tok_s / limit, "limit_tok_s": limit, "pipelined": false }),
         );
     }
-    for &b in &args.batch {
+    for &b in &args.batch.0 {
         let v: Vec<f64> = (0..reps).map(|_| decode(&mut g, b, 32, 64)).collect::<Res<_>>()?;
         row(format!("decode b{b}"), median(v), serde_json::json!({ "batch": b, "prompt": 32, "steps": 64 }));
     }
@@ -357,7 +370,7 @@ fn run(args: &Args) -> Res<serde_json::Value> {
     }
     let mut profile = serde_json::Map::new();
     if args.profile {
-        let n = args.prompt.first().copied().unwrap_or(512);
+        let n = args.prompt.0.first().copied().unwrap_or(512);
         for (label, batch) in [("pp", 0), ("tg", 1), ("b4", 4)] {
             g.set_profiling(true);
             if batch == 0 {

@@ -275,11 +275,31 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
             let mut out = dev.alloc(DType::I32, &[rows])?;
             dev.poison(&mut out)?;
             let ws = dev.alloc(DType::F32, &[argmax_workspace(rows, cols)])?;
-            dev.launch_engine(&plan_argmax(&lim, &x, &out, &argmax_counters, &ws)?)?;
-            let got: Vec<u32> =
-                dev.read_bytes(&out)?.chunks_exact(4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as u32).collect();
+            // The second output (a decode's history) on every other shape.
+            let mut also = dev.alloc(DType::I32, &[rows])?;
+            dev.poison(&mut also)?;
+            let with_also = cols % 2 == 0;
+            dev.launch_engine(&plan_argmax(
+                &lim,
+                &x,
+                &out,
+                with_also.then_some(&also as &dyn rocmforge_runtime::TensorArg),
+                &argmax_counters,
+                &ws,
+            )?)?;
+            let ids = |t: &rocmforge_runtime::cuda::DeviceTensor| -> Res<Vec<u32>> {
+                Ok(dev.read_bytes(t)?.chunks_exact(4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as u32).collect())
+            };
+            let got = ids(&out)?;
             let want: Vec<u32> = rounded.chunks_exact(cols).map(argmax).collect();
             tally.check(got == want, format!("engine argmax {dtype:<5} [{rows}, {cols}] with a tie: {:?}", &got[..got.len().min(4)]));
+            if with_also {
+                let got2 = ids(&also)?;
+                tally.check(
+                    got2 == want,
+                    format!("engine argmax {dtype:<5} [{rows}, {cols}], second output: {:?}", &got2[..got2.len().min(4)]),
+                );
+            }
 
             let k = 50.min(cols);
             let mut vals = dev.alloc(DType::F32, &[rows, k])?;

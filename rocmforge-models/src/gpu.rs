@@ -15,9 +15,9 @@ use std::sync::Arc;
 use rocmforge_dsl::rope::inv_freq;
 use rocmforge_runtime::cuda::{CudaDevice, CudaError, CudaEvent, DeviceGraph, DeviceTensor};
 use rocmforge_runtime::engine::{
-    argmax_workspace, decode_step_table, decode_step_ticks, decode_step_unsupported, decode_step_workspace, plan_argmax, plan_decode_step,
-    plan_gather, plan_gemm, plan_gemv, plan_gemv_pairs, plan_qkv_post, plan_swiglu_rows, plan_topk, EngineModule, EnginePart, GemvFusion,
-    PairEpilogue, QkvPost, StepBuffers, StepDims, StepLayer, TOPK_MAX,
+    argmax_workspace, decode_step_table, decode_step_ticks, decode_step_unsupported, decode_step_workspace, plan_argmax,
+    plan_decode_advance, plan_decode_step, plan_gather, plan_gemm, plan_gemv, plan_gemv_pairs, plan_qkv_post, plan_swiglu_rows, plan_topk,
+    DecodeIndex, EngineModule, EnginePart, GemvFusion, PairEpilogue, QkvPost, StepBuffers, StepDims, StepLayer, TOPK_MAX,
 };
 use rocmforge_runtime::{AttnSeqs, DType, Kernel, KvIndex, LaunchError, LaunchPlan, TensorArg};
 
@@ -868,7 +868,7 @@ impl GpuModel {
         let logits = self.s.logits.view(0, &[rows, vocab])?;
         let greedy = samplers.iter().all(|s| s.params().temperature == 0.0 && !s.has_penalties());
         if greedy {
-            self.argmax_to_next(rows)?;
+            self.argmax_to_next(rows, None)?;
             let ids = self.read_ids(&self.s.next.view(0, &[rows])?)?;
             for (s, &id) in samplers.iter_mut().zip(&ids) {
                 s.observe(&[id]);
@@ -916,21 +916,57 @@ impl GpuModel {
                 self.plan.max_context
             )));
         }
-        let mut gen = self.dev.alloc(DType::I32, &[n])?;
+        let gen = self.dev.alloc(DType::I32, &[n])?;
         for i in 0..n {
-            // Step 0 feeds `first`; later steps the previous argmax, on the device.
-            self.forward_with(&mut [SeqTokens { seq: &mut *seq, tokens: &[first] }], i > 0)?;
-            self.argmax_to_next(1)?;
-            self.dev.copy_view(&self.s.next.view(0, &[1])?, &mut gen.view_mut(i, &[1])?)?;
+            // Step 0 feeds `first`; later steps the previous argmax, on the device: staged
+            // there from the step before where its pages allow, else from the host.
+            if i == 0 || !self.advance(seq)? {
+                self.forward_with(&mut [SeqTokens { seq: &mut *seq, tokens: &[first] }], i > 0)?;
+            }
+            // The argmax writes the id where the next step reads it and into the history.
+            self.argmax_to_next(1, Some(&gen.view(i, &[1])?))?;
         }
         self.read_ids(&gen)
     }
 
-    /// The greedy argmax of the last forward's `rows` logits rows into `next`, on the GPU.
-    fn argmax_to_next(&self, rows: usize) -> Result<()> {
+    /// The next decode step of `seq`, fed the last argmax, run without a copy between
+    /// the host and the device: the index staged for its step before (which must be the
+    /// last forward, of `seq` alone, one token) is advanced on the device by one kernel,
+    /// and the step's graph replayed. `false`, with nothing done, where that does not
+    /// apply: graphs off or profiling, a new page needed, no graph of this table width
+    /// yet. Context limits are the caller's to check (as `decode_greedy` does).
+    fn advance(&mut self, seq: &mut KvSeq) -> Result<bool> {
+        let bs = self.opts.block_size;
+        let pages = seq.blocks().len();
+        if !self.opts.cuda_graphs || self.profiling || seq.is_empty() || (seq.len() + 1).div_ceil(bs) > pages {
+            return Ok(false);
+        }
+        let width = pages.next_power_of_two().max(16).min(self.max_blocks);
+        let Some(graph) = self.graphs.get(&(1, width)) else {
+            return Ok(false);
+        };
+        let o = IndexOffsets::new(1, 1);
+        let idx = &self.s.index;
+        let index = DecodeIndex {
+            ids: &idx.view(0, &[1])?,
+            pos: &idx.view(o.pos, &[1])?,
+            slots: &idx.view(o.slots, &[1])?,
+            lens: &idx.view(o.lens, &[1])?,
+            table: &idx.view(o.table, &[pages])?,
+        };
+        self.dev.launch_engine(&plan_decode_advance(&index, &self.s.next.view(0, &[1])?, bs)?)?;
+        graph.launch()?;
+        self.rows = 1;
+        self.pool.commit(seq, 1)?;
+        Ok(true)
+    }
+
+    /// The greedy argmax of the last forward's `rows` logits rows into `next` (and into
+    /// `also` where given), on the GPU.
+    fn argmax_to_next(&self, rows: usize, also: Option<&dyn TensorArg>) -> Result<()> {
         let logits = self.s.logits.view(0, &[rows, self.cfg.vocab])?;
         let out = self.s.next.view(0, &[rows])?;
-        self.dev.launch_engine(&plan_argmax(self.dev.limits(), &logits, &out, &self.s.argmax_counters, &self.s.argmax_ws)?)?;
+        self.dev.launch_engine(&plan_argmax(self.dev.limits(), &logits, &out, also, &self.s.argmax_counters, &self.s.argmax_ws)?)?;
         Ok(())
     }
 

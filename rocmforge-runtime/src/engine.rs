@@ -208,6 +208,73 @@ pub fn plan_gather(
     })
 }
 
+/// The index of a one-sequence decode step, as the model stages it (i32 windows of one
+/// element each, and the sequence's block table row).
+#[derive(Clone, Copy)]
+pub struct DecodeIndex<'a> {
+    /// The token id fed.
+    pub ids: &'a dyn TensorArg,
+    /// Its position.
+    pub pos: &'a dyn TensorArg,
+    /// Its page slot (page * block_size + offset).
+    pub slots: &'a dyn TensorArg,
+    /// The sequence's length with it.
+    pub lens: &'a dyn TensorArg,
+    /// The block table row (pages of the sequence).
+    pub table: &'a dyn TensorArg,
+}
+
+impl std::fmt::Debug for DecodeIndex<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodeIndex").field("table", &self.table.shape()).finish()
+    }
+}
+
+/// Plans the next step of a one-sequence decode staged on the device over `index`, the
+/// step before's (`rf_decode_advance_f32`, in the f32 module whatever the weights): position and length + 1, the slot through the
+/// table row, the id from `next` (the last argmax). The caller keeps the new position
+/// inside the pages of the row (the kernel cannot check it).
+pub fn plan_decode_advance(index: &DecodeIndex<'_>, next: &dyn TensorArg, block_size: usize) -> Result<EnginePlan, LaunchError> {
+    const K: &str = "decode_advance";
+    for (name, t, min) in [
+        ("ids", index.ids, 1),
+        ("pos", index.pos, 1),
+        ("slots", index.slots, 1),
+        ("lens", index.lens, 1),
+        ("table", index.table, 1),
+        ("next", next, 1),
+    ] {
+        if t.dtype() != DType::I32 {
+            return Err(dtype_err(K, name, "i32".into(), t.dtype()));
+        }
+        if t.shape().iter().product::<usize>() < min {
+            return Err(shape_err(K, name, format!("at least {min} element"), t.shape()));
+        }
+    }
+    let bs = i32::try_from(block_size).ok().filter(|&b| b > 0).ok_or(LaunchError::Limit {
+        kernel: K.into(),
+        what: "block size",
+        value: block_size as u64,
+        limit: i32::MAX as u64,
+    })?;
+    Ok(EnginePlan {
+        cooperative: false,
+        module: EngineModule::Engine(DType::F32, EnginePart::Misc),
+        symbol: "rf_decode_advance_f32".into(),
+        grid: [1, 1, 1],
+        block: [32, 1, 1],
+        args: vec![
+            ArgValue::Ptr(index.ids.device_ptr()),
+            ArgValue::Ptr(index.pos.device_ptr()),
+            ArgValue::Ptr(index.slots.device_ptr()),
+            ArgValue::Ptr(index.lens.device_ptr()),
+            ArgValue::Ptr(index.table.device_ptr()),
+            ArgValue::Ptr(next.device_ptr()),
+            ArgValue::I32(bs),
+        ],
+    })
+}
+
 /// Columns one argmax workgroup reduces ([`plan_argmax`] cuts a row into chunks).
 const ARGMAX_CHUNK: u64 = 2048;
 /// Most chunks of one argmax row.
@@ -230,10 +297,13 @@ pub fn argmax_workspace(rows: usize, cols: usize) -> usize {
 /// workgroup each, and the last to finish reduces them: `counters` is u32, at least
 /// `rows` elements, zero before the first launch (each launch leaves them zero); `ws`
 /// is f32, at least [`argmax_workspace`] elements.
+/// `also`, i32 `[rows]` where given, receives the ids too (a decode keeps its history
+/// there without a copy after each step).
 pub fn plan_argmax(
     limits: &DeviceLimits,
     x: &dyn TensorArg,
     out: &dyn TensorArg,
+    also: Option<&dyn TensorArg>,
     counters: &dyn TensorArg,
     ws: &dyn TensorArg,
 ) -> Result<EnginePlan, LaunchError> {
@@ -241,11 +311,14 @@ pub fn plan_argmax(
     let symbol = engine_symbol(K, x.dtype())?;
     let (rows, cols) = rows_cols(K, "x", x)?;
     int(K, "columns", cols)?;
-    if out.dtype() != DType::I32 {
-        return Err(dtype_err(K, "out", "i32".into(), out.dtype()));
-    }
-    if out.shape().iter().product::<usize>() as u64 != rows {
-        return Err(shape_err(K, "out", format!("{rows} elements, one per row of x"), out.shape()));
+    for (name, o) in [("out", Some(out)), ("also", also)] {
+        let Some(o) = o else { continue };
+        if o.dtype() != DType::I32 {
+            return Err(dtype_err(K, name, "i32".into(), o.dtype()));
+        }
+        if o.shape().iter().product::<usize>() as u64 != rows {
+            return Err(shape_err(K, name, format!("{rows} elements, one per row of x"), o.shape()));
+        }
     }
     workspace(K, "counters", counters, DType::U32, rows as usize)?;
     workspace(K, "ws", ws, DType::F32, argmax_workspace(rows as usize, cols as usize))?;
@@ -266,6 +339,7 @@ pub fn plan_argmax(
             ArgValue::I64(chunk as i64),
             ArgValue::I32(parts as i32),
             ArgValue::Ptr(out.device_ptr()),
+            ArgValue::Ptr(also.map_or(0, |a| a.device_ptr())),
             ArgValue::Ptr(counters.device_ptr()),
             ArgValue::Ptr(ws.device_ptr()),
         ],
@@ -1142,15 +1216,30 @@ mod tests {
         assert!(plan_gather(&l, &t(DType::BF16, &[100, 64]), &t(DType::U32, &[5]), &t(DType::BF16, &[5, 64])).is_err());
         assert!(plan_gather(&l, &t(DType::BF16, &[100, 64]), &t(DType::I32, &[5]), &t(DType::BF16, &[4, 64])).is_err());
         let (cnt, ws) = (t(DType::U32, &[3]), t(DType::F32, &[argmax_workspace(3, 128_256)]));
-        let a = plan_argmax(&l, &t(DType::F32, &[3, 128_256]), &t(DType::I32, &[3]), &cnt, &ws).unwrap();
+        let a = plan_argmax(&l, &t(DType::F32, &[3, 128_256]), &t(DType::I32, &[3]), None, &cnt, &ws).unwrap();
         // 63 chunks of 2036 columns a row, one workgroup each.
         assert_eq!((a.symbol.as_str(), a.grid, a.args[3]), ("rf_argmax_f32", [63, 3, 1], ArgValue::I64(2036)));
         assert_eq!(argmax_workspace(3, 128_256), 3 * 2 * 63);
-        assert!(plan_argmax(&l, &t(DType::F32, &[3, 1000]), &t(DType::I32, &[2]), &cnt, &ws).is_err());
+        assert!(plan_argmax(&l, &t(DType::F32, &[3, 1000]), &t(DType::I32, &[2]), None, &cnt, &ws).is_err());
+        assert!(plan_argmax(&l, &t(DType::F32, &[3, 1000]), &t(DType::I32, &[3]), Some(&t(DType::I32, &[2])), &cnt, &ws).is_err());
+        assert!(plan_argmax(&l, &t(DType::F32, &[3, 1000]), &t(DType::I32, &[3]), Some(&t(DType::U32, &[3])), &cnt, &ws).is_err());
+        let also = plan_argmax(&l, &t(DType::F32, &[3, 1000]), &t(DType::I32, &[3]), Some(&t(DType::I32, &[3])), &cnt, &ws).unwrap();
+        assert_ne!(also.args[6], ArgValue::Ptr(0));
+        assert_eq!(a.args[6], ArgValue::Ptr(0));
         let short = t(DType::F32, &[argmax_workspace(3, 128_256) - 1]);
-        assert!(plan_argmax(&l, &t(DType::F32, &[3, 128_256]), &t(DType::I32, &[3]), &cnt, &short).is_err());
-        assert!(plan_argmax(&l, &t(DType::F32, &[3, 10]), &t(DType::I32, &[3]), &t(DType::U32, &[2]), &ws).is_err());
-        assert!(plan_argmax(&l, &t(DType::F32, &[3, 10]), &t(DType::I32, &[3]), &cnt, &t(DType::U32, &[60])).is_err());
+        assert!(plan_argmax(&l, &t(DType::F32, &[3, 128_256]), &t(DType::I32, &[3]), None, &cnt, &short).is_err());
+        assert!(plan_argmax(&l, &t(DType::F32, &[3, 10]), &t(DType::I32, &[3]), None, &t(DType::U32, &[2]), &ws).is_err());
+        assert!(plan_argmax(&l, &t(DType::F32, &[3, 10]), &t(DType::I32, &[3]), None, &cnt, &t(DType::U32, &[60])).is_err());
+        let one = t(DType::I32, &[1]);
+        let ix = DecodeIndex { ids: &one, pos: &one, slots: &one, lens: &one, table: &t(DType::I32, &[16]) };
+        let adv = plan_decode_advance(&ix, &one, 16).unwrap();
+        assert_eq!(
+            (adv.symbol.as_str(), adv.module, adv.args[6]),
+            ("rf_decode_advance_f32", EngineModule::Engine(DType::F32, EnginePart::Misc), ArgValue::I32(16))
+        );
+        assert!(plan_decode_advance(&ix, &one, 0).is_err());
+        assert!(plan_decode_advance(&ix, &t(DType::U32, &[1]), 16).is_err());
+        assert!(plan_decode_advance(&DecodeIndex { table: &t(DType::I32, &[0]), ..ix }, &one, 16).is_err());
         let k = plan_topk(&l, &t(DType::F16, &[2, 1000]), 50, &t(DType::F32, &[2, 50]), &t(DType::I32, &[2, 50])).unwrap();
         assert_eq!(k.args[3], ArgValue::I32(50));
         for bad_k in [0, 1001, TOPK_MAX + 1] {
