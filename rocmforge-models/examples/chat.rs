@@ -65,6 +65,8 @@ fn run(args: &Args) -> Result<(), String> {
     };
     reset(&mut history);
     let mut sampling = args.sampling.params(&model);
+    // Bad sampling flags are refused before the first prompt.
+    sampling.validate().map_err(|e| e.to_string())?;
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
     loop {

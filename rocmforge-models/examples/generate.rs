@@ -93,6 +93,8 @@ fn run(args: &Args) -> Result<(), String> {
         stop: args.sampling.stop.clone(),
         eos: if args.sampling.ignore_eos { Vec::new() } else { model.eos_ids() },
     };
+    // Bad sampling flags are refused before anything is printed or run.
+    opts.sampling.validate().map_err(|e| e.to_string())?;
     let mut stdout = std::io::stdout();
     if text_out {
         print!("{prompt_text}");

@@ -188,7 +188,8 @@ pub fn generation_loop(
         generated_ids: generated,
         text: stop.text,
         finish,
-        prefill_tok_s: prompt_ids.len() as f64 / prefill_s.max(1e-9),
+        // No prefill runs when no token is asked for: no speed to report.
+        prefill_tok_s: if opts.max_tokens == 0 { 0.0 } else { prompt_ids.len() as f64 / prefill_s.max(1e-9) },
         decode_tok_s: if decode_steps == 0 { 0.0 } else { decode_steps as f64 / decode_s.max(1e-9) },
     })
 }

@@ -216,6 +216,13 @@ fn bad_sampling_parameters_are_rejected() {
 fn eos_stop_strings_and_max_tokens_end_generation() {
     let model = demo::model(5).unwrap();
     let ids = model.codec.encode("abc", true).unwrap();
+    // No token asked for: nothing runs, and no speed is made up for the prefill.
+    let none = model.generate(&ids, &GenerateOptions { max_tokens: 0, ..GenerateOptions::default() }, |_| {}).unwrap();
+    assert!(none.generated_ids.is_empty());
+    assert_eq!((none.prefill_tok_s, none.decode_tok_s), (0.0, 0.0));
+    let one = model.generate(&ids, &GenerateOptions { max_tokens: 1, ..GenerateOptions::default() }, |_| {}).unwrap();
+    assert_eq!(one.generated_ids.len(), 1);
+    assert!(one.prefill_tok_s > 0.0 && one.prefill_tok_s.is_finite());
     let free = model.generate(&ids, &GenerateOptions { max_tokens: 12, ..GenerateOptions::default() }, |_| {}).unwrap();
     assert_eq!(free.generated_ids.len(), 12);
     assert_eq!(free.finish, rocmforge_models::Finish::Length);

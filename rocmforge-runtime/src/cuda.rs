@@ -154,7 +154,11 @@ impl std::fmt::Debug for CudaDevice {
 impl CudaDevice {
     /// NVIDIA GPUs present; an error when the driver library cannot be loaded.
     pub fn count() -> Result<usize, CudaError> {
-        // cudarc's dynamic loading panics when libcuda is absent: report it as a value.
+        // cudarc's dynamic loading panics when libcuda is absent: look for it first (so
+        // no panic message reaches the user), and keep the catch as a backstop.
+        if !library_present(Vendor::Driver) {
+            return Err(CudaError::NoDevice("the CUDA driver library (libcuda.so) could not be loaded".into()));
+        }
         let count = std::panic::catch_unwind(CudaContext::device_count)
             .map_err(|_| CudaError::NoDevice("the CUDA driver library (libcuda.so) could not be loaded".into()))?
             .map_err(|e| CudaError::NoDevice(format!("cuDeviceGetCount: {e}")))?;
@@ -495,6 +499,17 @@ impl CudaDevice {
 
     /// A module from source: the CUBIN from the disk cache, or NVRTC (then cached).
     fn load_source(&self, symbol: &str, src: &str) -> Result<Arc<CudaModule>, CudaError> {
+        // cudarc panics when libnvrtc cannot be loaded (a driver without the toolkit).
+        if !library_present(Vendor::Nvrtc) {
+            return Err(CudaError::Compile {
+                kernel: symbol.to_string(),
+                arch: self.arch.clone(),
+                message: "NVRTC (libnvrtc.so) could not be loaded: install the CUDA toolkit's NVRTC (e.g. the cuda-nvrtc package) \
+                          and put its lib directory on LD_LIBRARY_PATH"
+                    .into(),
+                log: String::new(),
+            });
+        }
         let nvrtc_version = nvrtc_version();
         let dir = cache_dir();
         // The target compiled for is also the cache key, so a CUBIN built for another
@@ -634,6 +649,12 @@ impl CudaDevice {
     fn blas(&self) -> Result<&cudarc::cublas::CudaBlas, CudaError> {
         let b = self.blas.get_or_init(|| {
             // cudarc panics when libcublas cannot be loaded: report it as an error.
+            if !library_present(Vendor::Blas) {
+                return Err(
+                    "libcublas could not be loaded; install the CUDA toolkit's cuBLAS and put its lib directory on LD_LIBRARY_PATH"
+                        .to_string(),
+                );
+            }
             let stream = Arc::clone(&self.stream);
             let blas = std::panic::catch_unwind(move || cudarc::cublas::CudaBlas::new(stream))
                 .map_err(|_| {
@@ -1029,6 +1050,31 @@ fn compile_cubin(src: &str, target: &str) -> Result<Vec<u8>, (String, String)> {
     }
 }
 
+/// The vendor libraries cudarc loads on first use.
+#[derive(Clone, Copy)]
+enum Vendor {
+    Driver,
+    Nvrtc,
+    Blas,
+}
+
+/// Whether `v`'s shared library loads on this machine, probed once per library (cudarc
+/// panics on first use of one that does not).
+fn library_present(v: Vendor) -> bool {
+    use std::sync::OnceLock;
+    static FOUND: [OnceLock<bool>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    // Each probe opens the vendor library by its usual names and closes it again,
+    // running only the library's own initializers, as cudarc's first use does.
+    match v {
+        // SAFETY: see above.
+        Vendor::Driver => *FOUND[0].get_or_init(|| unsafe { cudarc::driver::sys::is_culib_present() }),
+        // SAFETY: see above.
+        Vendor::Nvrtc => *FOUND[1].get_or_init(|| unsafe { cudarc::nvrtc::sys::is_culib_present() }),
+        // SAFETY: see above.
+        Vendor::Blas => *FOUND[2].get_or_init(|| unsafe { cudarc::cublas::sys::is_culib_present() }),
+    }
+}
+
 fn nvrtc_version() -> String {
     let (mut major, mut minor) = (0, 0);
     // SAFETY: nvrtcVersion writes two ints through valid pointers to locals.
@@ -1053,7 +1099,22 @@ pub fn cuda_include_dir() -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::nvrtc_arch;
+    use super::{library_present, nvrtc_arch, CudaDevice, CudaError, Vendor};
+
+    #[test]
+    fn a_missing_driver_is_an_error_not_a_panic() {
+        // Without libcuda (CI), counting devices is a typed error naming the library;
+        // with it, a count. Never a panic either way.
+        match CudaDevice::count() {
+            Ok(_) => assert!(library_present(Vendor::Driver)),
+            Err(e) => {
+                assert!(matches!(e, CudaError::NoDevice(_)), "{e}");
+                if !library_present(Vendor::Driver) {
+                    assert!(e.to_string().contains("libcuda.so"), "{e}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn hopper_compiles_for_the_arch_specific_target() {

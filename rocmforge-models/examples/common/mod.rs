@@ -28,25 +28,25 @@ pub struct ModelArgs {
 #[derive(Args, Debug, Clone)]
 pub struct SamplingArgs {
     /// Temperature; 0 is greedy.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub temperature: Option<f32>,
     /// Keep only the k most likely tokens (0: off).
     #[arg(long)]
     pub top_k: Option<usize>,
     /// Nucleus sampling: keep the most likely tokens up to this probability mass (1: off).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub top_p: Option<f32>,
     /// Drop tokens less likely than this fraction of the top token (0: off).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub min_p: Option<f32>,
     /// Repetition penalty as in HF transformers (1: off).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub repetition_penalty: Option<f32>,
     /// Presence penalty, subtracted once from tokens already seen (0: off).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub presence_penalty: f32,
     /// Frequency penalty, subtracted per earlier occurrence (0: off).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub frequency_penalty: f32,
     /// Seed of the sampler: the same seed, model and flags give the same output.
     #[arg(long, default_value_t = 0)]
