@@ -7,10 +7,7 @@
 # PROMPTS sets the prompt lengths (-p, default 512), BATCHES the batches (1), REPS the repetitions (3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-gpu-logs}
-mkdir -p "$out"
-export ROCMFORGE_CACHE_DIR=$(mktemp -d)
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+. scripts/gpu-env.sh
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader | tee "$out/summary.txt"
 if [ -z "${SKIP_CHECKS:-}" ]; then
     .gpu/selftest > "$out/selftest.log" 2>&1; echo "selftest exit $? $(tail -n 1 "$out/selftest.log")" | tee -a "$out/summary.txt"

@@ -6,11 +6,7 @@
 # $OUT/per-kernel.txt (one decode step, kernel by kernel) and $OUT/bench.txt (the timing run).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-gpu-logs}
-mkdir -p "$out"
-export ROCMFORGE_CACHE_DIR=$(mktemp -d)
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
+. scripts/gpu-env.sh
 bin=.gpu/${BIN:-bench}
 preset=${PRESET:-llama3.2-1b}
 "$bin" --preset "$preset" -p 512 -n 128 -b "" --context 0 -r 3 --gpu-memory-fraction 0.3 > "$out/bench.txt" 2>&1

@@ -5,11 +5,7 @@
 # the per-instruction SASS counters. Writes $OUT/<name>.txt (and <name>-sass.csv.gz).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-gpu-logs}
-mkdir -p "$out"
-export ROCMFORGE_CACHE_DIR=$(mktemp -d)
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
+. scripts/gpu-env.sh
 for e in ${KERNELS:-rf_gemv_pair1:100 rf_gemv1_:200}; do
     re=${e%%:*}; skip=${e##*:}
     "$ncu" --set full --cache-control none --clock-control none -k "regex:$re" --launch-skip "$skip" --launch-count 1 \

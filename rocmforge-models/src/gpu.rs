@@ -554,11 +554,10 @@ impl GpuModel {
             let layout = self.stage(batch, t, needed, ids_on_device)?;
             return self.launches(&layout);
         }
-        // Decode replays a graph per (sequences, table width): the width is rounded up to a
-        // power of two and attention is planned for the longest context that width holds
-        // (its kernel reads each sequence's true length), so one graph serves every step
-        // until a sequence outgrows the width.
-        let width = needed.next_power_of_two().max(16).min(self.max_blocks);
+        // Decode replays a graph per (sequences, table width): attention is planned for the
+        // longest context that width holds (its kernel reads each sequence's true length),
+        // so one graph serves every step until a sequence outgrows the width.
+        let width = self.graph_width(needed);
         let layout = self.stage(batch, t, width, ids_on_device)?;
         let layout = Layout { max_kv: (width * self.opts.block_size).min(self.plan.max_context as usize), ..layout };
         if let Some(g) = self.graphs.get(&(nb, width)) {
@@ -573,6 +572,12 @@ impl GpuModel {
         let graph = dev.capture(|| self.launches(&layout))?;
         self.graphs.insert((nb, width), graph);
         Ok(())
+    }
+
+    /// The block-table width of the decode graph that serves sequences of up to `pages`
+    /// pages: rounded up to a power of two (16 at least, the planned width at most).
+    fn graph_width(&self, pages: usize) -> usize {
+        pages.next_power_of_two().max(16).min(self.max_blocks)
     }
 
     /// Copies the step's indices to the device: ids, positions, slots, query offsets,
@@ -941,7 +946,7 @@ impl GpuModel {
         if !self.opts.cuda_graphs || self.profiling || seq.is_empty() || (seq.len() + 1).div_ceil(bs) > pages {
             return Ok(false);
         }
-        let width = pages.next_power_of_two().max(16).min(self.max_blocks);
+        let width = self.graph_width(pages);
         let Some(graph) = self.graphs.get(&(1, width)) else {
             return Ok(false);
         };

@@ -157,10 +157,10 @@ impl CudaDevice {
         // cudarc's dynamic loading panics when libcuda is absent: look for it first (so
         // no panic message reaches the user), and keep the catch as a backstop.
         if !library_present(Vendor::Driver) {
-            return Err(CudaError::NoDevice("the CUDA driver library (libcuda.so) could not be loaded".into()));
+            return Err(CudaError::NoDevice(NO_DRIVER.into()));
         }
         let count = std::panic::catch_unwind(CudaContext::device_count)
-            .map_err(|_| CudaError::NoDevice("the CUDA driver library (libcuda.so) could not be loaded".into()))?
+            .map_err(|_| CudaError::NoDevice(NO_DRIVER.into()))?
             .map_err(|e| CudaError::NoDevice(format!("cuDeviceGetCount: {e}")))?;
         Ok(count.max(0) as usize)
     }
@@ -650,17 +650,11 @@ impl CudaDevice {
         let b = self.blas.get_or_init(|| {
             // cudarc panics when libcublas cannot be loaded: report it as an error.
             if !library_present(Vendor::Blas) {
-                return Err(
-                    "libcublas could not be loaded; install the CUDA toolkit's cuBLAS and put its lib directory on LD_LIBRARY_PATH"
-                        .to_string(),
-                );
+                return Err(NO_CUBLAS.to_string());
             }
             let stream = Arc::clone(&self.stream);
             let blas = std::panic::catch_unwind(move || cudarc::cublas::CudaBlas::new(stream))
-                .map_err(|_| {
-                    "libcublas could not be loaded; install the CUDA toolkit's cuBLAS and put its lib directory on LD_LIBRARY_PATH"
-                        .to_string()
-                })?
+                .map_err(|_| NO_CUBLAS.to_string())?
                 .map_err(|e| format!("cublasCreate: {e:?}"))?;
             // A workspace of our own, so cuBLAS never allocates inside a graph capture.
             let ws = self.blas_workspace.get_or_init(|| {
@@ -1049,6 +1043,9 @@ fn compile_cubin(src: &str, target: &str) -> Result<Vec<u8>, (String, String)> {
         out
     }
 }
+
+const NO_DRIVER: &str = "the CUDA driver library (libcuda.so) could not be loaded";
+const NO_CUBLAS: &str = "libcublas could not be loaded; install the CUDA toolkit's cuBLAS and put its lib directory on LD_LIBRARY_PATH";
 
 /// The vendor libraries cudarc loads on first use.
 #[derive(Clone, Copy)]
