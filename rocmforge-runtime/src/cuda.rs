@@ -738,10 +738,24 @@ impl CudaDevice {
 
     /// Compiles (or reads from the disk cache) and loads the engine `modules` now, each
     /// on its own thread.
+    /// A thread that panicked (a compiler library's bug) is that module's error, not a
+    /// silent success that would compile it again at its first launch.
     pub fn prepare_engine(&self, modules: &[EngineModule]) -> Result<(), CudaError> {
         let errors: Vec<CudaError> = std::thread::scope(|s| {
-            let handles: Vec<_> = modules.iter().map(|&m| s.spawn(move || self.module_of(m).err())).collect();
-            handles.into_iter().filter_map(|h| h.join().ok().flatten()).collect()
+            let handles: Vec<_> = modules.iter().map(|&m| (m, s.spawn(move || self.module_of(m).err()))).collect();
+            handles
+                .into_iter()
+                .filter_map(|(m, h)| {
+                    h.join().unwrap_or_else(|panic| {
+                        Some(CudaError::Compile {
+                            kernel: m.key(),
+                            arch: self.arch.clone(),
+                            message: format!("the thread compiling it panicked ({})", panic_text(panic.as_ref())),
+                            log: String::new(),
+                        })
+                    })
+                })
+                .collect()
         });
         errors.into_iter().next().map_or(Ok(()), Err)
     }
@@ -1094,9 +1108,30 @@ pub fn cuda_include_dir() -> String {
     "/usr/local/cuda/include".to_string()
 }
 
+/// The message of a panic's payload (`panic!` with a literal or a formatted string).
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{library_present, nvrtc_arch, CudaDevice, CudaError, Vendor};
+    use super::{library_present, nvrtc_arch, panic_text, CudaDevice, CudaError, Vendor};
+
+    #[test]
+    #[allow(clippy::unwrap_used, clippy::panic, reason = "test: the panics are the input")]
+    fn a_compile_threads_panic_keeps_its_message() {
+        // (The default hook prints these three panics: they are expected.)
+        let literal = std::thread::spawn(|| panic!("expected by this test")).join().unwrap_err();
+        let formatted = std::thread::spawn(|| panic!("expected, code {}", 7)).join().unwrap_err();
+        let other = std::thread::spawn(|| std::panic::panic_any(3_u8)).join().unwrap_err();
+        assert_eq!(panic_text(literal.as_ref()), "expected by this test");
+        assert_eq!(panic_text(formatted.as_ref()), "expected, code 7");
+        assert_eq!(panic_text(other.as_ref()), "no message");
+    }
 
     #[test]
     fn a_missing_driver_is_an_error_not_a_panic() {
