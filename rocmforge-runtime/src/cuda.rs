@@ -738,6 +738,7 @@ impl CudaDevice {
 
     /// Compiles (or reads from the disk cache) and loads the engine `modules` now, each
     /// on its own thread.
+    ///
     /// A thread that panicked (a compiler library's bug) is that module's error, not a
     /// silent success that would compile it again at its first launch.
     pub fn prepare_engine(&self, modules: &[EngineModule]) -> Result<(), CudaError> {
