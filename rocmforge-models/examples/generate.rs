@@ -115,10 +115,14 @@ fn run(args: &Args) -> Result<(), String> {
     match args.output {
         Output::Text => {
             println!();
+            // With nothing to generate the prompt is not run (generate returns at once).
+            let prefill = if opts.max_tokens == 0 {
+                format!("{} tokens, not run (--max-tokens 0)", g.prompt_ids.len())
+            } else {
+                format!("{} tokens, {:.1} tok/s", g.prompt_ids.len(), g.prefill_tok_s)
+            };
             eprintln!(
-                "\nprefill: {} tokens, {:.1} tok/s; decode: {} tokens, {:.1} tok/s; stopped by {:?} ({device}, {})",
-                g.prompt_ids.len(),
-                g.prefill_tok_s,
+                "\nprefill: {prefill}; decode: {} tokens, {:.1} tok/s; stopped by {:?} ({device}, {})",
                 g.generated_ids.len(),
                 g.decode_tok_s,
                 g.finish,
