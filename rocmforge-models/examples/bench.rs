@@ -252,7 +252,6 @@ fn tg_pipelined(g: &mut GpuModel, steps: usize) -> Res<f64> {
 }
 
 fn run(args: &Args) -> Res<serde_json::Value> {
-    let dev = CudaDevice::open(0)?;
     let dtype = match args.dtype {
         WeightType::F16 => DType::F16,
         WeightType::Bf16 => DType::BF16,
@@ -284,6 +283,10 @@ fn run(args: &Args) -> Res<serde_json::Value> {
         step_clock: args.step_clock,
         ..GpuOptions::default()
     };
+    // The arguments and the model are checked before the device is opened, so a typo
+    // is reported as itself even on a machine without a GPU.
+    opts.validate()?;
+    let dev = CudaDevice::open(0)?;
     let (free0, total) = dev.memory_info()?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(

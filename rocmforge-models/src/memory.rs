@@ -222,6 +222,29 @@ pub struct GpuOptions {
     pub step_clock: bool,
 }
 
+impl GpuOptions {
+    /// Checks the options on their own, before any device is opened: dtype, page size,
+    /// batch limits and memory fraction ([`plan_memory`] checks them too).
+    pub fn validate(&self) -> Result<()> {
+        if !matches!(self.dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(ModelError::Invalid(format!("GPU weights must be f32, f16 or bf16, not {}", self.dtype)));
+        }
+        if !(self.block_size == 16 || self.block_size == 32) {
+            return Err(ModelError::Invalid(format!("KV page size {} is not supported (16 or 32)", self.block_size)));
+        }
+        if self.max_batch_tokens == 0 || self.max_seqs == 0 || self.max_seqs > self.max_batch_tokens {
+            return Err(ModelError::Invalid(format!(
+                "max batch tokens {} and max sequences {} must be positive, with sequences <= tokens",
+                self.max_batch_tokens, self.max_seqs
+            )));
+        }
+        if !(self.gpu_memory_fraction > 0.0 && self.gpu_memory_fraction <= 1.0) {
+            return Err(ModelError::Invalid(format!("--gpu-memory-fraction {} must be in (0, 1]", self.gpu_memory_fraction)));
+        }
+        Ok(())
+    }
+}
+
 impl Default for GpuOptions {
     fn default() -> Self {
         GpuOptions {
@@ -270,21 +293,7 @@ const RESERVE_BYTES: u64 = 512 << 20;
 /// activations for `max_batch_tokens`, and a KV cache from what is left (at least one
 /// chunk's worth). A model that does not fit is [`ModelError::DoesNotFit`], naming the sizes.
 pub fn plan_memory(cfg: &ModelConfig, opts: &GpuOptions, free: u64, device: &str) -> Result<MemoryPlan> {
-    if !matches!(opts.dtype, DType::F32 | DType::F16 | DType::BF16) {
-        return Err(ModelError::Invalid(format!("GPU weights must be f32, f16 or bf16, not {}", opts.dtype)));
-    }
-    if !(opts.block_size == 16 || opts.block_size == 32) {
-        return Err(ModelError::Invalid(format!("KV page size {} is not supported (16 or 32)", opts.block_size)));
-    }
-    if opts.max_batch_tokens == 0 || opts.max_seqs == 0 || opts.max_seqs > opts.max_batch_tokens {
-        return Err(ModelError::Invalid(format!(
-            "max batch tokens {} and max sequences {} must be positive, with sequences <= tokens",
-            opts.max_batch_tokens, opts.max_seqs
-        )));
-    }
-    if !(opts.gpu_memory_fraction > 0.0 && opts.gpu_memory_fraction <= 1.0) {
-        return Err(ModelError::Invalid(format!("--gpu-memory-fraction {} must be in (0, 1]", opts.gpu_memory_fraction)));
-    }
+    opts.validate()?;
     let es = opts.dtype.size() as u64;
     let weights: u64 = tensor_list(cfg).iter().map(|(_, s)| s.iter().product::<usize>() as u64 * es).sum();
     let (t, sq) = (opts.max_batch_tokens as u64, opts.max_seqs as u64);
@@ -361,7 +370,10 @@ mod tests {
             GpuOptions { dtype: DType::I32, ..opts },
         ] {
             assert!(matches!(plan_memory(&cfg, &bad, 79 << 30, "H100"), Err(ModelError::Invalid(_))), "{bad:?}");
+            // The same checks without a model or a device (what `bench` runs first).
+            assert!(matches!(bad.validate(), Err(ModelError::Invalid(_))), "{bad:?}");
         }
+        opts.validate().unwrap();
     }
 
     #[test]
