@@ -29,7 +29,7 @@ use rocmforge_models::gpu::{GpuModel, GpuOptions, RandomWeights, SeqTokens};
 use rocmforge_models::memory::ModelPreset;
 use rocmforge_models::sampling::{Sampler, SamplingParams};
 use rocmforge_models::weights::Checkpoint;
-use rocmforge_runtime::cuda::CudaDevice;
+use rocmforge_runtime::cuda::{CudaDevice, CudaError};
 use rocmforge_runtime::DType;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -286,7 +286,16 @@ fn run(args: &Args) -> Res<serde_json::Value> {
     // The arguments and the model are checked before the device is opened, so a typo
     // is reported as itself even on a machine without a GPU.
     opts.validate()?;
-    let dev = CudaDevice::open(0)?;
+    // The runtime's own advice (choose the cpu device) does not apply here: bench
+    // measures the GPU forward only.
+    let dev = CudaDevice::open(0).map_err(|e| match e {
+        CudaError::NoDevice(why) => format!(
+            "no NVIDIA GPU available ({why}): bench measures the GPU forward and needs one; check the driver with \
+             nvidia-smi (`generate` runs models on the CPU)"
+        )
+        .into(),
+        e => Box::new(e) as Box<dyn std::error::Error>,
+    })?;
     let (free0, total) = dev.memory_info()?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(

@@ -111,7 +111,10 @@ fn run(args: &Args) -> Result<(), String> {
         println!();
         match result {
             Ok(g) => {
-                eprintln!("[{} tokens, {:.1} tok/s]", g.generated_ids.len(), g.decode_tok_s);
+                match g.decode_tok_s {
+                    Some(r) => eprintln!("[{} tokens, {r:.1} tok/s]", g.generated_ids.len()),
+                    None => eprintln!("[{} tokens]", g.generated_ids.len()),
+                }
                 history.push(Message { role: "assistant".into(), content: g.text.trim().to_string() });
                 // A new draw each turn, reproducible from the seed.
                 sampling.seed = sampling.seed.wrapping_add(1);

@@ -25,7 +25,8 @@ enum Output {
     /// Stream the text, then the speeds.
     Text,
     /// One JSON object at the end: prompt_ids, generated_ids, text, prefill_tok_s,
-    /// decode_tok_s, finish, model, device, weight_bytes, peak_rss_bytes.
+    /// decode_tok_s (null for a phase that did not run), finish, model, device,
+    /// weight_bytes, peak_rss_bytes.
     Json,
 }
 
@@ -115,19 +116,17 @@ fn run(args: &Args) -> Result<(), String> {
     match args.output {
         Output::Text => {
             println!();
-            // With nothing to generate the prompt is not run (generate returns at once).
-            let prefill = if opts.max_tokens == 0 {
-                format!("{} tokens, not run (--max-tokens 0)", g.prompt_ids.len())
-            } else {
-                format!("{} tokens, {:.1} tok/s", g.prompt_ids.len(), g.prefill_tok_s)
+            // With nothing to generate the prompt is not run (generate returns at once);
+            // the first new token comes from the prefill, so one token has no decode rate.
+            let prefill = match g.prefill_tok_s {
+                Some(r) => format!("{} tokens, {r:.1} tok/s", g.prompt_ids.len()),
+                None => format!("{} tokens, not run (--max-tokens 0)", g.prompt_ids.len()),
             };
-            eprintln!(
-                "\nprefill: {prefill}; decode: {} tokens, {:.1} tok/s; stopped by {:?} ({device}, {})",
-                g.generated_ids.len(),
-                g.decode_tok_s,
-                g.finish,
-                name
-            );
+            let decode = match g.decode_tok_s {
+                Some(r) => format!("{} tokens, {r:.1} tok/s", g.generated_ids.len()),
+                None => format!("{} tokens, no decode step", g.generated_ids.len()),
+            };
+            eprintln!("\nprefill: {prefill}; decode: {decode}; stopped by {:?} ({device}, {})", g.finish, name);
         }
         Output::Json => {
             let obj = serde_json::json!({

@@ -188,9 +188,10 @@ pub fn generation_loop(
         generated_ids: generated,
         text: stop.text,
         finish,
-        // No prefill runs when no token is asked for: no speed to report.
-        prefill_tok_s: if opts.max_tokens == 0 { 0.0 } else { prompt_ids.len() as f64 / prefill_s.max(1e-9) },
-        decode_tok_s: if decode_steps == 0 { 0.0 } else { decode_steps as f64 / decode_s.max(1e-9) },
+        // No prefill runs when no token is asked for, and no decode step when one is (the
+        // prefill gives it): no speed to report for what did not run.
+        prefill_tok_s: (opts.max_tokens > 0).then(|| prompt_ids.len() as f64 / prefill_s.max(1e-9)),
+        decode_tok_s: (decode_steps > 0).then(|| decode_steps as f64 / decode_s.max(1e-9)),
     })
 }
 
@@ -230,10 +231,11 @@ pub struct Generation {
     pub text: String,
     /// Why it ended.
     pub finish: Finish,
-    /// Prompt tokens per second.
-    pub prefill_tok_s: f64,
-    /// Decode steps per second.
-    pub decode_tok_s: f64,
+    /// Prompt tokens per second; `None` when the prompt was not run (no token asked for).
+    pub prefill_tok_s: Option<f64>,
+    /// Decode steps per second; `None` when no decode step ran (at most one new token,
+    /// which the prefill gives).
+    pub decode_tok_s: Option<f64>,
 }
 
 /// Passes text through, holding back what could still become a stop string.

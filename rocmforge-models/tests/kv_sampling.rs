@@ -219,13 +219,16 @@ fn eos_stop_strings_and_max_tokens_end_generation() {
     // No token asked for: nothing runs, and no speed is made up for the prefill.
     let none = model.generate(&ids, &GenerateOptions { max_tokens: 0, ..GenerateOptions::default() }, |_| {}).unwrap();
     assert!(none.generated_ids.is_empty());
-    assert_eq!((none.prefill_tok_s, none.decode_tok_s), (0.0, 0.0));
+    assert_eq!((none.prefill_tok_s, none.decode_tok_s), (None, None));
+    // One token: the prefill gives it, so a prefill rate and no decode rate.
     let one = model.generate(&ids, &GenerateOptions { max_tokens: 1, ..GenerateOptions::default() }, |_| {}).unwrap();
     assert_eq!(one.generated_ids.len(), 1);
-    assert!(one.prefill_tok_s > 0.0 && one.prefill_tok_s.is_finite());
+    assert!(one.prefill_tok_s.is_some_and(|r| r > 0.0 && r.is_finite()));
+    assert_eq!(one.decode_tok_s, None);
     let free = model.generate(&ids, &GenerateOptions { max_tokens: 12, ..GenerateOptions::default() }, |_| {}).unwrap();
     assert_eq!(free.generated_ids.len(), 12);
     assert_eq!(free.finish, rocmforge_models::Finish::Length);
+    assert!(free.decode_tok_s.is_some_and(|r| r > 0.0 && r.is_finite()));
     // EOS: the third greedy token, made an EOS id, ends the run there.
     let eos = free.generated_ids[2];
     let first = free.generated_ids.iter().position(|&t| t == eos).unwrap();
