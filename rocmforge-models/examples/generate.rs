@@ -174,6 +174,10 @@ fn gpu_generate(
     let tokens = prompt_ids.len() + opts.max_tokens + 1;
     let gopts = GpuOptions { dtype, max_seqs: 1, max_kv_tokens: Some(tokens), ..GpuOptions::default() };
     let mut g = GpuModel::load(&dev, cfg, &mut &ck, gopts, |_, _| {}).map_err(|e| err(&e))?;
+    // The first launches compile or load kernels: outside the prefill's timing.
+    if opts.max_tokens > 0 {
+        g.warm_up().map_err(|e| err(&e))?;
+    }
     let mut seq = g.new_sequence();
     let r = rocmforge_models::model::generation_loop(&model.codec, prompt_ids, opts, on_text, &mut |t, s| g.step(&mut seq, t, s));
     g.release(seq);

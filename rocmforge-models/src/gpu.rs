@@ -990,6 +990,23 @@ impl GpuModel {
         let ids = self.sample(&mut [sampler])?;
         ids.first().copied().ok_or_else(|| ModelError::Invalid("no token was sampled".into()))
     }
+
+    /// A short prefill (two tokens, or one where `max_batch_tokens` is one) and a decode
+    /// step on a scratch sequence, which is then released: the first launches load the
+    /// kernels (compiling them at first use where the disk cache lacks them), set up the
+    /// vendor BLAS and capture the first decode graph, so that what a caller times next is
+    /// the model. The sequences and pages are as before; the logits are overwritten.
+    pub fn warm_up(&mut self) -> Result<()> {
+        let mut seq = self.new_sequence();
+        let prefill = [0u32; 2];
+        let n = self.opts.max_batch_tokens.clamp(1, prefill.len());
+        let r = self
+            .forward(&mut [SeqTokens { seq: &mut seq, tokens: &prefill[..n] }])
+            .and_then(|()| self.forward(&mut [SeqTokens { seq: &mut seq, tokens: &[0] }]))
+            .and_then(|()| Ok(self.dev.synchronize()?));
+        self.release(seq);
+        r
+    }
 }
 
 /// The persistent decode step's state for this model, or `None` where the options turn
