@@ -18,6 +18,8 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line program")]
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -297,11 +299,7 @@ fn run(args: &Args) -> Res<serde_json::Value> {
         e => Box::new(e) as Box<dyn std::error::Error>,
     })?;
     let (free0, total) = dev.memory_info()?;
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("uploading weights [{bar:30}] {bytes}/{total_bytes} {elapsed}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = common::upload_bar();
     let progress = |done: u64, all: u64| {
         bar.set_length(all);
         bar.set_position(done);

@@ -173,7 +173,13 @@ fn gpu_generate(
     let ck = rocmforge_models::weights::Checkpoint::open(dir).map_err(|e| err(&e))?;
     let tokens = prompt_ids.len() + opts.max_tokens + 1;
     let gopts = GpuOptions { dtype, max_seqs: 1, max_kv_tokens: Some(tokens), ..GpuOptions::default() };
-    let mut g = GpuModel::load(&dev, cfg, &mut &ck, gopts, |_, _| {}).map_err(|e| err(&e))?;
+    let bar = common::upload_bar();
+    let loaded = GpuModel::load(&dev, cfg, &mut &ck, gopts, |done, all| {
+        bar.set_length(all);
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    let mut g = loaded.map_err(|e| err(&e))?;
     // The first launches compile or load kernels: outside the prefill's timing.
     if opts.max_tokens > 0 {
         g.warm_up().map_err(|e| err(&e))?;
