@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A/B of decode on the GPU machine, alternating binaries in one job: each entry of RUNS
 # (';'-separated; default "bench-base;bench") is a binary in .gpu/ followed by
-# environment settings and bench flags, e.g. "bench-base;bench;bench ROCMFORGE_PDL=0;bench --no-attn-o".
+# environment settings and bench flags, e.g. "bench-base;bench;bench ROCMFORGE_PDL=0;bench --no-pair-epilogues".
 # Runs selftest and model_check first unless SKIP_CHECKS=1. Writes to $OUT (or ./gpu-logs):
 # summary.txt (one line per run), the checks' logs, and the cubins' SASS where asked (SASS=regex).
 # PROMPTS sets the prompt lengths (-p, default 512), BATCHES the batches (1), REPS the repetitions (3).

@@ -300,10 +300,7 @@ fn run(args: &Args) -> Res<serde_json::Value> {
     })?;
     let (free0, total) = dev.memory_info()?;
     let bar = common::upload_bar();
-    let progress = |done: u64, all: u64| {
-        bar.set_length(all);
-        bar.set_position(done);
-    };
+    let progress = common::upload_progress(&bar);
     let t = Instant::now();
     let mut g = match &ck {
         Some(ck) => GpuModel::load(&dev, cfg, &mut &*ck, opts, progress)?,

@@ -174,10 +174,7 @@ fn gpu_generate(
     let tokens = prompt_ids.len() + opts.max_tokens + 1;
     let gopts = GpuOptions { dtype, max_seqs: 1, max_kv_tokens: Some(tokens), ..GpuOptions::default() };
     let bar = common::upload_bar();
-    let loaded = GpuModel::load(&dev, cfg, &mut &ck, gopts, |done, all| {
-        bar.set_length(all);
-        bar.set_position(done);
-    });
+    let loaded = GpuModel::load(&dev, cfg, &mut &ck, gopts, common::upload_progress(&bar));
     bar.finish_and_clear();
     let mut g = loaded.map_err(|e| err(&e))?;
     // The first launches compile or load kernels: outside the prefill's timing.

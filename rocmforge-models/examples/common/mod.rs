@@ -135,7 +135,7 @@ pub fn peak_rss_bytes() -> Option<u64> {
 }
 
 /// A progress bar of a weight upload to the GPU, in bytes, on stderr (indicatif hides it
-/// where stderr is not a terminal); feed it from `GpuModel::load`'s progress callback.
+/// where stderr is not a terminal); [`upload_progress`] feeds it.
 pub fn upload_bar() -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
@@ -143,4 +143,12 @@ pub fn upload_bar() -> indicatif::ProgressBar {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar
+}
+
+/// `GpuModel::load`'s progress callback (bytes done, bytes in all), drawn on `bar`.
+pub fn upload_progress(bar: &indicatif::ProgressBar) -> impl FnMut(u64, u64) + '_ {
+    |done, all| {
+        bar.set_length(all);
+        bar.set_position(done);
+    }
 }
