@@ -158,28 +158,14 @@ fn gpu_generate(
     opts: &GenerateOptions,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<rocmforge_models::Generation, String> {
-    use rocmforge_models::config::WeightDType;
-    use rocmforge_models::gpu::{GpuModel, GpuOptions};
-    use rocmforge_runtime::DType;
     let err = |e: &dyn std::fmt::Display| e.to_string();
-    let dir = model.dir.as_ref().ok_or("the GPU path needs --model DIR")?;
-    let cfg = model.transformer.config().clone();
-    let dtype = match cfg.dtype {
-        Some(WeightDType::F32) => DType::F32,
-        Some(WeightDType::F16) => DType::F16,
-        _ => DType::BF16,
-    };
-    let dev = rocmforge_runtime::cuda::CudaDevice::open(ordinal).map_err(|e| err(&e))?;
-    let ck = rocmforge_models::weights::Checkpoint::open(dir).map_err(|e| err(&e))?;
     let tokens = prompt_ids.len() + opts.max_tokens + 1;
-    let gopts = GpuOptions { dtype, max_seqs: 1, max_kv_tokens: Some(tokens), ..GpuOptions::default() };
-    let bar = common::upload_bar();
-    let loaded = GpuModel::load(&dev, cfg, &mut &ck, gopts, common::upload_progress(&bar));
-    bar.finish_and_clear();
-    let mut g = loaded.map_err(|e| err(&e))?;
-    // The first launches compile or load kernels: outside the prefill's timing.
+    let mut g = common::gpu_model(model, ordinal, Some(tokens))?;
+    // The first launches compile or load kernels and capture the decode graphs: outside
+    // the prefill's and the decode's timing.
     if opts.max_tokens > 0 {
-        g.warm_up().map_err(|e| err(&e))?;
+        let chunks: Vec<usize> = prompt_ids.chunks(g.options().max_batch_tokens.max(1)).map(<[u32]>::len).collect();
+        g.warm_up(&chunks, tokens).map_err(|e| err(&e))?;
     }
     let mut seq = g.new_sequence();
     let r = rocmforge_models::model::generation_loop(&model.codec, prompt_ids, opts, on_text, &mut |t, s| g.step(&mut seq, t, s));

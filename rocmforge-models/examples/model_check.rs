@@ -150,6 +150,44 @@ fn gpu_batched(g: &mut GpuModel, prompts: &[Vec<u32>]) -> Res<Vec<Vec<Vec<f32>>>
     Ok(out)
 }
 
+/// `warm_up(&[], len)` captures every decode graph a generation up to `len` positions
+/// replays: the Llama fixture, its context raised to 1200 positions (four graph widths:
+/// 16, 32, 64 pages, then the 75 the cache holds), is warmed up, fed a 300-token prompt
+/// and decoded (pipelined, then token by token) to the end of its cache; no graph may be
+/// captured after the warm-up. The tokens are not checked (past the fixture's trained 256
+/// positions they mean little); the decode must run.
+fn check_warm_up(dev: &Arc<CudaDevice>, tally: &mut Tally) -> Res<()> {
+    const LEN: usize = 1200;
+    let dir = fixtures().join("llama");
+    let model = Model::load(&dir, LoadOptions::default())?;
+    let mut cfg = model.transformer.config().clone();
+    cfg.max_positions = LEN;
+    let ck = Checkpoint::open(&dir)?;
+    let opts = GpuOptions { dtype: DType::BF16, max_batch_tokens: 128, max_seqs: 1, max_kv_tokens: Some(LEN), ..GpuOptions::default() };
+    let mut g = GpuModel::load(dev, cfg, &mut &ck, opts, |_, _| {})?;
+    g.warm_up(&[], LEN)?;
+    let warmed = g.decode_graphs();
+    let mut sampler = Sampler::new(SamplingParams::default())?;
+    let mut seq = g.new_sequence();
+    let prompt: Vec<u32> = (0..300u32).map(|i| (i * 7 + 3) % g.config().vocab as u32).collect();
+    for chunk in prompt.chunks(128) {
+        g.forward(&mut [SeqTokens { seq: &mut seq, tokens: chunk }])?;
+    }
+    let first = g.sample(&mut [&mut sampler])?[0];
+    let piped = g.decode_greedy(&mut seq, first, 600)?;
+    let mut id = piped.last().copied().unwrap_or(first);
+    while seq.len() < LEN {
+        id = g.step(&mut seq, &[id], &mut sampler)?;
+    }
+    g.release(seq);
+    let after = g.decode_graphs();
+    tally.check(
+        warmed == 4 && after == warmed,
+        format!("warm_up({LEN}): {warmed} decode graphs captured (want 4), {after} after a decode to {LEN} positions"),
+    );
+    Ok(())
+}
+
 fn fixtures() -> PathBuf {
     let here = PathBuf::from("tests/fixtures/models");
     if here.is_dir() {
@@ -179,7 +217,7 @@ fn check_fixture(dev: &Arc<CudaDevice>, name: &str, tally: &mut Tally) -> Res<()
         // f32 (the strictest checks) runs after `generate`'s warm-up, which must leave the
         // model as loaded; f16 and bf16 start cold.
         if dtype == DType::F32 {
-            g.warm_up()?;
+            g.warm_up(&[16], 256)?;
         }
         // Pipelined greedy decode against token by token, to near the fixture's longest
         // context (256 positions).
@@ -502,6 +540,10 @@ fn main() -> ExitCode {
     let mut tally = Tally { pass: 0, fail: 0 };
     if let Err(e) = engine_checks(&dev, &mut rng, &mut tally) {
         println!("engine checks: error: {e}  FAIL");
+        tally.fail += 1;
+    }
+    if let Err(e) = check_warm_up(&dev, &mut tally) {
+        println!("warm_up: error: {e}  FAIL");
         tally.fail += 1;
     }
     for name in ["llama", "llama-bf16", "mistral", "qwen2", "qwen3"] {

@@ -991,21 +991,111 @@ impl GpuModel {
         ids.first().copied().ok_or_else(|| ModelError::Invalid("no token was sampled".into()))
     }
 
-    /// A short prefill (two tokens, or one where `max_batch_tokens` is one) and a decode
-    /// step on a scratch sequence, which is then released: the first launches load the
-    /// kernels (compiling them at first use where the disk cache lacks them), set up the
-    /// vendor BLAS and capture the first decode graph, so that what a caller times next is
-    /// the model. The sequences and pages are as before; the logits are overwritten.
-    pub fn warm_up(&mut self) -> Result<()> {
+    /// Runs what a generation will first launch, on scratch sequences that are then
+    /// released: a prefill of each length in `prefills` (each from position 0, clamped to
+    /// the batch and the context), then a decode step at every block-table width of the
+    /// decode graphs that sequences of up to `max_len` positions replay. The first
+    /// launches load the kernels (compiling them at first use where the disk cache lacks
+    /// them; loading a module of the vendor BLAS the first time a product shape picks a
+    /// kernel of it, tens of milliseconds) and capture the decode graphs, so that what a
+    /// caller times next is the model. Give the prompt's chunk lengths where they are
+    /// known (the vendor library picks its kernels by shape). The wider widths' steps
+    /// attend over pages reserved but never written (their outputs are discarded);
+    /// `max_len` past the cache's longest context is taken as that context. The
+    /// sequences and pages are as before; the logits are overwritten.
+    pub fn warm_up(&mut self, prefills: &[usize], max_len: usize) -> Result<()> {
+        let ctx = self.plan.max_context as usize;
+        for &len in prefills {
+            let n = len.min(self.opts.max_batch_tokens).min(ctx).max(1);
+            let mut seq = self.new_sequence();
+            let tokens = vec![0u32; n];
+            let r = self.forward(&mut [SeqTokens { seq: &mut seq, tokens: &tokens }]);
+            self.release(seq);
+            r?;
+        }
         let mut seq = self.new_sequence();
-        let prefill = [0u32; 2];
-        let n = self.opts.max_batch_tokens.clamp(1, prefill.len());
-        let r = self
-            .forward(&mut [SeqTokens { seq: &mut seq, tokens: &prefill[..n] }])
-            .and_then(|()| self.forward(&mut [SeqTokens { seq: &mut seq, tokens: &[0] }]))
-            .and_then(|()| Ok(self.dev.synchronize()?));
+        let r = self.warm_up_decode(&mut seq, max_len.min(ctx));
         self.release(seq);
-        r
+        r?;
+        Ok(self.dev.synchronize()?)
+    }
+
+    /// A prompt of one token and decode steps up to `max_len` positions: one at each
+    /// decode graph width (the first also where graphs are off).
+    fn warm_up_decode(&mut self, seq: &mut KvSeq, max_len: usize) -> Result<()> {
+        if max_len < 2 {
+            return Ok(());
+        }
+        self.forward(&mut [SeqTokens { seq: &mut *seq, tokens: &[0] }])?;
+        self.forward(&mut [SeqTokens { seq: &mut *seq, tokens: &[0] }])?;
+        if !self.opts.cuda_graphs || self.profiling {
+            return Ok(());
+        }
+        let bs = self.opts.block_size;
+        let last = self.graph_width(max_len.div_ceil(bs).max(1));
+        let mut width = self.graph_width(seq.blocks().len().max(1));
+        while width < last {
+            // One token past `width` full pages: its step needs the next width's graph,
+            // captured as it runs. Best effort: where the pool lacks the pages (other
+            // sequences hold them), the rest stay uncaptured.
+            let len = width * bs;
+            let grow = len.saturating_sub(seq.len());
+            if len + 1 > max_len || self.pool.reserve(seq, grow).is_err() {
+                break;
+            }
+            self.pool.commit(seq, grow)?;
+            self.forward(&mut [SeqTokens { seq: &mut *seq, tokens: &[0] }])?;
+            width = self.graph_width(seq.blocks().len());
+        }
+        Ok(())
+    }
+
+    /// The decode graphs captured so far (one per batch size and block-table width).
+    pub fn decode_graphs(&self) -> usize {
+        self.graphs.len()
+    }
+}
+
+/// One sequence of a [`GpuModel`] for a [`crate::chat::Conversation`]: its pages go back
+/// to the model's cache when it is dropped.
+pub struct GpuDecoder<'m> {
+    model: &'m mut GpuModel,
+    seq: KvSeq,
+}
+
+impl<'m> GpuDecoder<'m> {
+    /// A new, empty sequence of `model`.
+    pub fn new(model: &'m mut GpuModel) -> Self {
+        let seq = model.new_sequence();
+        GpuDecoder { model, seq }
+    }
+}
+
+impl std::fmt::Debug for GpuDecoder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuDecoder").field("seq", &self.seq).finish_non_exhaustive()
+    }
+}
+
+impl Drop for GpuDecoder<'_> {
+    fn drop(&mut self) {
+        self.model.release(std::mem::take(&mut self.seq));
+    }
+}
+
+impl crate::chat::Decoder for GpuDecoder<'_> {
+    fn feed(&mut self, tokens: &[u32], sampler: &mut Sampler) -> Result<u32> {
+        self.model.step(&mut self.seq, tokens, sampler)
+    }
+    fn truncate(&mut self, len: usize) {
+        self.model.pool.truncate(&mut self.seq, len);
+    }
+    fn len(&self) -> usize {
+        self.seq.len()
+    }
+    fn context(&self) -> usize {
+        let free = self.model.pool.free_blocks() * self.model.opts.block_size;
+        (self.model.plan.max_context as usize).min(self.seq.blocks().len() * self.model.opts.block_size + free)
     }
 }
 

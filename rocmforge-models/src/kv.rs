@@ -156,6 +156,14 @@ impl KvPool {
         }
     }
 
+    /// Keeps the first `len` tokens of `seq` (all of them where it holds fewer) and
+    /// returns the blocks past them to the pool: a conversation that rewrites its tail
+    /// keeps the cached prefix. The kept tokens' K and V are untouched.
+    pub fn truncate(&mut self, seq: &mut KvSeq, len: usize) {
+        seq.len = seq.len.min(len);
+        self.trim(seq);
+    }
+
     /// A pool that only hands out block ids: the data lives elsewhere (the GPU cache).
     pub fn index_only(shape: KvShape) -> Result<Self, KvError> {
         if shape.layers == 0 || shape.kv_dim == 0 || shape.block_size == 0 || shape.blocks == 0 {

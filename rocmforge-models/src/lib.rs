@@ -4,11 +4,13 @@
 //! - [`Model`]: a Hugging Face checkpoint directory loaded for generation ([`config`],
 //!   [`weights`], [`tokenizer`]), run by the shared decoder of [`transformer`] over the
 //!   paged cache of [`kv`], sampled by [`sampling`]; [`arch`] lists the architectures.
+//! - [`chat`]: a conversation that keeps its KV cache between turns, on any decoder.
 //! - [`demo`]: a built-in tiny model with random weights.
 //! - `gpu` (feature `cuda`): the same decoder on an NVIDIA GPU, from the standard
 //!   kernels, cuBLAS and the engine kernels, with a paged KV cache in device memory.
 
 pub mod arch;
+pub mod chat;
 pub mod config;
 pub mod demo;
 pub mod error;

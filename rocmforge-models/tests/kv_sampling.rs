@@ -68,6 +68,34 @@ fn exhaustion_is_typed_and_changes_nothing() {
 }
 
 #[test]
+fn truncate_keeps_the_prefix_and_returns_the_blocks_past_it() {
+    let mut pool = KvPool::new(shape(8)).unwrap();
+    let mut seq = pool.new_sequence();
+    pool.reserve(&mut seq, 20).unwrap();
+    pool.commit(&mut seq, 20).unwrap();
+    let d = pool.shape().kv_dim;
+    for p in 0..20 {
+        let k: Vec<f32> = (0..d).map(|i| (p * 100 + i) as f32).collect();
+        pool.write(&seq, 0, p, &k, &k).unwrap();
+    }
+    let bs = pool.shape().block_size;
+    let before = pool.free_blocks();
+    pool.truncate(&mut seq, 7);
+    assert_eq!(seq.len(), 7);
+    assert_eq!(seq.blocks().len(), 7usize.div_ceil(bs));
+    assert_eq!(pool.free_blocks(), before + 20usize.div_ceil(bs) - 7usize.div_ceil(bs));
+    for p in 0..7 {
+        assert_eq!(pool.read(&seq, 0, p).unwrap().0[1], (p * 100 + 1) as f32);
+    }
+    // Longer than held: nothing changes.
+    pool.truncate(&mut seq, 100);
+    assert_eq!(seq.len(), 7);
+    pool.truncate(&mut seq, 0);
+    assert!(seq.is_empty() && seq.blocks().is_empty());
+    assert_eq!(pool.free_blocks(), 8);
+}
+
+#[test]
 fn kv_reads_back_what_was_written_through_the_block_table() {
     let mut pool = KvPool::new(shape(8)).unwrap();
     let mut filler = pool.new_sequence();

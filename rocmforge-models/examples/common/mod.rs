@@ -17,8 +17,8 @@ pub struct ModelArgs {
     /// the built-in demo model runs (random weights, byte vocabulary).
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
-    /// Device to run on: `cpu`, or `cuda:N` for `generate` in a build with `--features
-    /// cuda` (with --model; the checkpoint's weights are also read for the CPU once).
+    /// Device to run on: `cpu`, or `cuda:N` in a build with `--features cuda` (with
+    /// --model; the checkpoint's weights are also read for the CPU once).
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
@@ -96,8 +96,8 @@ pub fn load(args: &ModelArgs, gpu_ok: bool) -> Result<(Model, bool), String> {
     let gpu = cuda_ordinal(&args.device).is_some();
     if args.device != "cpu" && !(gpu && gpu_ok) {
         return Err(format!(
-            "device `{}`: this program runs on `cpu`{}; the GPU forward runs in `generate --device cuda:N` and the `bench` \
-             example (build with --features cuda)",
+            "device `{}`: this program runs on `cpu`{}; the GPU forward runs in `generate` and `chat` with `--device cuda:N` \
+             and in the `bench` example (build with --features cuda)",
             args.device,
             if gpu_ok { " or `cuda:N`" } else { " only" }
         ));
@@ -113,6 +113,30 @@ pub fn load(args: &ModelArgs, gpu_ok: bool) -> Result<(Model, bool), String> {
         None if gpu => Err("the built-in demo model runs on the cpu only: pass --model DIR to run on the GPU".into()),
         None => rocmforge_models::demo::model(0x5eed).map(|m| (m, true)).map_err(|e| e.to_string()),
     }
+}
+
+/// `model` on GPU `ordinal`, weights in the checkpoint's dtype (bf16 where it declares
+/// none), a KV cache of `max_kv_tokens` tokens for one sequence (`None`: sized from the
+/// free memory), the upload drawn as a progress bar.
+#[cfg(feature = "cuda")]
+pub fn gpu_model(model: &Model, ordinal: usize, max_kv_tokens: Option<usize>) -> Result<rocmforge_models::gpu::GpuModel, String> {
+    use rocmforge_models::config::WeightDType;
+    use rocmforge_models::gpu::{GpuModel, GpuOptions};
+    use rocmforge_runtime::DType;
+    let dir = model.dir.as_ref().ok_or("the GPU path needs --model DIR")?;
+    let cfg = model.transformer.config().clone();
+    let dtype = match cfg.dtype {
+        Some(WeightDType::F32) => DType::F32,
+        Some(WeightDType::F16) => DType::F16,
+        _ => DType::BF16,
+    };
+    let dev = rocmforge_runtime::cuda::CudaDevice::open(ordinal).map_err(|e| e.to_string())?;
+    let ck = rocmforge_models::weights::Checkpoint::open(dir).map_err(|e| e.to_string())?;
+    let gopts = GpuOptions { dtype, max_seqs: 1, max_kv_tokens, ..GpuOptions::default() };
+    let bar = upload_bar();
+    let loaded = GpuModel::load(&dev, cfg, &mut &ck, gopts, upload_progress(&bar));
+    bar.finish_and_clear();
+    loaded.map_err(|e| e.to_string())
 }
 
 /// The process's exit: success, or the error on stderr and a failure code.

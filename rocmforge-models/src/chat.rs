@@ -1,0 +1,155 @@
+//! A conversation that keeps its KV cache between turns.
+//!
+//! A chat template renders the whole history each turn, so each prompt starts with the
+//! tokens the cache already holds (the earlier turns), up to where the template or the
+//! tokenizer writes the last reply differently from how it was generated. A
+//! [`Conversation`] feeds only what follows that shared prefix: the cache is cut back to
+//! it and the rest of the prompt is prefilled. The tokens drawn are those of a fresh
+//! generation from the whole prompt (the decoder computes each position from the cached
+//! positions before it, however they were fed).
+
+use crate::kv::{KvPool, KvSeq};
+use crate::model::{generation_loop, GenerateOptions, Generation, Model};
+use crate::sampling::Sampler;
+use crate::tokenizer::TextCodec;
+use crate::transformer::Logits;
+use crate::{ModelError, Result};
+
+/// One sequence of a model with its cache: what a [`Conversation`] runs on.
+pub trait Decoder {
+    /// Feeds `tokens` after the cached ones and draws the next token from the last
+    /// position's logits. On an error the cache holds what it held before.
+    fn feed(&mut self, tokens: &[u32], sampler: &mut Sampler) -> Result<u32>;
+    /// Keeps the first `len` cached tokens (all where fewer are cached).
+    fn truncate(&mut self, len: usize);
+    /// Tokens cached.
+    fn len(&self) -> usize;
+    /// Whether nothing is cached.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The most tokens the sequence can hold.
+    fn context(&self) -> usize;
+}
+
+/// A sequence of a model on the CPU, with a cache of its own.
+#[derive(Debug)]
+pub struct CpuDecoder<'m> {
+    model: &'m Model,
+    pool: KvPool,
+    seq: KvSeq,
+}
+
+impl<'m> CpuDecoder<'m> {
+    /// A cache of `context` tokens (at most the model's context length) for one sequence.
+    pub fn new(model: &'m Model, context: usize) -> Result<Self> {
+        let pool = model.kv_pool(context)?;
+        let seq = pool.new_sequence();
+        Ok(CpuDecoder { model, pool, seq })
+    }
+}
+
+impl Decoder for CpuDecoder<'_> {
+    fn feed(&mut self, tokens: &[u32], sampler: &mut Sampler) -> Result<u32> {
+        let mut logits = self.model.transformer.forward(&mut self.pool, &mut self.seq, tokens, Logits::Last)?;
+        sampler.sample(&mut logits)
+    }
+    fn truncate(&mut self, len: usize) {
+        self.pool.truncate(&mut self.seq, len);
+    }
+    fn len(&self) -> usize {
+        self.seq.len()
+    }
+    fn context(&self) -> usize {
+        self.pool.capacity_tokens().min(self.model.transformer.config().max_positions)
+    }
+}
+
+/// What a turn gave.
+#[derive(Debug, Clone)]
+pub struct Turn {
+    /// The reply, as [`Model::generate`] reports it (its prefill rate counts the whole
+    /// prompt, cached or not).
+    pub generation: Generation,
+    /// Prompt tokens that were already cached and not fed again.
+    pub reused: usize,
+}
+
+/// A conversation on a [`Decoder`]: each turn's prompt is fed from where it departs from
+/// the tokens already cached.
+#[derive(Debug)]
+pub struct Conversation<D: Decoder> {
+    decoder: D,
+    /// The tokens the decoder's cache holds, in order (`decoder.len()` of them).
+    fed: Vec<u32>,
+}
+
+impl<D: Decoder> Conversation<D> {
+    /// A conversation on `decoder`, whose cache is emptied.
+    pub fn new(mut decoder: D) -> Self {
+        decoder.truncate(0);
+        Conversation { decoder, fed: Vec::new() }
+    }
+
+    /// Tokens cached now.
+    pub fn cached(&self) -> usize {
+        self.fed.len()
+    }
+
+    /// The most tokens a prompt and its reply can take together.
+    pub fn context(&self) -> usize {
+        self.decoder.context()
+    }
+
+    /// Forgets everything cached.
+    pub fn reset(&mut self) {
+        self.decoder.truncate(0);
+        self.fed.clear();
+    }
+
+    /// Generates the reply to `prompt_ids`, the whole conversation so far, feeding only
+    /// what follows the longest prefix it shares with the cache (at least its last token,
+    /// whose logits give the first new token). A prompt and `max_tokens` past the
+    /// context are refused before anything runs, with the cache as it was; an error while
+    /// generating empties the cache (the next turn prefills everything).
+    pub fn generate(
+        &mut self,
+        codec: &TextCodec,
+        prompt_ids: &[u32],
+        opts: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Turn> {
+        if prompt_ids.is_empty() {
+            return Err(ModelError::Invalid("the prompt has no tokens: pass a non-empty prompt".into()));
+        }
+        let context = self.decoder.context();
+        let need = prompt_ids.len().saturating_add(opts.max_tokens);
+        if need > context {
+            return Err(ModelError::Invalid(format!(
+                "the conversation is {} tokens, and with up to {} new ones it needs {need}, past the context of {context}: \
+                 start over (reset) or allow fewer new tokens",
+                prompt_ids.len(),
+                opts.max_tokens
+            )));
+        }
+        let shared = self.fed.iter().zip(prompt_ids).take_while(|(a, b)| a == b).count().min(prompt_ids.len() - 1);
+        self.decoder.truncate(shared);
+        self.fed.truncate(shared);
+        let (decoder, fed) = (&mut self.decoder, &mut self.fed);
+        let mut skip = shared;
+        let r = generation_loop(codec, prompt_ids, opts, on_text, &mut |tokens, sampler| {
+            let new = tokens.get(skip..).unwrap_or(&[]);
+            skip = 0;
+            let id = decoder.feed(new, sampler)?;
+            fed.extend_from_slice(new);
+            Ok(id)
+        });
+        match r {
+            Ok(generation) => Ok(Turn { generation, reused: shared }),
+            Err(e) => {
+                self.reset();
+                Err(e)
+            }
+        }
+    }
+}
