@@ -8,7 +8,8 @@
 #      the generations' stderr is appended to generate.txt;
 #   3. chat: the same greedy session on the CPU and on cuda:0 (f32 fixtures: the
 #      transcripts must be identical), and the turns' cache reuse;
-#   4. bench --preset llama3.2-1b -r 3 (the decode step is untouched: a sanity figure).
+#   4. bench --preset llama3.2-1b: one rep of each test, `bench-base` against `bench` (its
+#      warm-ups now have the measured shapes), then `bench -r 3`.
 set -uo pipefail
 source scripts/gpu-env.sh
 bin=${BIN:-.gpu}
@@ -48,5 +49,14 @@ for m in llama qwen3; do
     done
 done
 
-"$bin/bench" --preset llama3.2-1b -p 512 -n 128 -r 3 > "$out/bench-1b.txt" 2>&1
-echo "bench exit $?"; grep -E "tg128|pp512" "$out/bench-1b.txt" | head -4
+# One rep each (no median to hide a cold run): `bench-base` (the build before, if present)
+# against `bench`, then `bench` with three.
+for b in bench-base bench; do
+    [ -x "$bin/$b" ] || continue
+    echo "== $b -r 1"
+    "$bin/$b" --preset llama3.2-1b -p 512,2048 -n 128 -b 4 --context 4096 -r 1 2>&1
+    echo "exit $?"
+done > "$out/bench-1b.txt"
+echo "== bench -r 3" >> "$out/bench-1b.txt"
+"$bin/bench" --preset llama3.2-1b -p 512 -n 128 -r 3 >> "$out/bench-1b.txt" 2>&1
+grep -E "^==|^exit|pp|tg128 |decode b|ctx" "$out/bench-1b.txt"

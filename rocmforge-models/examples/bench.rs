@@ -13,7 +13,8 @@
 //! - `decode bN`: N sequences (32-token prompts) decoding together, tokens/s summed;
 //! - `ctx N`: one sequence prefilled to N tokens then decoding (checks the context fits).
 //!
-//! Each figure is the median of `--reps` runs after one warm-up. `--output json` prints
+//! Each figure is the median of `--reps` runs after a warm-up of the same shape (for `ctx N`,
+//! the decode graphs of its widths captured before its one run). `--output json` prints
 //! one JSON object instead of the table.
 
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "a command-line program")]
@@ -288,6 +289,13 @@ fn run(args: &Args) -> Res<serde_json::Value> {
     // The arguments and the model are checked before the device is opened, so a typo
     // is reported as itself even on a machine without a GPU.
     opts.validate()?;
+    if args.context > 0 && args.context <= 32 {
+        return Err(format!(
+            "--context {}: the long-context check prefills N - 32 tokens and decodes 32; give more than 32, or 0 to skip it",
+            args.context
+        )
+        .into());
+    }
     // The runtime's own advice (choose the cpu device) does not apply here: bench
     // measures the GPU forward only.
     let dev = CudaDevice::open(0).map_err(|e| match e {
@@ -339,7 +347,9 @@ fn run(args: &Args) -> Res<serde_json::Value> {
         results.push(o);
     };
     for &n in &args.prompt.0 {
-        pp(&mut g, n.min(256))?;
+        // The warm-up has the measured length: the vendor BLAS loads a product's kernel
+        // the first time a shape picks it (tens of milliseconds).
+        pp(&mut g, n)?;
         let v: Vec<f64> = (0..reps).map(|_| pp(&mut g, n)).collect::<Res<_>>()?;
         row(format!("pp{n}"), median(v), serde_json::json!({}));
     }
@@ -368,10 +378,13 @@ fn run(args: &Args) -> Res<serde_json::Value> {
         );
     }
     for &b in &args.batch.0 {
+        decode(&mut g, b, 32, 2)?;
         let v: Vec<f64> = (0..reps).map(|_| decode(&mut g, b, 32, 64)).collect::<Res<_>>()?;
         row(format!("decode b{b}"), median(v), serde_json::json!({ "batch": b, "prompt": 32, "steps": 64 }));
     }
     if args.context > 0 {
+        // The decode graphs of every width up to the context, captured before the timing.
+        g.warm_up(&[], args.context)?;
         let v = decode(&mut g, 1, args.context - 32, 32)?;
         row(format!("ctx{}", args.context), v, serde_json::json!({ "context": args.context, "steps": 32 }));
     }
