@@ -18,7 +18,8 @@ use crate::{ModelError, Result};
 /// One sequence of a model with its cache: what a [`Conversation`] runs on.
 pub trait Decoder {
     /// Feeds `tokens` after the cached ones and draws the next token from the last
-    /// position's logits. On an error the cache holds what it held before.
+    /// position's logits. After an error the cache may hold some of `tokens` (a
+    /// [`Conversation`] then empties it).
     fn feed(&mut self, tokens: &[u32], sampler: &mut Sampler) -> Result<u32>;
     /// Keeps the first `len` cached tokens (all where fewer are cached).
     fn truncate(&mut self, len: usize);
