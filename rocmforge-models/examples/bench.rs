@@ -64,7 +64,7 @@ enum WeightType {
 /// Throughput of the GPU forward, llama-bench style: prompt processing (pp), generation
 /// (tg) at batch 1 against the bandwidth limit, batched decode, and a long context.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, long_about = None)]
 struct Args {
     /// A Hugging Face model directory (config.json + safetensors).
     #[arg(long, conflicts_with = "preset")]

@@ -24,7 +24,7 @@ use rocmforge_models::{GenerateOptions, Model};
 
 /// Chat with a RocmForge model (CPU, or an NVIDIA GPU with --device cuda:0).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version, long_about = None)]
 struct Args {
     #[command(flatten)]
     model: ModelArgs,

@@ -32,7 +32,7 @@ enum Output {
 
 /// Generate text with a RocmForge model (CPU, or an NVIDIA GPU with --device cuda:0).
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version, long_about = None)]
 struct Args {
     #[command(flatten)]
     model: ModelArgs,
