@@ -7,7 +7,8 @@
 #      prefill and decode rates of each (the warm-up keeps first-use loading out);
 #      the generations' stderr is appended to generate.txt;
 #   3. chat: the same greedy session on the CPU and on cuda:0 (f32 fixtures: the
-#      transcripts must be identical), and the turns' cache reuse;
+#      transcripts must be identical), and the turns' cache reuse; then greedy generate
+#      on a 16-layer random checkpoint, base against new (the decode rate);
 #   4. bench --preset llama3.2-1b: one rep of each test, `bench-base` against `bench` (its
 #      warm-ups now have the measured shapes), then `bench -r 3`.
 set -uo pipefail
@@ -49,6 +50,22 @@ for m in llama qwen3; do
     done
 done
 
+# Greedy decode through generate on a larger random checkpoint (hidden 2048, 16 layers,
+# f32, the fixture's 512-token vocabulary; scripts/make_random_checkpoint.py), base against
+# new, twice each: the decode rate of a 256-token generation.
+if python3 scripts/make_random_checkpoint.py /tmp/rc16 2048 16 f32 > /dev/null; then
+    for round in 1 2; do
+        for b in generate-base generate; do
+            [ -x "$bin/$b" ] || continue
+            r=$("$bin/$b" --device cuda:0 --model /tmp/rc16 --prompt "$fox" --max-tokens 256 --ignore-eos --temperature 0 \
+                --output json 2>>"$out/generate-stderr.txt")
+            echo "rc16 $b: $(echo "$r" | python3 -c 'import json,sys; j=json.load(sys.stdin); print(len(j["prompt_ids"]), "prompt tokens,", len(j["generated_ids"]), "new, decode", round(j["decode_tok_s"]), "tok/s")')"
+        done
+    done | tee -a "$out/generate.txt"
+fi
+cat "$out/generate-stderr.txt" >> "$out/generate.txt" 2>/dev/null; rm -f "$out/generate-stderr.txt"
+
+[ -x "$bin/bench" ] || exit 0
 # One rep each (no median to hide a cold run): `bench-base` (the build before, if present)
 # against `bench`, then `bench` with three.
 for b in bench-base bench; do

@@ -167,10 +167,10 @@ fn gpu_generate(
         let chunks: Vec<usize> = prompt_ids.chunks(g.options().max_batch_tokens.max(1)).map(<[u32]>::len).collect();
         g.warm_up(&chunks, tokens).map_err(|e| err(&e))?;
     }
-    let mut seq = g.new_sequence();
-    let r = rocmforge_models::model::generation_loop(&model.codec, prompt_ids, opts, on_text, &mut |t, s| g.step(&mut seq, t, s));
-    g.release(seq);
-    r.map_err(|e| err(&e))
+    // A conversation of one turn: greedy decode runs pipelined on the device, 16 tokens
+    // at a time.
+    let mut conv = rocmforge_models::chat::Conversation::new(rocmforge_models::gpu::GpuDecoder::new(&mut g)).pipelined(16);
+    conv.generate(&model.codec, prompt_ids, opts, on_text).map(|t| t.generation).map_err(|e| err(&e))
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -1093,6 +1093,10 @@ impl crate::chat::Decoder for GpuDecoder<'_> {
     fn len(&self) -> usize {
         self.seq.len()
     }
+    /// Pipelined on the device ([`GpuModel::decode_greedy`]).
+    fn feed_greedy(&mut self, first: u32, n: usize) -> Result<Vec<u32>> {
+        self.model.decode_greedy(&mut self.seq, first, n)
+    }
     fn context(&self) -> usize {
         let free = self.model.pool.free_blocks() * self.model.opts.block_size;
         (self.model.plan.max_context as usize).min(self.seq.blocks().len() * self.model.opts.block_size + free)

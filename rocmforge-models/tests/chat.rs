@@ -3,8 +3,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly")]
 
+use std::path::PathBuf;
+
 use rocmforge_models::chat::{Conversation, CpuDecoder};
-use rocmforge_models::{demo, GenerateOptions, Model};
+use rocmforge_models::{GenerateOptions, LoadOptions, Model};
+
+/// The Llama fixture: random weights whose greedy tokens vary (the demo model's repeat
+/// the last prompt token, which a stale cache would repeat as well).
+fn llama() -> Model {
+    Model::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models/llama"), LoadOptions::default()).unwrap()
+}
 
 fn greedy(max_tokens: usize) -> GenerateOptions {
     GenerateOptions { max_tokens, ..GenerateOptions::default() }
@@ -16,8 +24,15 @@ fn fresh(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
 
 #[test]
 fn turns_reuse_the_cached_prefix_and_match_a_fresh_generation() {
-    let model = demo::model(11).unwrap();
-    let mut conv = Conversation::new(CpuDecoder::new(&model, 256).unwrap());
+    for run in [1, 4, 16] {
+        turns(run);
+    }
+}
+
+/// The turns, token by token (`run` 1) or `run` greedy tokens at a time.
+fn turns(run: usize) {
+    let model = llama();
+    let mut conv = Conversation::new(CpuDecoder::new(&model, 256).unwrap()).pipelined(run);
     let a = model.codec.encode("the first message", true).unwrap();
     let t1 = conv.generate(&model.codec, &a, &greedy(10), &mut |_| {}).unwrap();
     assert_eq!(t1.reused, 0);
@@ -56,8 +71,30 @@ fn turns_reuse_the_cached_prefix_and_match_a_fresh_generation() {
 }
 
 #[test]
+fn a_stop_inside_a_greedy_run_is_cut_back_at_the_next_turn() {
+    let model = llama();
+    let a = model.codec.encode("stop early", true).unwrap();
+    let free = fresh(&model, &a, 12);
+    // An EOS id first drawn after the first new token (so a greedy run starts before it).
+    let at = (1..free.len()).find(|&i| !free[..i].contains(&free[i])).unwrap();
+    let eos = free[at];
+    let mut conv = Conversation::new(CpuDecoder::new(&model, 256).unwrap()).pipelined(16);
+    let opts = GenerateOptions { max_tokens: 12, eos: vec![eos], ..GenerateOptions::default() };
+    let t1 = conv.generate(&model.codec, &a, &opts, &mut |_| {}).unwrap();
+    assert_eq!(t1.generation.generated_ids, free[..=at]);
+    // Greedy decode ran ahead of the stop (one piece of 11): the cache holds more than was given.
+    assert!(conv.cached() > a.len() + at, "{} cached", conv.cached());
+    let mut b = a.clone();
+    b.extend_from_slice(&t1.generation.generated_ids);
+    b.extend(model.codec.encode(" then more", false).unwrap());
+    let t2 = conv.generate(&model.codec, &b, &greedy(6), &mut |_| {}).unwrap();
+    assert!(t2.reused > a.len() + at && t2.reused < b.len(), "{} reused of {}", t2.reused, b.len());
+    assert_eq!(t2.generation.generated_ids, fresh(&model, &b, 6));
+}
+
+#[test]
 fn a_turn_past_the_context_is_refused_and_keeps_the_cache() {
-    let model = demo::model(12).unwrap();
+    let model = llama();
     let mut conv = Conversation::new(CpuDecoder::new(&model, 48).unwrap());
     assert_eq!(conv.context(), 48);
     let a = model.codec.encode("short", true).unwrap();
