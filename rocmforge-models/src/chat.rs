@@ -109,7 +109,7 @@ impl<D: Decoder> Conversation<D> {
     }
 
     /// Plain greedy decode (temperature 0, no penalties) runs `n` new tokens at a time
-    /// through [`Decoder::feed_greedy`] (pipelined on a GPU: about 2% more tokens/s on a
+    /// through [`Decoder::feed_greedy`] (pipelined on a GPU: 1-2% more tokens/s on a
     /// 16-layer model, H200). The text then streams in pieces of `n` tokens, and a stop
     /// inside a piece leaves the piece's later tokens in the cache, cut back at the next
     /// turn: for batch generation rather than interactive chat.
