@@ -23,12 +23,6 @@ pub trait Decoder {
     fn feed(&mut self, tokens: &[u32], sampler: &mut Sampler) -> Result<u32>;
     /// Keeps the first `len` cached tokens (all where fewer are cached).
     fn truncate(&mut self, len: usize);
-    /// Tokens cached.
-    fn len(&self) -> usize;
-    /// Whether nothing is cached.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
     /// The most tokens the sequence can hold.
     fn context(&self) -> usize;
     /// Greedy decode of `n` tokens: feeds `first`, then each new token but the last, and
@@ -72,9 +66,6 @@ impl Decoder for CpuDecoder<'_> {
     fn truncate(&mut self, len: usize) {
         self.pool.truncate(&mut self.seq, len);
     }
-    fn len(&self) -> usize {
-        self.seq.len()
-    }
     fn context(&self) -> usize {
         self.pool.capacity_tokens().min(self.model.transformer.config().max_positions)
     }
@@ -95,7 +86,7 @@ pub struct Turn {
 #[derive(Debug)]
 pub struct Conversation<D: Decoder> {
     decoder: D,
-    /// The tokens the decoder's cache holds, in order (`decoder.len()` of them).
+    /// The tokens the decoder's cache holds, in order (all of them).
     fed: Vec<u32>,
     /// New tokens plain greedy decode runs at a time (1: token by token).
     run: usize,
@@ -166,9 +157,7 @@ impl<D: Decoder> Conversation<D> {
         let (decoder, fed) = (&mut self.decoder, &mut self.fed);
         // Pipelined, plain greedy decode runs ahead in pieces: the loop gets each id in
         // turn, fed back the one it was last given, which the piece already fed.
-        let p = &opts.sampling;
-        let greedy =
-            self.run > 1 && p.temperature == 0.0 && p.repetition_penalty == 1.0 && p.presence_penalty == 0.0 && p.frequency_penalty == 0.0;
+        let greedy = self.run > 1 && opts.sampling.is_plain_greedy();
         let run = self.run;
         let mut ahead = std::collections::VecDeque::new();
         let mut given = 0usize;

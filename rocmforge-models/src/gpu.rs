@@ -1090,9 +1090,6 @@ impl crate::chat::Decoder for GpuDecoder<'_> {
     fn truncate(&mut self, len: usize) {
         self.model.pool.truncate(&mut self.seq, len);
     }
-    fn len(&self) -> usize {
-        self.seq.len()
-    }
     /// Pipelined on the device ([`GpuModel::decode_greedy`]).
     fn feed_greedy(&mut self, first: u32, n: usize) -> Result<Vec<u32>> {
         self.model.decode_greedy(&mut self.seq, first, n)

@@ -5,12 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::chat::{Conversation, CpuDecoder};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
-use crate::kv::{KvPool, KvSeq};
+use crate::kv::KvPool;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{ChatTemplate, GenerationDefaults, TextCodec, TextStream};
-use crate::transformer::{Logits, Transformer};
+use crate::transformer::Transformer;
 use crate::weights::Checkpoint;
 
 /// A loaded model.
@@ -118,27 +119,8 @@ impl Model {
                 opts.max_tokens
             )));
         }
-        let mut pool = self.kv_pool(total)?;
-        let mut seq = pool.new_sequence();
-        let result = self.generate_in(&mut pool, &mut seq, prompt_ids, opts, &mut on_text);
-        pool.release(seq);
-        result
-    }
-
-    /// [`Model::generate`] on a caller's cache and sequence (which keeps what it cached).
-    pub fn generate_in(
-        &self,
-        pool: &mut KvPool,
-        seq: &mut KvSeq,
-        prompt_ids: &[u32],
-        opts: &GenerateOptions,
-        on_text: &mut dyn FnMut(&str),
-    ) -> Result<Generation> {
-        let t = &self.transformer;
-        generation_loop(&self.codec, prompt_ids, opts, on_text, &mut |tokens, sampler| {
-            let mut logits = t.forward(pool, seq, tokens, Logits::Last)?;
-            sampler.sample(&mut logits)
-        })
+        let mut conv = Conversation::new(CpuDecoder::new(self, total)?);
+        conv.generate(&self.codec, prompt_ids, opts, &mut on_text).map(|t| t.generation)
     }
 }
 

@@ -91,6 +91,16 @@ impl SamplingParams {
         }
         Ok(())
     }
+
+    /// Whether any penalty is set (repetition, presence or frequency).
+    pub fn has_penalties(&self) -> bool {
+        self.repetition_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
+    }
+
+    /// Greedy: temperature 0 and no penalties, so each token is the argmax of the logits.
+    pub fn is_plain_greedy(&self) -> bool {
+        self.temperature == 0.0 && !self.has_penalties()
+    }
 }
 
 /// Draws tokens under [`SamplingParams`], remembering what it has seen for the penalties.
@@ -150,8 +160,7 @@ impl Sampler {
 
     /// Whether the penalties change logits (they need every logit, not only the top ones).
     pub fn has_penalties(&self) -> bool {
-        let p = &self.params;
-        !self.counts.is_empty() && (p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0)
+        !self.counts.is_empty() && self.params.has_penalties()
     }
 
     /// Picks the next token from candidate `(id, logit)` pairs that hold at least the
