@@ -115,6 +115,11 @@ struct Args {
     /// barrier).
     #[arg(long)]
     step_clock: bool,
+    /// Also time decode at batch 1 with sampling (temperature, top-k/top-p/min-p,
+    /// penalties): the draw on the GPU's top candidates, against copying every logit to
+    /// the host and drawing there, with the share of draws that needed the whole row.
+    #[arg(long)]
+    sampling: bool,
     /// Decode without CUDA graphs (one launch per kernel).
     #[arg(long)]
     no_graphs: bool,
@@ -234,6 +239,33 @@ fn decode(g: &mut GpuModel, batch: usize, prompt: usize, steps: usize) -> Res<f6
         g.release(s);
     }
     r
+}
+
+/// `steps` decode steps of one sequence drawing with `params`: on the GPU's candidates
+/// (`GpuModel::sample`), or (`host`) every logit copied to the host and drawn there.
+/// Tokens/s, and the share of GPU draws that copied their row.
+fn decode_sampled(g: &mut GpuModel, params: &SamplingParams, host: bool, steps: usize) -> Res<(f64, f64)> {
+    let vocab = g.config().vocab;
+    let mut seq = g.new_sequence();
+    let mut sampler = Sampler::new(params.clone())?;
+    let prompt = tokens(32, vocab, 3);
+    sampler.observe(&prompt);
+    let (drawn0, copied0) = g.sample_stats();
+    let r = (|| -> Res<f64> {
+        g.forward(&mut [SeqTokens { seq: &mut seq, tokens: &prompt }])?;
+        let mut next = g.sample(&mut [&mut sampler])?[0];
+        g.device().synchronize()?;
+        let t = Instant::now();
+        for _ in 0..steps {
+            g.forward(&mut [SeqTokens { seq: &mut seq, tokens: &[next] }])?;
+            next = if host { sampler.sample(&mut g.logits()?)? } else { g.sample(&mut [&mut sampler])?[0] };
+        }
+        Ok(steps as f64 / t.elapsed().as_secs_f64())
+    })();
+    g.release(seq);
+    let (drawn, copied) = g.sample_stats();
+    let share = (copied - copied0) as f64 / ((drawn - drawn0) as f64).max(1.0);
+    Ok((r?, share))
 }
 
 /// `steps` greedy tokens of one sequence after a one-token prompt, pipelined on the GPU
@@ -376,6 +408,38 @@ fn run(args: &Args) -> Res<serde_json::Value> {
             tok_s,
             serde_json::json!({ "fraction_of_limit": tok_s / limit, "limit_tok_s": limit, "pipelined": false }),
         );
+    }
+    if args.sampling {
+        let d = SamplingParams::default();
+        let settings = [
+            ("t0.6 top-p0.9", SamplingParams { temperature: 0.6, top_p: 0.9, ..d.clone() }),
+            ("t1.0", SamplingParams { temperature: 1.0, ..d.clone() }),
+            ("t0.7 top-k40", SamplingParams { temperature: 0.7, top_k: 40, ..d.clone() }),
+            ("t0.2 min-p0.1", SamplingParams { temperature: 0.2, min_p: 0.1, ..d.clone() }),
+            ("t0.8 top-p0.9 rep1.1", SamplingParams { temperature: 0.8, top_p: 0.9, repetition_penalty: 1.1, ..d.clone() }),
+            ("greedy rep1.1", SamplingParams { repetition_penalty: 1.1, ..d.clone() }),
+        ];
+        let steps = args.gen.max(1);
+        for (label, params) in settings {
+            decode_sampled(&mut g, &params, false, 4)?;
+            let mut gpu = Vec::new();
+            let mut host = Vec::new();
+            let mut share = 0.0;
+            for _ in 0..reps {
+                let (t, s) = decode_sampled(&mut g, &params, false, steps)?;
+                gpu.push(t);
+                share = s;
+                host.push(decode_sampled(&mut g, &params, true, steps)?.0);
+            }
+            let (gpu, host) = (median(gpu), median(host));
+            row(format!("sampled {label}"), gpu, serde_json::json!({ "steps": steps, "host_draw_tok_s": host, "row_copy_share": share }));
+            if args.output == Output::Table {
+                println!(
+                    "  drawn on GPU candidates ({:.0}% of draws copied the row); every logit drawn on the host: {host:.1} tok/s",
+                    share * 100.0
+                );
+            }
+        }
     }
     for &b in &args.batch.0 {
         decode(&mut g, b, 32, 2)?;

@@ -23,15 +23,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use rocmforge_models::gpu::{GpuModel, GpuOptions, SeqTokens};
+use rocmforge_models::gpu::{GpuModel, GpuOptions, RandomWeights, SeqTokens};
 use rocmforge_models::sampling::{argmax, Rng, Sampler, SamplingParams};
 use rocmforge_models::transformer::Logits;
 use rocmforge_models::weights::{encode, Checkpoint};
 use rocmforge_models::{LoadOptions, Model};
 use rocmforge_runtime::cuda::CudaDevice;
 use rocmforge_runtime::engine::{
-    argmax_workspace, plan_argmax, plan_gather, plan_gemv, plan_gemv_pairs, plan_qkv_post, plan_swiglu_rows, plan_topk, GemvFusion,
-    PairEpilogue, QkvPost,
+    argmax_workspace, plan_argmax, plan_gather, plan_gemv, plan_gemv_pairs, plan_penalize, plan_qkv_post, plan_softmax_mass,
+    plan_swiglu_rows, plan_topk, GemvFusion, PairEpilogue, QkvPost,
 };
 use rocmforge_runtime::DType;
 
@@ -307,6 +307,7 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
     // One set of counters for every argmax below, of every shape, as the model uses
     // them: each launch must leave them zero for the next.
     let argmax_counters = dev.zeros(DType::U32, &[8])?;
+    sampling_kernel_checks(dev, rng, tally)?;
     for dtype in [DType::F32, DType::F16, DType::BF16] {
         for (rows, cols) in [(1usize, 128_256usize), (5, 1000), (3, 32_000), (2, 17)] {
             let mut host = rand_rows(rng, rows * cols);
@@ -421,6 +422,154 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
         tally.check(got == want, format!("engine gather {dtype:<5} [{rows}, {cols}] by {idx:?}: bit-exact"));
         pair_checks(dev, rng, tally, dtype)?;
     }
+    Ok(())
+}
+
+/// The penalties kernel against the host sampler's `penalize` (bit-exact), and the
+/// softmax normalizer against an f64 host sum, on fresh random rows.
+fn sampling_kernel_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res<()> {
+    let lim = *dev.limits();
+    let (rows, cols) = (3usize, 50_000usize);
+    let host = rand_rows(rng, rows * cols);
+    let x = dev.upload_bytes(DType::F32, &[rows, cols], &encode(&host, DType::F32))?;
+    // Row r's sampler has seen 500 distinct tokens, some more than once.
+    let mut want = host.clone();
+    let mut ent: Vec<i32> = Vec::new();
+    for r in 0..rows {
+        let params = SamplingParams {
+            repetition_penalty: [1.0, 1.7, 0.6][r],
+            presence_penalty: [0.5, 0.0, -0.25][r],
+            frequency_penalty: [0.1, 0.3, 0.0][r],
+            ..SamplingParams::default()
+        };
+        let mut s = Sampler::new(params)?;
+        for _ in 0..800 {
+            s.observe(&[(rng.next_u64() % 500) as u32 * 97 % cols as u32]);
+        }
+        s.penalize(&mut want[r * cols..(r + 1) * cols]);
+        for (t, rep, sub) in s.penalties() {
+            ent.extend([r as i32, t as i32, rep.to_bits() as i32, sub.to_bits() as i32]);
+        }
+    }
+    // One entry out of range: skipped on the device.
+    ent.extend([0, cols as i32, 2.0f32.to_bits() as i32, 1.0f32.to_bits() as i32]);
+    let n = ent.len() / 4;
+    let ent_d = dev.upload_bytes(DType::I32, &[n, 4], &ent.iter().flat_map(|v| v.to_ne_bytes()).collect::<Vec<u8>>())?;
+    dev.launch_engine(&plan_penalize(&lim, &x, &ent_d)?)?;
+    let got = dev.download(&x)?.to_f32_vec();
+    let same = got.iter().zip(&want).filter(|(a, b)| a.to_bits() == b.to_bits()).count();
+    tally.check(
+        same == got.len() && want != host,
+        format!("engine penalize f32 [{rows}, {cols}], {n} entries: {same}/{} logits bit-identical to the host's", got.len()),
+    );
+    // Normalizers at three temperatures and a greedy row (0), one row with a NaN.
+    let temps = [0.7f32, 0.0, 1.5, 0.05];
+    let mut rows4 = rand_rows(rng, 4 * cols);
+    rows4[2 * cols + 17] = f32::NAN;
+    let x4 = dev.upload_bytes(DType::F32, &[4, cols], &encode(&rows4, DType::F32))?;
+    let t_d = dev.upload_bytes(DType::I32, &[4], &temps.iter().flat_map(|t| t.to_bits().to_ne_bytes()).collect::<Vec<u8>>())?;
+    let mut mass = dev.alloc(DType::F32, &[4])?;
+    dev.poison(&mut mass)?;
+    dev.launch_engine(&plan_softmax_mass(&lim, &x4, &t_d, &mass)?)?;
+    let got = dev.download(&mass)?.to_f32_vec();
+    let mut worst = 0.0f64;
+    for (r, &t) in temps.iter().enumerate() {
+        let row = &rows4[r * cols..(r + 1) * cols];
+        let want = if t > 0.0 {
+            let top = row.iter().copied().filter(|v| !v.is_nan()).fold(f32::NEG_INFINITY, f32::max);
+            row.iter().filter(|v| !v.is_nan()).map(|&l| (f64::from(l / t) - f64::from(top / t)).exp()).sum::<f64>()
+        } else {
+            0.0
+        };
+        let e = if want == 0.0 { f64::from(got[r]).abs() } else { (f64::from(got[r]) / want - 1.0).abs() };
+        worst = worst.max(e);
+    }
+    // f64 sums in another order, rounded once to f32: 2^-24 relative and a little more.
+    tally.check(worst <= 2e-7, format!("engine softmax_mass f32 [4, {cols}] at t {temps:?}: relative error max {worst:.1e} (bound 2e-7)"));
+    Ok(())
+}
+
+/// `GpuModel::sample` against host samplers on the same logits, three sequences at once
+/// with a different setting each, over a random model with a 20,000-token vocabulary (so
+/// that the top 1024 candidates are a part of each row): every drawn id must match, and
+/// both the draws decided by the candidates and those that copied the row must occur.
+fn check_sampling(dev: &Arc<CudaDevice>, tally: &mut Tally) -> Res<()> {
+    let model = Model::load(&fixtures().join("llama"), LoadOptions::default())?;
+    let mut cfg = model.transformer.config().clone();
+    cfg.vocab = 20_000;
+    let opts = GpuOptions { dtype: DType::F32, max_batch_tokens: 64, max_seqs: 4, max_kv_tokens: Some(1024), ..GpuOptions::default() };
+    let mut g = GpuModel::load(dev, cfg, &mut RandomWeights { seed: 5 }, opts, |_, _| {})?;
+    let settings = [
+        [
+            SamplingParams { temperature: 1.0, seed: 1, ..SamplingParams::default() },
+            SamplingParams { temperature: 0.8, top_p: 0.9, seed: 2, ..SamplingParams::default() },
+            SamplingParams { temperature: 0.05, seed: 3, ..SamplingParams::default() },
+        ],
+        [
+            SamplingParams { temperature: 0.7, top_k: 50, repetition_penalty: 1.3, seed: 4, ..SamplingParams::default() },
+            SamplingParams { temperature: 0.0, presence_penalty: 0.8, frequency_penalty: 0.3, ..SamplingParams::default() },
+            SamplingParams { temperature: 0.2, min_p: 0.1, repetition_penalty: 1.2, seed: 6, ..SamplingParams::default() },
+        ],
+        [
+            SamplingParams { temperature: 0.0, ..SamplingParams::default() },
+            SamplingParams { temperature: 1.1, top_k: 2000, seed: 8, ..SamplingParams::default() },
+            SamplingParams { temperature: 0.1, top_p: 0.5, presence_penalty: 0.5, seed: 9, ..SamplingParams::default() },
+        ],
+    ];
+    let vocab = g.config().vocab;
+    for set in settings {
+        let mut seqs: Vec<_> = (0..3).map(|_| g.new_sequence()).collect();
+        let prompts: Vec<Vec<u32>> = (0..3u32).map(|b| (0..10 + 3 * b).map(|i| (i * 7919 + b * 31) % vocab as u32).collect()).collect();
+        let mut gpu_s: Vec<Sampler> = set.iter().map(|p| Sampler::new(p.clone())).collect::<Result<_, _>>()?;
+        let mut host_s = gpu_s.clone();
+        for (b, p) in prompts.iter().enumerate() {
+            gpu_s[b].observe(p);
+            host_s[b].observe(p);
+        }
+        let (before, copied_before) = g.sample_stats();
+        let mut feeds = prompts.clone();
+        let (mut same, mut n) = (0usize, 0usize);
+        for _ in 0..40 {
+            let mut batch: Vec<SeqTokens<'_>> = seqs.iter_mut().zip(&feeds).map(|(seq, f)| SeqTokens { seq, tokens: f }).collect();
+            g.forward(&mut batch)?;
+            let logits = g.logits()?;
+            let want: Vec<u32> =
+                host_s.iter_mut().zip(logits.chunks_exact(vocab)).map(|(s, row)| s.sample(&mut row.to_vec())).collect::<Result<_, _>>()?;
+            let mut refs: Vec<&mut Sampler> = gpu_s.iter_mut().collect();
+            let got = g.sample(&mut refs)?;
+            same += got.iter().zip(&want).filter(|(a, b)| a == b).count();
+            n += got.len();
+            // Each sequence goes on with the host's token, so one difference stays one.
+            feeds = want.iter().map(|&t| vec![t]).collect();
+            for (b, (&gt, &wt)) in got.iter().zip(&want).enumerate() {
+                if gt != wt {
+                    // Keep the penalty histories equal after a difference.
+                    gpu_s[b] = host_s[b].clone();
+                }
+            }
+        }
+        for s in seqs {
+            g.release(s);
+        }
+        let (after, copied_after) = g.sample_stats();
+        let (drawn, copied) = (after - before, copied_after - copied_before);
+        let names: Vec<String> = set
+            .iter()
+            .map(|p| format!("t {} k {} p {} min_p {} pen {}", p.temperature, p.top_k, p.top_p, p.min_p, p.has_penalties()))
+            .collect();
+        tally.check(
+            same == n,
+            format!(
+                "sample on the GPU vs the host, [{}]: {same}/{n} ids identical; {drawn} rows over candidates, {copied} copied their row",
+                names.join("; ")
+            ),
+        );
+    }
+    let (drawn, copied) = g.sample_stats();
+    tally.check(
+        copied > 0 && copied < drawn,
+        format!("sample on the GPU: {drawn} rows drawn over candidates, {copied} copied their row (both paths taken)"),
+    );
     Ok(())
 }
 
@@ -540,6 +689,10 @@ fn main() -> ExitCode {
     let mut tally = Tally { pass: 0, fail: 0 };
     if let Err(e) = engine_checks(&dev, &mut rng, &mut tally) {
         println!("engine checks: error: {e}  FAIL");
+        tally.fail += 1;
+    }
+    if let Err(e) = check_sampling(&dev, &mut tally) {
+        println!("sampling: error: {e}  FAIL");
         tally.fail += 1;
     }
     if let Err(e) = check_warm_up(&dev, &mut tally) {

@@ -16,8 +16,9 @@ use rocmforge_dsl::rope::inv_freq;
 use rocmforge_runtime::cuda::{CudaDevice, CudaError, CudaEvent, DeviceGraph, DeviceTensor};
 use rocmforge_runtime::engine::{
     argmax_workspace, decode_step_table, decode_step_ticks, decode_step_unsupported, decode_step_workspace, plan_argmax,
-    plan_decode_advance, plan_decode_step, plan_gather, plan_gemm, plan_gemv, plan_gemv_pairs, plan_qkv_post, plan_swiglu_rows, plan_topk,
-    DecodeIndex, EngineModule, EnginePart, GemvFusion, PairEpilogue, QkvPost, StepBuffers, StepDims, StepLayer, TOPK_MAX,
+    plan_decode_advance, plan_decode_step, plan_gather, plan_gemm, plan_gemv, plan_gemv_pairs, plan_penalize, plan_qkv_post,
+    plan_softmax_mass, plan_swiglu_rows, plan_topk, DecodeIndex, EngineModule, EnginePart, GemvFusion, PairEpilogue, QkvPost, StepBuffers,
+    StepDims, StepLayer, TOPK_MAX,
 };
 use rocmforge_runtime::{AttnSeqs, DType, Kernel, KvIndex, LaunchError, LaunchPlan, TensorArg};
 
@@ -80,6 +81,12 @@ struct Scratch {
     next: DeviceTensor,
     topk_vals: DeviceTensor,
     topk_ids: DeviceTensor,
+    /// Each row's softmax normalizer (f32 `[max_seqs]`), for a draw over top candidates.
+    mass: DeviceTensor,
+    /// i32 staging of a draw: each row's temperature, then the penalty entries
+    /// ([`plan_penalize`]); allocated at the first draw that is not plain greedy, grown
+    /// when the seen tokens outgrow it.
+    sampling: Option<DeviceTensor>,
     /// The argmax's workspace (f32) and counters (u32, zeroed at allocation; every
     /// launch leaves them zero).
     argmax_ws: DeviceTensor,
@@ -149,6 +156,9 @@ pub struct GpuModel {
     rows: usize,
     profiling: bool,
     profile: std::collections::BTreeMap<&'static str, (f64, usize)>,
+    /// Rows drawn over top candidates, and those that copied their logits ([`GpuModel::sample_stats`]).
+    sampled: u64,
+    tail_copies: u64,
     /// Captured decode steps by (sequences, block-table width).
     graphs: std::collections::HashMap<(usize, usize), DeviceGraph>,
     /// The persistent decode step's state, where the model takes it.
@@ -387,6 +397,8 @@ impl GpuModel {
             next: dev.alloc(DType::I32, &[sq])?,
             topk_vals: dev.alloc(DType::F32, &[sq * TOPK_MAX])?,
             topk_ids: dev.alloc(DType::I32, &[sq * TOPK_MAX])?,
+            mass: dev.alloc(DType::F32, &[sq])?,
+            sampling: None,
             argmax_ws: dev.alloc(DType::F32, &[argmax_workspace(sq, cfg.vocab).max(1)])?,
             argmax_counters: dev.zeros(DType::U32, &[sq])?,
         };
@@ -425,6 +437,8 @@ impl GpuModel {
             rows: 0,
             profiling: false,
             profile: std::collections::BTreeMap::new(),
+            sampled: 0,
+            tail_copies: 0,
             graphs: std::collections::HashMap::new(),
             step,
         })
@@ -860,19 +874,24 @@ impl GpuModel {
         Ok(bytes.chunks_exact(4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect())
     }
 
-    /// Draws the next token of each sequence of the last forward with its sampler.
-    /// Greedy runs an argmax on the GPU and copies one id per sequence; top-k sampling
-    /// (k up to [`TOPK_MAX`]) copies k candidates; penalties, or sampling without a
-    /// top-k bound, copy the row's logits (the penalties need every logit).
+    /// Draws the next token of each sequence of the last forward with its sampler,
+    /// without copying a row's logits to the host unless the draw needs them.
+    /// - Plain greedy: an argmax on the GPU, one id copied per sequence.
+    /// - Penalties are applied on the GPU, in place on the logits (the seen tokens' entries
+    ///   uploaded), so [`GpuModel::logits`] after a draw with penalties reads them
+    ///   penalized; greedy with penalties then takes the argmax there.
+    /// - Sampling: a top-k selection on the GPU (k the samplers' top-k, or [`TOPK_MAX`]
+    ///   where one has none) and each row's softmax normalizer; the host draws over those
+    ///   candidates ([`Sampler::sample_top`]) and copies the row's logits only where the
+    ///   draw falls past them (top-p's mass or min-p's floor not reached, or a draw in the
+    ///   tail of a plain temperature draw). [`GpuModel::sample_stats`] counts those copies.
     pub fn sample(&mut self, samplers: &mut [&mut Sampler]) -> Result<Vec<u32>> {
         if samplers.len() != self.rows {
             return Err(ModelError::Invalid(format!("{} samplers for {} sequences", samplers.len(), self.rows)));
         }
         let (rows, vocab) = (self.rows, self.cfg.vocab);
         let lim = *self.dev.limits();
-        let logits = self.s.logits.view(0, &[rows, vocab])?;
-        let greedy = samplers.iter().all(|s| s.params().temperature == 0.0 && !s.has_penalties());
-        if greedy {
+        if samplers.iter().all(|s| s.params().temperature == 0.0 && !s.has_penalties()) {
             self.argmax_to_next(rows, None)?;
             let ids = self.read_ids(&self.s.next.view(0, &[rows])?)?;
             for (s, &id) in samplers.iter_mut().zip(&ids) {
@@ -880,26 +899,69 @@ impl GpuModel {
             }
             return Ok(ids);
         }
-        let k = samplers.iter().map(|s| s.params().top_k).max().unwrap_or(0);
-        let top = samplers.iter().all(|s| !s.has_penalties() && s.params().top_k > 0) && k <= TOPK_MAX.min(vocab);
-        if top {
-            let vals = self.s.topk_vals.view(0, &[rows, k])?;
-            let ids = self.s.topk_ids.view(0, &[rows, k])?;
-            self.dev.launch_engine(&plan_topk(&lim, &logits, k, &vals, &ids)?)?;
-            let vb = self.dev.read_bytes(&vals)?;
-            let ib = self.dev.read_bytes(&ids)?;
-            let v: Vec<f32> = vb.chunks_exact(4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect();
-            let i: Vec<u32> = ib.chunks_exact(4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as u32).collect();
-            return samplers
-                .iter_mut()
-                .enumerate()
-                .map(|(r, s)| {
-                    s.sample_candidates(i[r * k..(r + 1) * k].iter().copied().zip(v[r * k..(r + 1) * k].iter().copied()).collect())
-                })
-                .collect();
+        // One upload: each row's temperature (f32 bits), then the penalty entries.
+        let mut staged: Vec<i32> = samplers.iter().map(|s| s.params().temperature.to_bits() as i32).collect();
+        for (r, s) in samplers.iter().enumerate() {
+            for (tok, rep, sub) in s.penalties() {
+                if (tok as usize) < vocab {
+                    staged.extend([r as i32, tok as i32, rep.to_bits() as i32, sub.to_bits() as i32]);
+                }
+            }
         }
-        let all = self.logits()?;
-        samplers.iter_mut().enumerate().map(|(r, s)| s.sample(&mut all[r * vocab..(r + 1) * vocab].to_vec())).collect()
+        let entries = (staged.len() - rows) / 4;
+        if self.s.sampling.as_ref().is_none_or(|b| b.bytes() < staged.len() * 4) {
+            // Grown to the next power of two: a long generation's seen set grows a token
+            // at a time. Dropped first, so the old and new buffers never coexist.
+            self.s.sampling = None;
+            self.s.sampling = Some(self.dev.alloc(DType::I32, &[staged.len().next_power_of_two().max(1024)])?);
+        }
+        let buf = self.s.sampling.as_mut().ok_or_else(|| ModelError::Invalid("sampling buffer missing".into()))?;
+        let bytes: Vec<u8> = staged.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        self.dev.write(buf, 0, &bytes)?;
+        let buf = self.s.sampling.as_ref().ok_or_else(|| ModelError::Invalid("sampling buffer missing".into()))?;
+        let logits = self.s.logits.view(0, &[rows, vocab])?;
+        if entries > 0 {
+            self.dev.launch_engine(&plan_penalize(&lim, &logits, &buf.view(rows, &[entries, 4])?)?)?;
+        }
+        if samplers.iter().all(|s| s.params().temperature == 0.0) {
+            self.argmax_to_next(rows, None)?;
+            let ids = self.read_ids(&self.s.next.view(0, &[rows])?)?;
+            for (s, &id) in samplers.iter_mut().zip(&ids) {
+                s.observe(&[id]);
+            }
+            return Ok(ids);
+        }
+        // Enough candidates for every row's top-k; without one, as many as are kept.
+        let bounded = samplers.iter().all(|s| s.params().temperature == 0.0 || (1..=TOPK_MAX).contains(&s.params().top_k));
+        let k = if bounded { samplers.iter().map(|s| s.params().top_k).max().unwrap_or(1).max(1) } else { TOPK_MAX };
+        let k = k.min(vocab);
+        let vals = self.s.topk_vals.view(0, &[rows, k])?;
+        let ids = self.s.topk_ids.view(0, &[rows, k])?;
+        self.dev.launch_engine(&plan_topk(&lim, &logits, k, &vals, &ids)?)?;
+        let mass = self.s.mass.view(0, &[rows])?;
+        self.dev.launch_engine(&plan_softmax_mass(&lim, &logits, &buf.view(0, &[rows])?, &mass)?)?;
+        let f32s = |b: Vec<u8>| -> Vec<f32> { b.chunks_exact(4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect() };
+        let v = f32s(self.dev.read_bytes(&vals)?);
+        let i = self.read_ids(&ids)?;
+        let m = f32s(self.dev.read_bytes(&mass)?);
+        let mut out = Vec::with_capacity(rows);
+        for (r, s) in samplers.iter_mut().enumerate() {
+            let pairs = i[r * k..(r + 1) * k].iter().copied().zip(v[r * k..(r + 1) * k].iter().copied()).collect();
+            let tail = &mut self.tail_copies;
+            let (dev, row) = (&self.dev, self.s.logits.view(r * vocab, &[vocab])?);
+            out.push(s.sample_top(pairs, f64::from(m[r]), || {
+                *tail += 1;
+                Ok(f32s(dev.read_bytes(&row)?))
+            })?);
+        }
+        self.sampled += rows as u64;
+        Ok(out)
+    }
+
+    /// Rows drawn by [`GpuModel::sample`] over top candidates since the model was loaded,
+    /// and how many of them copied their row's logits because the draw fell past them.
+    pub fn sample_stats(&self) -> (u64, u64) {
+        (self.sampled, self.tail_copies)
     }
 
     /// Greedy decode of `n` tokens of one sequence, starting by feeding `first`: the same

@@ -286,7 +286,8 @@ impl MemoryPlan {
 }
 
 /// Bytes the device keeps beyond what the plan counts: the split-KV workspace, cuBLAS
-/// workspace and module code.
+/// workspace, module code, and a draw's staging of penalty entries (16 bytes a seen token
+/// a sequence).
 const RESERVE_BYTES: u64 = 512 << 20;
 
 /// Plans memory for `cfg` under `opts` on a device with `free` bytes free: weights,
@@ -309,7 +310,10 @@ pub fn plan_memory(cfg: &ModelConfig, opts: &GpuOptions, free: u64, device: &str
     let act = t * es * (3 * h + (q + 2 * kv) + 2 * q + 3 * i + wide);
     let max_blocks = (cfg.max_positions as u64).div_ceil(opts.block_size as u64);
     let staging = 4 * (3 * t + 3 * sq + 1 + sq * max_blocks);
-    let sampling = sq * (v * 4 + h * es + 4) + sq * TOPK_MAX as u64 * 8 + 4 * (sq + argmax_workspace(sq as usize, cfg.vocab) as u64);
+    // logits, last rows, next ids; top-k candidates; softmax normalizers; argmax counters
+    // and workspace. (A draw's staging of penalty entries grows at use, inside the reserve.)
+    let sampling =
+        sq * (v * 4 + h * es + 4) + sq * TOPK_MAX as u64 * 8 + 4 * sq + 4 * (sq + argmax_workspace(sq as usize, cfg.vocab) as u64);
     let scratch = act + staging + sampling;
     let kv_per_token = 2 * cfg.layers as u64 * kv * es;
     let budget = (free as f64 * f64::from(opts.gpu_memory_fraction)) as u64;

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use rocmforge_runtime::engine::TOPK_MAX;
+
 use crate::error::{ModelError, Result};
 
 /// splitmix64: a small, fast generator whose stream depends only on the seed.
@@ -125,15 +127,26 @@ impl Sampler {
         }
     }
 
+    /// What the penalties do to each seen token: `(token, repetition penalty, amount
+    /// subtracted)`. A positive logit is divided by the repetition penalty (1: off), a
+    /// negative one multiplied, then the amount (presence plus frequency times count) is
+    /// subtracted. Empty when no penalty is set. The GPU applies the same entries.
+    pub fn penalties(&self) -> Vec<(u32, f32, f32)> {
+        let p = &self.params;
+        if !self.has_penalties() {
+            return Vec::new();
+        }
+        self.counts.iter().map(|(&t, &n)| (t, p.repetition_penalty, p.presence_penalty + p.frequency_penalty * n as f32)).collect()
+    }
+
     /// Applies the penalties to `logits` in place.
     pub fn penalize(&self, logits: &mut [f32]) {
-        let p = &self.params;
-        for (&t, &n) in &self.counts {
+        for (t, rep, sub) in self.penalties() {
             let Some(l) = logits.get_mut(t as usize) else { continue };
-            if p.repetition_penalty != 1.0 {
-                *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+            if rep != 1.0 {
+                *l = if *l > 0.0 { *l / rep } else { *l * rep };
             }
-            *l -= p.presence_penalty + p.frequency_penalty * n as f32;
+            *l -= sub;
         }
     }
 
@@ -143,14 +156,15 @@ impl Sampler {
             return Err(ModelError::Invalid("cannot sample from empty logits".into()));
         }
         self.penalize(logits);
-        let token = if self.params.temperature == 0.0 { argmax(logits) } else { self.draw(logits) };
+        let token = if self.params.temperature == 0.0 {
+            argmax(logits)
+        } else {
+            let u = self.rng.next_f64();
+            // None only where every logit is NaN.
+            self.draw_row(logits, u).unwrap_or_else(|| argmax(logits))
+        };
         self.observe(&[token]);
         Ok(token)
-    }
-
-    fn draw(&mut self, logits: &[f32]) -> u32 {
-        let pairs = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
-        self.draw_pairs(pairs).unwrap_or_else(|| argmax(logits))
     }
 
     /// The settings.
@@ -163,66 +177,198 @@ impl Sampler {
         !self.counts.is_empty() && self.params.has_penalties()
     }
 
-    /// Picks the next token from candidate `(id, logit)` pairs that hold at least the
-    /// `top_k` most likely tokens (the GPU's top-k selection), and records it. Same draw
-    /// as [`Sampler::sample`] on the full logits when there are no penalties.
-    pub fn sample_candidates(&mut self, pairs: Vec<(u32, f32)>) -> Result<u32> {
+    /// Picks the next token from a row's most likely tokens, and records it: `pairs`
+    /// holds `(id, logit)` of the row's `pairs.len()` largest logits, in any order (the
+    /// GPU's top-k selection), after penalties; `mass` is the row's softmax normalizer
+    /// relative to its largest logit, `sum exp(l / t - max / t)` over every non-NaN logit
+    /// (unused at temperature 0). Where top-k, top-p or min-p keep only candidates, or the
+    /// draw lands on one, it is decided here; where it is not (top-p's mass or min-p's
+    /// floor not reached inside the candidates, a top-k past them, or the draw past the
+    /// candidates' mass), `all` is called for the row's every (penalized) logit and the
+    /// draw goes on there with the same random number. Either way it is the draw
+    /// [`Sampler::sample`] makes on the whole row: the same token, up to the order of
+    /// floating-point sums (and which of equal logits tied at the `pairs.len()`-th place
+    /// the candidates hold).
+    pub fn sample_top(&mut self, pairs: Vec<(u32, f32)>, mass: f64, all: impl FnOnce() -> Result<Vec<f32>>) -> Result<u32> {
+        let mut pairs = pairs;
+        pairs.retain(|x| !x.1.is_nan());
+        pairs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         let token = if self.params.temperature == 0.0 {
-            pairs
-                .iter()
-                .filter(|p| !p.1.is_nan())
-                .fold(None, |best: Option<(u32, f32)>, &(i, l)| match best {
-                    Some((bi, bl)) if bl > l || (bl == l && bi < i) => Some((bi, bl)),
-                    _ => Some((i, l)),
-                })
-                .map(|p| p.0)
+            pairs.first().map(|p| p.0)
         } else {
-            self.draw_pairs(pairs)
+            let u = self.rng.next_f64();
+            // A normalizer that cannot be right (an infinite logit, say) takes the whole row.
+            let drawn = if mass.is_finite() && mass >= 1.0 { self.draw_sorted(&pairs, Some(mass), u) } else { Drawn::Undecided };
+            match drawn {
+                Drawn::Token(t) => Some(t),
+                Drawn::Empty => None,
+                Drawn::Undecided | Drawn::Past(_) => self.draw_row(&all()?, u),
+            }
         };
         let token = token.ok_or_else(|| ModelError::Invalid("cannot sample from empty or all-NaN logits".into()))?;
         self.observe(&[token]);
         Ok(token)
     }
 
-    fn draw_pairs(&mut self, mut pairs: Vec<(u32, f32)>) -> Option<u32> {
+    /// The draw with uniform `u` over `pairs`, sorted highest logit first, no NaN. `mass`:
+    /// `None` where `pairs` is the whole row; else the row's normalizer relative to its
+    /// largest logit (the first pair), with `pairs` only its most likely tokens, and
+    /// [`Drawn::Undecided`] or [`Drawn::Past`] where the outcome depends on tokens past them.
+    fn draw_sorted(&self, pairs: &[(u32, f32)], mass: Option<f64>, u: f64) -> Drawn {
         let p = &self.params;
-        // Candidates sorted by logit, highest first (ties by id for determinism).
-        pairs.retain(|x| !x.1.is_nan());
-        pairs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let Some(&(_, first)) = pairs.first() else { return Drawn::Empty };
+        let mut complete = mass.is_none();
+        let mut pairs = pairs;
         if p.top_k > 0 {
-            pairs.truncate(p.top_k);
+            if p.top_k <= pairs.len() {
+                pairs = &pairs[..p.top_k];
+                complete = true;
+            } else if !complete {
+                // The top-k set (and its normalizer) reaches past the candidates.
+                return Drawn::Undecided;
+            }
         }
-        let first = pairs.first()?.1;
         let top = f64::from(first / p.temperature);
         let mut probs: Vec<f64> = pairs.iter().map(|&(_, l)| (f64::from(l / p.temperature) - top).exp()).collect();
-        let total: f64 = probs.iter().sum();
+        let total: f64 = match mass {
+            Some(m) if !complete => m,
+            _ => probs.iter().sum(),
+        };
         probs.iter_mut().for_each(|x| *x /= total);
         if p.top_p < 1.0 {
             // Keep the shortest prefix whose mass reaches top_p (at least one token).
             let mut acc = 0.0;
-            let keep = probs
-                .iter()
-                .position(|&x| {
-                    acc += x;
-                    acc >= f64::from(p.top_p)
-                })
-                .map_or(probs.len(), |i| i + 1);
-            probs.truncate(keep);
+            match probs.iter().position(|&x| {
+                acc += x;
+                acc >= f64::from(p.top_p)
+            }) {
+                Some(i) => {
+                    probs.truncate(i + 1);
+                    complete = true;
+                }
+                None if !complete => return Drawn::Undecided,
+                None => {}
+            }
         }
         if p.min_p > 0.0 {
             let floor = probs[0] * f64::from(p.min_p);
             let keep = probs.iter().take_while(|&&x| x >= floor).count().max(1);
-            probs.truncate(keep);
+            if keep < probs.len() {
+                probs.truncate(keep);
+                complete = true;
+            } else if !complete {
+                // Tokens past the candidates may still reach the floor.
+                return Drawn::Undecided;
+            }
         }
-        let total: f64 = probs.iter().sum();
-        let mut r = self.rng.next_f64() * total;
+        // Over the whole row nothing was cut: the kept mass is 1 by construction.
+        let kept: f64 = if complete { probs.iter().sum() } else { 1.0 };
+        let mut r = u * kept;
         for (i, &x) in probs.iter().enumerate() {
             if r < x {
-                return Some(pairs[i].0);
+                return Drawn::Token(pairs[i].0);
             }
             r -= x;
         }
-        Some(pairs[probs.len() - 1].0)
+        if complete {
+            Drawn::Token(pairs[probs.len() - 1].0)
+        } else {
+            Drawn::Past(r)
+        }
+    }
+
+    /// The draw with uniform `u` over a whole row of logits (after penalties); `None`
+    /// where every logit is NaN. The row's [`SORTED_HEAD`] highest logits are walked first,
+    /// highest first (ties by id), as the GPU's candidates are; where top-k, top-p or
+    /// min-p need more of the order, the sorted head grows; a plain temperature draw past
+    /// the head walks the rest in id order. Only the head is sorted (a full sort of a
+    /// 128k vocabulary costs milliseconds a token).
+    fn draw_row(&self, logits: &[f32], u: f64) -> Option<u32> {
+        // One u64 a logit: ascending keys are descending logits, ties by ascending id
+        // (integer sorts and selections run several times faster than on pairs).
+        let mut keys: Vec<u64> =
+            logits.iter().enumerate().filter(|x| !x.1.is_nan()).map(|(i, &l)| (u64::from(!order_key(l)) << 32) | i as u64).collect();
+        let n = keys.len();
+        let id = |k: u64| (k & 0xffff_ffff) as u32;
+        let best = id(*keys.iter().min()?);
+        let best_logit = logits[best as usize];
+        if !best_logit.is_finite() {
+            // +inf takes every draw (-inf everywhere: no weights); the lowest such id.
+            return Some(best);
+        }
+        let t = self.params.temperature;
+        let top = f64::from(best_logit / t);
+        let weight = |l: f32| (f64::from(l / t) - top).exp();
+        // The row's normalizer, where the head is not the whole row.
+        let row_mass = if SORTED_HEAD < n { keys.iter().map(|&k| weight(logits[id(k) as usize])).sum::<f64>() } else { 0.0 };
+        let mut head = SORTED_HEAD.min(n);
+        let (mass, past) = loop {
+            if head < n {
+                keys.select_nth_unstable(head - 1);
+                keys[..head].sort_unstable();
+            } else {
+                keys.sort_unstable();
+            }
+            let pairs: Vec<(u32, f32)> = keys[..head].iter().map(|&k| (id(k), logits[id(k) as usize])).collect();
+            let mass = (head < n).then_some(row_mass);
+            match self.draw_sorted(&pairs, mass, u) {
+                Drawn::Token(tok) => return Some(tok),
+                Drawn::Empty => return None,
+                // Past an eighth of the row, one sort of all of it.
+                Drawn::Undecided => head = if head * 8 >= n / 8 { n } else { head * 8 },
+                Drawn::Past(r) => break (mass.unwrap_or(1.0), r),
+            }
+        };
+        // Past the sorted head (a draw with no cut): the rest in id order.
+        let mut in_head = vec![false; logits.len()];
+        for &k in &keys[..head] {
+            in_head[id(k) as usize] = true;
+        }
+        let mut r = past;
+        let mut last = best;
+        for (i, &l) in logits.iter().enumerate() {
+            if l.is_nan() || in_head[i] {
+                continue;
+            }
+            let x = weight(l) / mass;
+            if r < x {
+                return Some(i as u32);
+            }
+            r -= x;
+            last = i as u32;
+        }
+        // Rounding left a sliver past the last weight.
+        Some(last)
+    }
+}
+
+/// Logits sorted at the head of a whole-row draw: the draw over the GPU's candidates
+/// ([`TOPK_MAX`] of them where no top-k bounds it) walks them in the same order, so the
+/// two agree token for token.
+pub const SORTED_HEAD: usize = TOPK_MAX;
+
+/// The outcome of a draw over sorted candidates.
+enum Drawn {
+    /// The token drawn.
+    Token(u32),
+    /// Which tokens are kept depends on tokens past the candidates (top-p's mass or
+    /// min-p's floor not reached, a top-k past them).
+    Undecided,
+    /// Nothing is cut and the draw passes every candidate, with this much probability
+    /// left to walk over the rest.
+    Past(f64),
+    /// No candidate (every logit NaN).
+    Empty,
+}
+
+/// An order-preserving key of an f32 (a > b iff key(a) > key(b)), as the GPU's top-k
+/// uses; NaN is filtered out before.
+fn order_key(v: f32) -> u32 {
+    let u = v.to_bits();
+    if u & 0x8000_0000 != 0 {
+        !u
+    } else {
+        u | 0x8000_0000
     }
 }
 

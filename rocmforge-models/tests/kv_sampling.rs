@@ -282,3 +282,166 @@ fn eos_stop_strings_and_max_tokens_end_generation() {
     let e = model.generate(&[], &GenerateOptions::default(), |_| {}).unwrap_err();
     assert!(e.to_string().contains("prompt"));
 }
+
+/// The `k` largest of `logits` as `(id, logit)`, shuffled (the GPU's top-k is unordered).
+fn top_candidates(logits: &[f32], k: usize, rng: &mut Rng) -> Vec<(u32, f32)> {
+    let mut all: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
+    all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    all.truncate(k);
+    for i in (1..all.len()).rev() {
+        all.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+    }
+    all
+}
+
+/// The softmax normalizer relative to the largest logit, as the GPU computes it.
+fn mass(logits: &[f32], t: f32) -> f64 {
+    let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    logits.iter().map(|&l| (f64::from(l / t) - f64::from(top / t)).exp()).sum()
+}
+
+#[test]
+fn draws_over_top_candidates_match_draws_over_the_whole_row() {
+    // Rows of 3000 logits at three spreads (flat to peaked), 64 candidates: every setting
+    // draws the same tokens as the full row, copying the row only when the draw needs it.
+    let mut rng = Rng::new(11);
+    let settings = [
+        SamplingParams { temperature: 1.0, ..SamplingParams::default() },
+        SamplingParams { temperature: 0.7, top_p: 0.9, ..SamplingParams::default() },
+        SamplingParams { temperature: 1.3, top_p: 0.5, ..SamplingParams::default() },
+        SamplingParams { temperature: 1.0, min_p: 0.05, ..SamplingParams::default() },
+        SamplingParams { temperature: 0.9, top_k: 40, top_p: 0.95, ..SamplingParams::default() },
+        SamplingParams { temperature: 0.9, top_k: 500, ..SamplingParams::default() },
+        SamplingParams { temperature: 1.0, top_p: 0.8, repetition_penalty: 1.3, presence_penalty: 0.2, ..SamplingParams::default() },
+        SamplingParams { temperature: 0.0, frequency_penalty: 0.5, ..SamplingParams::default() },
+    ];
+    let (mut copied, mut decided) = (0usize, 0usize);
+    for (n, params) in settings.iter().enumerate() {
+        let (mut copied_here, mut decided_here) = (0usize, 0usize);
+        for spread in [1.0f32, 4.0, 12.0] {
+            let seed = n as u64 * 10 + spread as u64;
+            let mut full = Sampler::new(SamplingParams { seed, ..params.clone() }).unwrap();
+            let mut top = Sampler::new(SamplingParams { seed, ..params.clone() }).unwrap();
+            for _ in 0..60 {
+                let row: Vec<f32> = (0..3000).map(|_| (rng.next_f32() * 2.0 - 1.0) * spread).collect();
+                let want = full.sample(&mut row.clone()).unwrap();
+                // The GPU applies the penalties to its logits before the selection.
+                let mut pen = row.clone();
+                top.penalize(&mut pen);
+                let cands = top_candidates(&pen, 64, &mut rng);
+                let mut asked = false;
+                let got = top
+                    .sample_top(cands, mass(&pen, params.temperature.max(1e-3)), || {
+                        asked = true;
+                        Ok(pen.clone())
+                    })
+                    .unwrap();
+                assert_eq!(got, want, "setting {n} spread {spread}");
+                if asked {
+                    copied_here += 1;
+                } else {
+                    decided_here += 1;
+                }
+            }
+        }
+        // Settings bounded inside the candidates never copy the row.
+        if params.top_k == 40 || params.temperature == 0.0 {
+            assert_eq!(copied_here, 0, "setting {n}");
+        }
+        // A top-k past the candidates always does.
+        if params.top_k == 500 {
+            assert_eq!(decided_here, 0, "setting {n}");
+        }
+        copied += copied_here;
+        decided += decided_here;
+    }
+    // Both paths ran: draws decided by the candidates and draws that needed the row.
+    assert!(copied > 0 && decided > 0, "copied {copied}, decided {decided}");
+}
+
+#[test]
+fn a_draw_over_candidates_copies_the_row_only_for_the_tail() {
+    // One dominant logit: a plain temperature draw lands on it nearly always, and then
+    // the row is not copied; top-p 0.5 is reached by the first candidate alone.
+    let mut row = vec![0.0f32; 1000];
+    row[7] = 20.0;
+    let cands = |r: &[f32]| top_candidates(r, 8, &mut Rng::new(1));
+    for params in [
+        SamplingParams { temperature: 1.0, seed: 3, ..SamplingParams::default() },
+        SamplingParams { temperature: 1.0, top_p: 0.5, seed: 3, ..SamplingParams::default() },
+    ] {
+        let mut s = Sampler::new(params).unwrap();
+        for _ in 0..100 {
+            let got = s.sample_top(cands(&row), mass(&row, 1.0), || panic!("the row was copied")).unwrap();
+            assert_eq!(got, 7);
+        }
+    }
+    // A flat row: top-p 0.9 is not reached by 8 of 1000 candidates, so every draw copies.
+    let flat = vec![0.5f32; 1000];
+    let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.9, seed: 4, ..SamplingParams::default() }).unwrap();
+    let mut copies = 0;
+    for _ in 0..20 {
+        let got = s
+            .sample_top(cands(&flat), mass(&flat, 1.0), || {
+                copies += 1;
+                Ok(flat.clone())
+            })
+            .unwrap();
+        assert!((got as usize) < 1000);
+    }
+    assert_eq!(copies, 20);
+    // A normalizer that cannot be right (an infinite logit) takes the whole row.
+    let mut inf = row.clone();
+    inf[3] = f32::INFINITY;
+    let mut s = Sampler::new(SamplingParams { temperature: 1.0, seed: 5, ..SamplingParams::default() }).unwrap();
+    let mut asked = false;
+    s.sample_top(cands(&inf), f64::NAN, || {
+        asked = true;
+        Ok(inf.clone())
+    })
+    .unwrap();
+    assert!(asked);
+}
+
+#[test]
+fn whole_row_draws_follow_the_truncated_softmax_past_the_sorted_head() {
+    // 2000 logits (more than the 1024 the draw sorts first): a plain draw walks the rest in
+    // id order, top-p 0.9 needs a longer sorted head. Frequencies over ten id buckets
+    // against an independent f64 reference (a full sort, the nucleus cut, the softmax).
+    let mut rng = Rng::new(21);
+    let row: Vec<f32> = (0..2000).map(|_| rng.next_f32() * 3.0).collect();
+    for (top_p, seed) in [(1.0f32, 5u64), (0.9, 6)] {
+        let t = 1.0f64;
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        let w: Vec<f64> = order.iter().map(|&i| (f64::from(row[i]) / t).exp()).collect();
+        let z: f64 = w.iter().sum();
+        let mut acc = 0.0;
+        let keep = w.iter().position(|&x| {
+            acc += x / z;
+            acc >= f64::from(top_p)
+        });
+        let keep = keep.map_or(w.len(), |i| i + 1);
+        assert!(keep > 1024, "the nucleus must reach past the sorted head ({keep})");
+        let zk: f64 = w[..keep].iter().sum();
+        let mut want = [0.0f64; 10];
+        for (j, &i) in order[..keep].iter().enumerate() {
+            want[i * 10 / row.len()] += w[j] / zk;
+        }
+        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p, seed, ..SamplingParams::default() }).unwrap();
+        let n = 8_000;
+        let mut got = [0usize; 10];
+        let kept: std::collections::HashSet<usize> = order[..keep].iter().copied().collect();
+        for _ in 0..n {
+            let tok = s.sample(&mut row.clone()).unwrap() as usize;
+            assert!(kept.contains(&tok), "top_p {top_p}: token {tok} is outside the nucleus");
+            got[tok * 10 / row.len()] += 1;
+        }
+        for b in 0..10 {
+            let p = want[b];
+            let sd = (p * (1.0 - p) / n as f64).sqrt();
+            let f = got[b] as f64 / n as f64;
+            assert!((f - p).abs() <= 5.0 * sd + 1e-4, "top_p {top_p} bucket {b}: {f} vs {p}");
+        }
+    }
+}

@@ -366,6 +366,85 @@ fn block_1024(kernel: &str, limits: &DeviceLimits) -> Result<(), LaunchError> {
     Ok(())
 }
 
+/// Plans sampling penalties applied in place to f32 `logits` `[rows, cols]`: `ent` is
+/// i32 `[n, 4]`, each entry (row, token, repetition penalty, amount subtracted), the last
+/// two as f32 bits, no (row, token) twice. A positive logit is divided by the repetition
+/// penalty, a negative one multiplied, then the amount is subtracted (the host sampler's
+/// order). Entries out of range are skipped on the device.
+pub fn plan_penalize(limits: &DeviceLimits, logits: &dyn TensorArg, ent: &dyn TensorArg) -> Result<EnginePlan, LaunchError> {
+    const K: &str = "penalize";
+    if logits.dtype() != DType::F32 {
+        return Err(dtype_err(K, "logits", "f32".into(), logits.dtype()));
+    }
+    let (rows, cols) = rows_cols(K, "logits", logits)?;
+    if ent.dtype() != DType::I32 {
+        return Err(dtype_err(K, "ent", "i32".into(), ent.dtype()));
+    }
+    let n = match ent.shape() {
+        [n, 4] if *n > 0 => *n as u64,
+        s => return Err(shape_err(K, "ent", "[n, 4], non-empty".into(), s)),
+    };
+    let n32 = int(K, "entries", n)?;
+    let blocks = n.div_ceil(256);
+    if blocks > u64::from(limits.max_grid[0]) {
+        return Err(LaunchError::Limit { kernel: K.into(), what: "entries", value: n, limit: u64::from(limits.max_grid[0]) * 256 });
+    }
+    Ok(EnginePlan {
+        cooperative: false,
+        module: EngineModule::Engine(DType::F32, EnginePart::Misc),
+        symbol: "rf_penalize_f32".into(),
+        grid: [blocks as u32, 1, 1],
+        block: [256, 1, 1],
+        args: vec![
+            ArgValue::Ptr(logits.device_ptr()),
+            ArgValue::I64(i64_of(K, "rows", rows)?),
+            ArgValue::I64(i64_of(K, "cols", cols)?),
+            ArgValue::Ptr(ent.device_ptr()),
+            ArgValue::I32(n32),
+        ],
+    })
+}
+
+/// Plans each row's softmax normalizer relative to its largest logit, for a draw over
+/// the top candidates: `mass[r] = sum exp(l / t - max / t)` over the non-NaN logits `l`
+/// of row `r` of f32 `x` `[rows, cols]`, `t` the row's temperature in i32 `temps` `[rows]`
+/// (f32 bits); a row whose temperature is not positive gets 0. `mass` is f32 `[rows]`.
+pub fn plan_softmax_mass(
+    limits: &DeviceLimits,
+    x: &dyn TensorArg,
+    temps: &dyn TensorArg,
+    mass: &dyn TensorArg,
+) -> Result<EnginePlan, LaunchError> {
+    const K: &str = "softmax_mass";
+    if x.dtype() != DType::F32 {
+        return Err(dtype_err(K, "x", "f32".into(), x.dtype()));
+    }
+    let (rows, cols) = rows_cols(K, "x", x)?;
+    for (name, t, dt) in [("temps", temps, DType::I32), ("mass", mass, DType::F32)] {
+        if t.dtype() != dt {
+            return Err(dtype_err(K, name, dt.to_string(), t.dtype()));
+        }
+        if t.shape().iter().product::<usize>() as u64 != rows {
+            return Err(shape_err(K, name, format!("{rows} elements, one per row of x"), t.shape()));
+        }
+    }
+    block_1024(K, limits)?;
+    Ok(EnginePlan {
+        cooperative: false,
+        module: EngineModule::Engine(DType::F32, EnginePart::Misc),
+        symbol: "rf_softmax_mass_f32".into(),
+        grid: rows_grid(limits, rows),
+        block: [1024, 1, 1],
+        args: vec![
+            ArgValue::Ptr(x.device_ptr()),
+            ArgValue::I64(i64_of(K, "rows", rows)?),
+            ArgValue::I64(i64_of(K, "cols", cols)?),
+            ArgValue::Ptr(temps.device_ptr()),
+            ArgValue::Ptr(mass.device_ptr()),
+        ],
+    })
+}
+
 /// Most candidates [`plan_topk`] selects per row.
 pub const TOPK_MAX: usize = 1024;
 
@@ -1242,6 +1321,17 @@ mod tests {
             let r = plan_topk(&l, &t(DType::F16, &[2, 1000]), bad_k, &t(DType::F32, &[2, bad_k]), &t(DType::I32, &[2, bad_k]));
             assert!(matches!(r, Err(LaunchError::Limit { .. })), "k = {bad_k}");
         }
+        let pen = plan_penalize(&l, &t(DType::F32, &[2, 1000]), &t(DType::I32, &[300, 4])).unwrap();
+        assert_eq!((pen.symbol.as_str(), pen.grid[0], pen.args[4]), ("rf_penalize_f32", 2, ArgValue::I32(300)));
+        assert!(plan_penalize(&l, &t(DType::BF16, &[2, 1000]), &t(DType::I32, &[3, 4])).is_err());
+        assert!(plan_penalize(&l, &t(DType::F32, &[2, 1000]), &t(DType::I32, &[3, 3])).is_err());
+        assert!(plan_penalize(&l, &t(DType::F32, &[2, 1000]), &t(DType::I32, &[0, 4])).is_err());
+        assert!(plan_penalize(&l, &t(DType::F32, &[2, 1000]), &t(DType::F32, &[3, 4])).is_err());
+        let m = plan_softmax_mass(&l, &t(DType::F32, &[3, 1000]), &t(DType::I32, &[3]), &t(DType::F32, &[3])).unwrap();
+        assert_eq!((m.symbol.as_str(), m.grid[0], m.block[0]), ("rf_softmax_mass_f32", 3, 1024));
+        assert!(plan_softmax_mass(&l, &t(DType::F16, &[3, 1000]), &t(DType::I32, &[3]), &t(DType::F32, &[3])).is_err());
+        assert!(plan_softmax_mass(&l, &t(DType::F32, &[3, 1000]), &t(DType::I32, &[2]), &t(DType::F32, &[3])).is_err());
+        assert!(plan_softmax_mass(&l, &t(DType::F32, &[3, 1000]), &t(DType::I32, &[3]), &t(DType::I32, &[3])).is_err());
         let qkv = t(DType::BF16, &[3, (4 + 2 * 2) * 64]);
         let (q, kc, i32s, f) = (t(DType::BF16, &[3, 4, 64]), t(DType::BF16, &[10, 16, 2, 64]), t(DType::I32, &[3]), t(DType::F32, &[32]));
         let a = QkvPost { qkv: &qkv, q_out: &q, k_cache: &kc, v_cache: &kc, pos: &i32s, slots: &i32s, inv_freq: &f, qk_norm: None };

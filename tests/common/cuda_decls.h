@@ -11,6 +11,7 @@
 struct rf_decl_dim3 { unsigned x, y, z; };
 extern __device__ const rf_decl_dim3 threadIdx, blockIdx, blockDim, gridDim;
 __device__ float expf(float); __device__ float exp2f(float); __device__ float __expf(float); __device__ float logf(float);
+__device__ double exp(double);
 __device__ float rsqrtf(float); __device__ float sqrtf(float); __device__ void sincosf(float, float*, float*);
 __device__ float sinf(float); __device__ float cosf(float); __device__ float tanhf(float); __device__ float powf(float, float);
 __device__ float fmaxf(float, float); __device__ float fminf(float, float); __device__ float fabsf(float); __device__ float floorf(float);
