@@ -909,16 +909,18 @@ impl GpuModel {
             }
         }
         let entries = (staged.len() - rows) / 4;
-        if self.s.sampling.as_ref().is_none_or(|b| b.bytes() < staged.len() * 4) {
-            // Grown to the next power of two: a long generation's seen set grows a token
-            // at a time. Dropped first, so the old and new buffers never coexist.
-            self.s.sampling = None;
-            self.s.sampling = Some(self.dev.alloc(DType::I32, &[staged.len().next_power_of_two().max(1024)])?);
-        }
-        let buf = self.s.sampling.as_mut().ok_or_else(|| ModelError::Invalid("sampling buffer missing".into()))?;
+        let buf = match &mut self.s.sampling {
+            Some(b) if b.bytes() >= staged.len() * 4 => b,
+            slot => {
+                // Grown to the next power of two: a long generation's seen set grows a
+                // token at a time. Dropped first, so the old and new never coexist.
+                *slot = None;
+                slot.insert(self.dev.alloc(DType::I32, &[staged.len().next_power_of_two().max(1024)])?)
+            }
+        };
         let bytes: Vec<u8> = staged.iter().flat_map(|v| v.to_ne_bytes()).collect();
         self.dev.write(buf, 0, &bytes)?;
-        let buf = self.s.sampling.as_ref().ok_or_else(|| ModelError::Invalid("sampling buffer missing".into()))?;
+        let buf = &*buf;
         let logits = self.s.logits.view(0, &[rows, vocab])?;
         if entries > 0 {
             self.dev.launch_engine(&plan_penalize(&lim, &logits, &buf.view(rows, &[entries, 4])?)?)?;
