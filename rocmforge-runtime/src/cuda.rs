@@ -722,6 +722,7 @@ impl CudaDevice {
     /// be loaded and the workspace large enough (run the same work once uncaptured first):
     /// capture fails on a synchronizing call. The graph keeps the arguments' addresses,
     /// so the tensors it uses must outlive it; their contents are read at each replay.
+    /// The graph is uploaded to the device before it is returned (in stream order).
     pub fn capture<E: From<CudaError>>(&self, f: impl FnOnce() -> Result<(), E>) -> Result<DeviceGraph, E> {
         self.stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
@@ -730,7 +731,12 @@ impl CudaDevice {
         let g = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
         r?;
         match g {
-            Ok(Some(graph)) => Ok(DeviceGraph { graph }),
+            // Uploaded now, so that its first replay (inside whatever is timed) does not
+            // set it up on the device.
+            Ok(Some(graph)) => match graph.upload() {
+                Ok(()) => Ok(DeviceGraph { graph }),
+                Err(e) => Err(E::from(CudaError::Driver { call: "cuGraphUpload", source: e })),
+            },
             Ok(None) => Err(E::from(CudaError::NoDevice("graph capture recorded nothing".into()))),
             Err(e) => Err(E::from(CudaError::Driver { call: "cuStreamEndCapture", source: e })),
         }
