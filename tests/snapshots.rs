@@ -75,9 +75,10 @@ fn engine_parts_partition_the_engine_kernels() {
     from_parts.sort();
     assert_eq!(from_parts, a);
     // 3 dtypes x (gather, argmax, top-k, q/k/v stage, SwiGLU rows + 4 gemv + 4 pair
-    // kernels), and the decode index advance, the sampling penalties and the softmax
-    // normalizer (f32's misc only: they move no activations; the logits are f32).
-    assert_eq!(all.len(), 3 * 13 + 3);
+    // kernels), and the decode index advance, the sampling penalties, the softmax
+    // normalizer and the staged top-k (f32's misc only: they move no activations; the
+    // logits are f32).
+    assert_eq!(all.len(), 3 * 13 + 4);
     assert!(engine_source_for(rocmforge::dsl::DType::I32, EnginePart::Misc).is_err());
     assert!(engine_source_for(rocmforge::dsl::DType::BF16, EnginePart::Gemv(3)).is_err());
 }

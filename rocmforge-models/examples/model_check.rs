@@ -24,14 +24,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use rocmforge_models::gpu::{GpuModel, GpuOptions, RandomWeights, SeqTokens};
-use rocmforge_models::sampling::{argmax, Rng, Sampler, SamplingParams};
+use rocmforge_models::sampling::{argmax, merge_mass, Rng, Sampler, SamplingParams};
 use rocmforge_models::transformer::Logits;
 use rocmforge_models::weights::{encode, Checkpoint};
 use rocmforge_models::{LoadOptions, Model};
 use rocmforge_runtime::cuda::CudaDevice;
 use rocmforge_runtime::engine::{
     argmax_workspace, plan_argmax, plan_gather, plan_gemv, plan_gemv_pairs, plan_penalize, plan_qkv_post, plan_softmax_mass,
-    plan_swiglu_rows, plan_topk, GemvFusion, PairEpilogue, QkvPost,
+    plan_swiglu_rows, plan_topk, plan_topk_staged, softmax_mass_parts, topk_staged_workspace, GemvFusion, PairEpilogue, QkvPost, TOPK_MAX,
 };
 use rocmforge_runtime::DType;
 
@@ -308,6 +308,35 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
     // them: each launch must leave them zero for the next.
     let argmax_counters = dev.zeros(DType::U32, &[8])?;
     sampling_kernel_checks(dev, rng, tally)?;
+    // The staged top-k on rows of ties: every value equal but a few (k taken among equals
+    // across stages), and a row of two values.
+    for (rows, cols, k) in [(2usize, 20_000usize, 1024usize), (1, 70_000, 300)] {
+        let mut host: Vec<f32> = (0..rows * cols)
+            .map(|i| {
+                if i % 997 == 0 {
+                    2.0
+                } else if i % 2 == 0 {
+                    1.0
+                } else {
+                    0.5
+                }
+            })
+            .collect();
+        host[rows * cols - 1] = 3.0;
+        let x = dev.upload_bytes(DType::F32, &[rows, cols], &encode(&host, DType::F32))?;
+        let ws_len = topk_staged_workspace(rows, cols, k);
+        let (ws_v, ws_i) = (dev.alloc(DType::F32, &[ws_len])?, dev.alloc(DType::I32, &[ws_len])?);
+        let mut vals = dev.alloc(DType::F32, &[rows, k])?;
+        let mut ids = dev.alloc(DType::I32, &[rows, k])?;
+        dev.poison(&mut vals)?;
+        dev.poison(&mut ids)?;
+        let plans = plan_topk_staged(&lim, &x, k, &vals, &ids, &ws_v, &ws_i)?;
+        for p in &plans {
+            dev.launch_engine(p)?;
+        }
+        let ok = topk_matches(dev, &host, cols, k, &vals, &ids)?;
+        tally.check(ok, format!("engine topk staged f32 [{rows}, {cols}] k {k}, ties: values and ids match the host's top {k}"));
+    }
     for dtype in [DType::F32, DType::F16, DType::BF16] {
         for (rows, cols) in [(1usize, 128_256usize), (5, 1000), (3, 32_000), (2, 17)] {
             let mut host = rand_rows(rng, rows * cols);
@@ -351,27 +380,34 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
             dev.poison(&mut vals)?;
             dev.poison(&mut ids)?;
             dev.launch_engine(&plan_topk(&lim, &x, k, &vals, &ids)?)?;
-            let gv: Vec<f32> = dev.read_bytes(&vals)?.chunks_exact(4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect();
-            let gi: Vec<i32> = dev.read_bytes(&ids)?.chunks_exact(4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect();
-            let mut ok = true;
-            for r in 0..rows {
-                let row = &rounded[r * cols..(r + 1) * cols];
-                let mut sorted: Vec<f32> = row.to_vec();
-                sorted.sort_by(|a, b| b.total_cmp(a));
-                let mut got: Vec<f32> = gv[r * k..(r + 1) * k].to_vec();
-                got.sort_by(|a, b| b.total_cmp(a));
-                // Same multiset of values, and each id points at its value.
-                ok &= got == sorted[..k];
-                ok &= (0..k).all(|j| {
-                    let id = gi[r * k + j];
-                    id >= 0 && (id as usize) < cols && row[id as usize] == gv[r * k + j]
-                });
-                let mut uniq: Vec<i32> = gi[r * k..(r + 1) * k].to_vec();
-                uniq.sort_unstable();
-                uniq.dedup();
-                ok &= uniq.len() == k;
-            }
+            let ok = topk_matches(dev, &rounded, cols, k, &vals, &ids)?;
             tally.check(ok, format!("engine topk   {dtype:<5} [{rows}, {cols}] k {k}: values and ids match the host's top {k}"));
+            if dtype == DType::F32 {
+                // The staged top-k (the sampler's), at the same k and at the most it takes.
+                for k in [k, TOPK_MAX.min(cols)] {
+                    let ws_len = topk_staged_workspace(rows, cols, k).max(1);
+                    let mut ws_v = dev.alloc(DType::F32, &[ws_len])?;
+                    let mut ws_i = dev.alloc(DType::I32, &[ws_len])?;
+                    dev.poison(&mut ws_v)?;
+                    dev.poison(&mut ws_i)?;
+                    let mut vals = dev.alloc(DType::F32, &[rows, k])?;
+                    let mut ids = dev.alloc(DType::I32, &[rows, k])?;
+                    dev.poison(&mut vals)?;
+                    dev.poison(&mut ids)?;
+                    let plans = plan_topk_staged(&lim, &x, k, &vals, &ids, &ws_v, &ws_i)?;
+                    for p in &plans {
+                        dev.launch_engine(p)?;
+                    }
+                    let ok = topk_matches(dev, &rounded, cols, k, &vals, &ids)?;
+                    tally.check(
+                        ok,
+                        format!(
+                            "engine topk staged f32 [{rows}, {cols}] k {k} in {} launches: values and ids match the host's top {k}",
+                            plans.len()
+                        ),
+                    );
+                }
+            }
         }
         // Matrix-vector products (decode) against an f64 host product: 16-byte and
         // element paths (k 72 and 77), 1 to 8 rows, k up to 14336 (4120 leaves a partial
@@ -425,6 +461,38 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
     Ok(())
 }
 
+/// Whether a top-k's `vals` and `ids` `[rows, k]` hold the `k` largest of each row of
+/// `rounded` (`[rows, cols]`): the same multiset of values, each id pointing at its value,
+/// no id twice.
+fn topk_matches(
+    dev: &CudaDevice,
+    rounded: &[f32],
+    cols: usize,
+    k: usize,
+    vals: &rocmforge_runtime::cuda::DeviceTensor,
+    ids: &rocmforge_runtime::cuda::DeviceTensor,
+) -> Res<bool> {
+    let gv: Vec<f32> = dev.read_bytes(vals)?.chunks_exact(4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let gi: Vec<i32> = dev.read_bytes(ids)?.chunks_exact(4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let mut ok = true;
+    for (r, row) in rounded.chunks_exact(cols).enumerate() {
+        let mut sorted: Vec<f32> = row.to_vec();
+        sorted.sort_by(|a, b| b.total_cmp(a));
+        let mut got: Vec<f32> = gv[r * k..(r + 1) * k].to_vec();
+        got.sort_by(|a, b| b.total_cmp(a));
+        ok &= got.iter().zip(&sorted[..k]).all(|(a, b)| a.to_bits() == b.to_bits());
+        ok &= (0..k).all(|j| {
+            let id = gi[r * k + j];
+            id >= 0 && (id as usize) < cols && row[id as usize].to_bits() == gv[r * k + j].to_bits()
+        });
+        let mut uniq: Vec<i32> = gi[r * k..(r + 1) * k].to_vec();
+        uniq.sort_unstable();
+        uniq.dedup();
+        ok &= uniq.len() == k;
+    }
+    Ok(ok)
+}
+
 /// The penalties kernel against the host sampler's `penalize` (bit-exact), and the
 /// softmax normalizer against an f64 host sum, on fresh random rows.
 fn sampling_kernel_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res<()> {
@@ -468,10 +536,12 @@ fn sampling_kernel_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tall
     rows4[2 * cols + 17] = f32::NAN;
     let x4 = dev.upload_bytes(DType::F32, &[4, cols], &encode(&rows4, DType::F32))?;
     let t_d = dev.upload_bytes(DType::I32, &[4], &temps.iter().flat_map(|t| t.to_bits().to_ne_bytes()).collect::<Vec<u8>>())?;
-    let mut mass = dev.alloc(DType::F32, &[4])?;
+    let parts = softmax_mass_parts(cols).0;
+    let mut mass = dev.alloc(DType::F32, &[4, parts, 2])?;
     dev.poison(&mut mass)?;
     dev.launch_engine(&plan_softmax_mass(&lim, &x4, &t_d, &mass)?)?;
-    let got = dev.download(&mass)?.to_f32_vec();
+    let got_parts = dev.download(&mass)?.to_f32_vec();
+    let got: Vec<f64> = temps.iter().enumerate().map(|(r, &t)| merge_mass(&got_parts[r * parts * 2..(r + 1) * parts * 2], t)).collect();
     let mut worst = 0.0f64;
     for (r, &t) in temps.iter().enumerate() {
         let row = &rows4[r * cols..(r + 1) * cols];
@@ -481,11 +551,15 @@ fn sampling_kernel_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tall
         } else {
             0.0
         };
-        let e = if want == 0.0 { f64::from(got[r]).abs() } else { (f64::from(got[r]) / want - 1.0).abs() };
+        let e = if t > 0.0 { (got[r] / want - 1.0).abs() } else { got[r].abs() };
         worst = worst.max(e);
     }
-    // f64 sums in another order, rounded once to f32: 2^-24 relative and a little more.
-    tally.check(worst <= 2e-7, format!("engine softmax_mass f32 [4, {cols}] at t {temps:?}: relative error max {worst:.1e} (bound 2e-7)"));
+    // f64 sums in another order, each part rounded once to f32: 2^-24 relative and a
+    // little more.
+    tally.check(
+        worst <= 2e-7,
+        format!("engine softmax_mass f32 [4, {cols}] in {parts} parts at t {temps:?}, merged: relative error max {worst:.1e} (bound 2e-7)"),
+    );
     Ok(())
 }
 

@@ -17,8 +17,8 @@ use rocmforge_runtime::cuda::{CudaDevice, CudaError, CudaEvent, DeviceGraph, Dev
 use rocmforge_runtime::engine::{
     argmax_workspace, decode_step_table, decode_step_ticks, decode_step_unsupported, decode_step_workspace, plan_argmax,
     plan_decode_advance, plan_decode_step, plan_gather, plan_gemm, plan_gemv, plan_gemv_pairs, plan_penalize, plan_qkv_post,
-    plan_softmax_mass, plan_swiglu_rows, plan_topk, DecodeIndex, EngineModule, EnginePart, GemvFusion, PairEpilogue, QkvPost, StepBuffers,
-    StepDims, StepLayer, TOPK_MAX,
+    plan_softmax_mass, plan_swiglu_rows, plan_topk_staged, softmax_mass_parts, topk_staged_workspace, DecodeIndex, EngineModule,
+    EnginePart, GemvFusion, PairEpilogue, QkvPost, StepBuffers, StepDims, StepLayer, TOPK_MAX,
 };
 use rocmforge_runtime::{AttnSeqs, DType, Kernel, KvIndex, LaunchError, LaunchPlan, TensorArg};
 
@@ -26,7 +26,7 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::kernels;
 use crate::kv::{KvPool, KvSeq, KvShape};
-use crate::sampling::Sampler;
+use crate::sampling::{merge_mass, Sampler};
 use crate::weights::encode;
 
 pub use crate::memory::{plan_memory, tensor_list, GpuOptions, MemoryPlan, RandomWeights, WeightSource};
@@ -81,7 +81,11 @@ struct Scratch {
     next: DeviceTensor,
     topk_vals: DeviceTensor,
     topk_ids: DeviceTensor,
-    /// Each row's softmax normalizer (f32 `[max_seqs]`), for a draw over top candidates.
+    /// The staged top-k's candidates between its stages ([`plan_topk_staged`]).
+    topk_ws_vals: DeviceTensor,
+    topk_ws_ids: DeviceTensor,
+    /// Each row's softmax normalizer in parts (f32 `[max_seqs, parts, 2]`,
+    /// [`plan_softmax_mass`]), for a draw over top candidates.
     mass: DeviceTensor,
     /// i32 staging of a draw: each row's temperature, then the penalty entries
     /// ([`plan_penalize`]); allocated at the first draw that is not plain greedy, grown
@@ -397,7 +401,9 @@ impl GpuModel {
             next: dev.alloc(DType::I32, &[sq])?,
             topk_vals: dev.alloc(DType::F32, &[sq * TOPK_MAX])?,
             topk_ids: dev.alloc(DType::I32, &[sq * TOPK_MAX])?,
-            mass: dev.alloc(DType::F32, &[sq])?,
+            mass: dev.alloc(DType::F32, &[sq * softmax_mass_parts(cfg.vocab).0 * 2])?,
+            topk_ws_vals: dev.alloc(DType::F32, &[topk_staged_workspace(sq, cfg.vocab, TOPK_MAX.min(cfg.vocab)).max(1)])?,
+            topk_ws_ids: dev.alloc(DType::I32, &[topk_staged_workspace(sq, cfg.vocab, TOPK_MAX.min(cfg.vocab)).max(1)])?,
             sampling: None,
             argmax_ws: dev.alloc(DType::F32, &[argmax_workspace(sq, cfg.vocab).max(1)])?,
             argmax_counters: dev.zeros(DType::U32, &[sq])?,
@@ -939,8 +945,11 @@ impl GpuModel {
         let k = k.min(vocab);
         let vals = self.s.topk_vals.view(0, &[rows, k])?;
         let ids = self.s.topk_ids.view(0, &[rows, k])?;
-        self.dev.launch_engine(&plan_topk(&lim, &logits, k, &vals, &ids)?)?;
-        let mass = self.s.mass.view(0, &[rows])?;
+        for plan in plan_topk_staged(&lim, &logits, k, &vals, &ids, &self.s.topk_ws_vals, &self.s.topk_ws_ids)? {
+            self.dev.launch_engine(&plan)?;
+        }
+        let parts = softmax_mass_parts(vocab).0;
+        let mass = self.s.mass.view(0, &[rows, parts, 2])?;
         self.dev.launch_engine(&plan_softmax_mass(&lim, &logits, &buf.view(0, &[rows])?, &mass)?)?;
         let f32s = |b: Vec<u8>| -> Vec<f32> { b.chunks_exact(4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect() };
         let v = f32s(self.dev.read_bytes(&vals)?);
@@ -951,7 +960,8 @@ impl GpuModel {
             let pairs = i[r * k..(r + 1) * k].iter().copied().zip(v[r * k..(r + 1) * k].iter().copied()).collect();
             let tail = &mut self.tail_copies;
             let (dev, row) = (&self.dev, self.s.logits.view(r * vocab, &[vocab])?);
-            out.push(s.sample_top(pairs, f64::from(m[r]), || {
+            let row_mass = merge_mass(&m[r * parts * 2..(r + 1) * parts * 2], s.params().temperature);
+            out.push(s.sample_top(pairs, row_mass, || {
                 *tail += 1;
                 Ok(f32s(dev.read_bytes(&row)?))
             })?);

@@ -5,7 +5,7 @@
 
 use rocmforge_dsl::rope::RopeScaling;
 use rocmforge_dsl::DType;
-use rocmforge_runtime::engine::{argmax_workspace, TOPK_MAX};
+use rocmforge_runtime::engine::{argmax_workspace, softmax_mass_parts, topk_staged_workspace, TOPK_MAX};
 
 use crate::arch::Arch;
 use crate::config::ModelConfig;
@@ -310,10 +310,13 @@ pub fn plan_memory(cfg: &ModelConfig, opts: &GpuOptions, free: u64, device: &str
     let act = t * es * (3 * h + (q + 2 * kv) + 2 * q + 3 * i + wide);
     let max_blocks = (cfg.max_positions as u64).div_ceil(opts.block_size as u64);
     let staging = 4 * (3 * t + 3 * sq + 1 + sq * max_blocks);
-    // logits, last rows, next ids; top-k candidates; softmax normalizers; argmax counters
-    // and workspace. (A draw's staging of penalty entries grows at use, inside the reserve.)
-    let sampling =
-        sq * (v * 4 + h * es + 4) + sq * TOPK_MAX as u64 * 8 + 4 * sq + 4 * (sq + argmax_workspace(sq as usize, cfg.vocab) as u64);
+    // logits, last rows, next ids; top-k candidates; softmax normalizers' parts and the
+    // staged top-k's workspaces; argmax
+    // counters and workspace. (A draw's staging of penalty entries grows at use, inside the
+    // reserve.)
+    let mass = 8 * sq * softmax_mass_parts(cfg.vocab).0 as u64
+        + 8 * topk_staged_workspace(sq as usize, cfg.vocab, TOPK_MAX.min(cfg.vocab)).max(1) as u64;
+    let sampling = sq * (v * 4 + h * es + 4) + sq * TOPK_MAX as u64 * 8 + mass + 4 * (sq + argmax_workspace(sq as usize, cfg.vocab) as u64);
     let scratch = act + staging + sampling;
     let kv_per_token = 2 * cfg.layers as u64 * kv * es;
     let budget = (free as f64 * f64::from(opts.gpu_memory_fraction)) as u64;

@@ -361,6 +361,17 @@ enum Drawn {
     Empty,
 }
 
+/// A row's softmax normalizer at temperature `t` relative to its largest logit,
+/// `sum exp(l / t - max / t)`, from parts `(m, s)` of it (the GPU's
+/// `rf_softmax_mass_f32`: each part's largest logit `m` and its sum relative to `m`):
+/// each part's sum rescaled to the row's largest, in f64. NaN where the parts hold an
+/// infinite logit (the draw then takes the whole row).
+pub fn merge_mass(parts: &[f32], t: f32) -> f64 {
+    let top = parts.chunks_exact(2).map(|p| p[0]).fold(f32::NEG_INFINITY, f32::max);
+    let top = f64::from(top / t);
+    parts.chunks_exact(2).filter(|p| p[1] != 0.0).map(|p| f64::from(p[1]) * (f64::from(p[0] / t) - top).exp()).sum()
+}
+
 /// An order-preserving key of an f32 (a > b iff key(a) > key(b)), as the GPU's top-k
 /// uses; NaN is filtered out before.
 fn order_key(v: f32) -> u32 {

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly")]
 
 use rocmforge_models::kv::{KvError, KvPool, KvShape};
-use rocmforge_models::sampling::{argmax, Rng, Sampler, SamplingParams};
+use rocmforge_models::sampling::{argmax, merge_mass, Rng, Sampler, SamplingParams};
 use rocmforge_models::{demo, GenerateOptions};
 
 fn shape(blocks: usize) -> KvShape {
@@ -444,4 +444,27 @@ fn whole_row_draws_follow_the_truncated_softmax_past_the_sorted_head() {
             assert!((f - p).abs() <= 5.0 * sd + 1e-4, "top_p {top_p} bucket {b}: {f} vs {p}");
         }
     }
+}
+
+#[test]
+fn the_normalizer_merged_from_parts_is_the_rows() {
+    // Parts as the GPU writes them: each part's largest logit and its f64 sum relative to
+    // it, rounded to f32; merged, the row's sum relative to its largest within 2^-23.
+    let mut rng = Rng::new(9);
+    let row: Vec<f32> = (0..5000).map(|_| (rng.next_f32() * 2.0 - 1.0) * 9.0).collect();
+    for t in [0.3f32, 1.0, 2.5] {
+        let mut parts = Vec::new();
+        for c in row.chunks(700) {
+            let m = c.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            parts.push(m);
+            parts.push(c.iter().map(|&l| (f64::from(l / t) - f64::from(m / t)).exp()).sum::<f64>() as f32);
+        }
+        // A part of a greedy row or without a finite logit.
+        parts.extend([f32::NEG_INFINITY, 0.0]);
+        let got = merge_mass(&parts, t);
+        let want = mass(&row, t);
+        assert!((got / want - 1.0).abs() < 1.2e-7, "t {t}: {got} vs {want}");
+    }
+    assert!(merge_mass(&[f32::INFINITY, 1.0, 0.5, 1.0], 1.0).is_nan());
+    assert_eq!(merge_mass(&[f32::NEG_INFINITY, 0.0], 1.0), 0.0);
 }

@@ -405,42 +405,64 @@ pub fn plan_penalize(limits: &DeviceLimits, logits: &dyn TensorArg, ent: &dyn Te
     })
 }
 
-/// Plans each row's softmax normalizer relative to its largest logit, for a draw over
-/// the top candidates: `mass[r] = sum exp(l / t - max / t)` over the non-NaN logits `l`
-/// of row `r` of f32 `x` `[rows, cols]`, `t` the row's temperature in i32 `temps` `[rows]`
-/// (f32 bits); a row whose temperature is not positive gets 0. `mass` is f32 `[rows]`.
+/// Columns of each workgroup of [`plan_softmax_mass`].
+const MASS_CHUNK: u64 = 1024;
+/// Most workgroups a row of [`plan_softmax_mass`].
+const MASS_MAX_PARTS: u64 = 1024;
+
+/// Parts [`plan_softmax_mass`] cuts a row of `cols` into, and each part's columns.
+pub fn softmax_mass_parts(cols: usize) -> (usize, usize) {
+    let parts = (cols as u64).div_ceil(MASS_CHUNK).clamp(1, MASS_MAX_PARTS);
+    (parts as usize, (cols as u64).div_ceil(parts) as usize)
+}
+
+/// Plans each row's softmax normalizer in parts, for a draw over the top candidates: row
+/// `r` of f32 `x` `[rows, cols]` is cut into the [`softmax_mass_parts`] of `cols`, and part
+/// `j` writes `out[r, j] = (m, s)`: `m` its largest non-NaN logit, `s = sum exp(l / t -
+/// m / t)` over its non-NaN logits `l`, `t` the row's temperature in i32 `temps` `[rows]`
+/// (f32 bits). A row whose temperature is not positive, and a part without a non-NaN
+/// logit, gets `(-inf, 0)`. `out` is f32 `[rows, parts, 2]`; the caller merges the parts.
 pub fn plan_softmax_mass(
     limits: &DeviceLimits,
     x: &dyn TensorArg,
     temps: &dyn TensorArg,
-    mass: &dyn TensorArg,
+    out: &dyn TensorArg,
 ) -> Result<EnginePlan, LaunchError> {
     const K: &str = "softmax_mass";
     if x.dtype() != DType::F32 {
         return Err(dtype_err(K, "x", "f32".into(), x.dtype()));
     }
     let (rows, cols) = rows_cols(K, "x", x)?;
-    for (name, t, dt) in [("temps", temps, DType::I32), ("mass", mass, DType::F32)] {
-        if t.dtype() != dt {
-            return Err(dtype_err(K, name, dt.to_string(), t.dtype()));
-        }
-        if t.shape().iter().product::<usize>() as u64 != rows {
-            return Err(shape_err(K, name, format!("{rows} elements, one per row of x"), t.shape()));
-        }
+    if temps.dtype() != DType::I32 {
+        return Err(dtype_err(K, "temps", "i32".into(), temps.dtype()));
     }
-    block_1024(K, limits)?;
+    if temps.shape().iter().product::<usize>() as u64 != rows {
+        return Err(shape_err(K, "temps", format!("{rows} elements, one per row of x"), temps.shape()));
+    }
+    let (parts, chunk) = softmax_mass_parts(cols as usize);
+    if out.dtype() != DType::F32 {
+        return Err(dtype_err(K, "out", "f32".into(), out.dtype()));
+    }
+    if out.shape() != [rows as usize, parts, 2] {
+        return Err(shape_err(K, "out", format!("[{rows}, {parts}, 2]"), out.shape()));
+    }
+    if rows > u64::from(limits.max_grid[1]) {
+        return Err(LaunchError::Limit { kernel: K.into(), what: "rows", value: rows, limit: u64::from(limits.max_grid[1]) });
+    }
     Ok(EnginePlan {
         cooperative: false,
         module: EngineModule::Engine(DType::F32, EnginePart::Misc),
         symbol: "rf_softmax_mass_f32".into(),
-        grid: rows_grid(limits, rows),
-        block: [1024, 1, 1],
+        grid: [parts as u32, rows as u32, 1],
+        block: [256, 1, 1],
         args: vec![
             ArgValue::Ptr(x.device_ptr()),
             ArgValue::I64(i64_of(K, "rows", rows)?),
             ArgValue::I64(i64_of(K, "cols", cols)?),
+            ArgValue::I64(chunk as i64),
+            ArgValue::I32(parts as i32),
             ArgValue::Ptr(temps.device_ptr()),
-            ArgValue::Ptr(mass.device_ptr()),
+            ArgValue::Ptr(out.device_ptr()),
         ],
     })
 }
@@ -492,6 +514,130 @@ pub fn plan_topk(
             ArgValue::Ptr(ids.device_ptr()),
         ],
     })
+}
+
+/// Entries one workgroup of the staged top-k ([`plan_topk_staged`]) holds in shared memory.
+const TOPK_SPAN: u64 = 8192;
+
+/// Workgroups of the staged top-k's first stage for rows of `cols`, and of its second
+/// (0 where one stage does), for `k` candidates.
+fn topk_stage_parts(cols: u64, k: u64) -> (u64, u64) {
+    let p1 = cols.div_ceil(TOPK_SPAN);
+    let p2 = if p1 > 1 { p1.div_ceil(TOPK_SPAN / k) } else { 0 };
+    (p1, if p2 > 1 { p2 } else { 0 })
+}
+
+/// Elements of each of the two workspaces (f32 values, i32 ids) [`plan_topk_staged`] needs
+/// for `rows` rows of `cols` and `k` candidates.
+pub fn topk_staged_workspace(rows: usize, cols: usize, k: usize) -> usize {
+    let (p1, p2) = topk_stage_parts(cols as u64, k.max(1) as u64);
+    let parts = if p1 > 1 { p1 + p2 } else { 0 };
+    rows.saturating_mul(k).saturating_mul(parts as usize)
+}
+
+/// Plans the `k` largest values of each row of f32 `x` `[rows, cols]` with their indices,
+/// unordered, as [`plan_topk`] does, in stages that run on many multiprocessors: the first
+/// cuts each row into chunks of up to 8192 (one workgroup each, the chunk in shared memory)
+/// and keeps each chunk's k largest; each next stage keeps the k largest of up to 8192 of
+/// those, until one workgroup is left, which writes `vals` f32 `[rows, k]` and `ids` i32
+/// `[rows, k]`. `ws_vals` (f32) and `ws_ids` (i32) hold the stages' candidates, at least
+/// [`topk_staged_workspace`] elements each. `1 <= k <= min(cols, TOPK_MAX)`. Returns the
+/// launches, in order.
+pub fn plan_topk_staged(
+    limits: &DeviceLimits,
+    x: &dyn TensorArg,
+    k: usize,
+    vals: &dyn TensorArg,
+    ids: &dyn TensorArg,
+    ws_vals: &dyn TensorArg,
+    ws_ids: &dyn TensorArg,
+) -> Result<Vec<EnginePlan>, LaunchError> {
+    const K: &str = "topk_staged";
+    if x.dtype() != DType::F32 {
+        return Err(dtype_err(K, "x", "f32".into(), x.dtype()));
+    }
+    let (rows, cols) = rows_cols(K, "x", x)?;
+    int(K, "columns", cols)?;
+    let max = cols.min(TOPK_MAX as u64);
+    if k == 0 || k as u64 > max {
+        return Err(LaunchError::Limit { kernel: K.into(), what: "k", value: k as u64, limit: max });
+    }
+    for (name, t, dt) in [("vals", vals, DType::F32), ("ids", ids, DType::I32)] {
+        if t.dtype() != dt {
+            return Err(dtype_err(K, name, dt.to_string(), t.dtype()));
+        }
+        if t.shape() != [rows as usize, k] {
+            return Err(shape_err(K, name, format!("[{rows}, {k}]"), t.shape()));
+        }
+    }
+    let need = topk_staged_workspace(rows as usize, cols as usize, k);
+    workspace(K, "ws_vals", ws_vals, DType::F32, need)?;
+    workspace(K, "ws_ids", ws_ids, DType::I32, need)?;
+    if rows > u64::from(limits.max_grid[1]) {
+        return Err(LaunchError::Limit { kernel: K.into(), what: "rows", value: rows, limit: u64::from(limits.max_grid[1]) });
+    }
+    block_1024(K, limits)?;
+    let k64 = k as u64;
+    let (p1, _) = topk_stage_parts(cols, k64);
+    // Candidates of the stages alternate between the workspaces' two regions.
+    let region = |i: u64| -> u64 {
+        if i.is_multiple_of(2) {
+            0
+        } else {
+            rows * k64 * p1
+        }
+    };
+    let elem = 4u64;
+    let mut plans = Vec::new();
+    let (mut n_in, mut parts_in) = (cols, 0u64);
+    let mut stage = 0u64;
+    loop {
+        // Stage 0 reads the row; the next ones the candidates before them.
+        let (parts, span) = if stage == 0 {
+            let p = cols.div_ceil(TOPK_SPAN);
+            (p, cols.div_ceil(p))
+        } else {
+            let per = TOPK_SPAN / k64;
+            (parts_in.div_ceil(per), per * k64)
+        };
+        let last = parts == 1;
+        let (in_vals, in_ids) = if stage == 0 {
+            (x.device_ptr(), 0)
+        } else {
+            let off = region(stage - 1) * elem;
+            (ws_vals.device_ptr() + off, ws_ids.device_ptr() + off)
+        };
+        let (out_vals, out_ids) = if last {
+            (vals.device_ptr(), ids.device_ptr())
+        } else {
+            let off = region(stage) * elem;
+            (ws_vals.device_ptr() + off, ws_ids.device_ptr() + off)
+        };
+        plans.push(EnginePlan {
+            cooperative: false,
+            module: EngineModule::Engine(DType::F32, EnginePart::Misc),
+            symbol: "rf_topk_stage_f32".into(),
+            grid: [parts as u32, rows as u32, 1],
+            block: [1024, 1, 1],
+            args: vec![
+                ArgValue::Ptr(in_vals),
+                ArgValue::Ptr(in_ids),
+                ArgValue::I64(i64_of(K, "rows", rows)?),
+                ArgValue::I64(i64_of(K, "entries", n_in)?),
+                ArgValue::I64(span as i64),
+                ArgValue::I32(k as i32),
+                ArgValue::I32(parts as i32),
+                ArgValue::Ptr(out_vals),
+                ArgValue::Ptr(out_ids),
+            ],
+        });
+        if last {
+            return Ok(plans);
+        }
+        n_in = parts * k64;
+        parts_in = parts;
+        stage += 1;
+    }
 }
 
 /// Most rows of `x` the matrix-vector kernel takes (decode of up to this many tokens).
@@ -1321,17 +1467,51 @@ mod tests {
             let r = plan_topk(&l, &t(DType::F16, &[2, 1000]), bad_k, &t(DType::F32, &[2, bad_k]), &t(DType::I32, &[2, bad_k]));
             assert!(matches!(r, Err(LaunchError::Limit { .. })), "k = {bad_k}");
         }
+        // 128256 columns, k 1024: 16 chunks, then 2 blocks of 8 groups, then one.
+        let ws = topk_staged_workspace(2, 128_256, 1024);
+        assert_eq!(ws, 2 * 1024 * (16 + 2));
+        let (wv, wi) = (t(DType::F32, &[ws]), t(DType::I32, &[ws]));
+        let st =
+            plan_topk_staged(&l, &t(DType::F32, &[2, 128_256]), 1024, &t(DType::F32, &[2, 1024]), &t(DType::I32, &[2, 1024]), &wv, &wi)
+                .unwrap();
+        assert_eq!(st.iter().map(|p| p.grid[0]).collect::<Vec<_>>(), vec![16, 2, 1]);
+        assert_eq!(st[0].args[1], ArgValue::Ptr(0));
+        assert_ne!(st[1].args[1], ArgValue::Ptr(0));
+        // One chunk: one launch, no workspace.
+        assert_eq!(topk_staged_workspace(3, 5000, 50), 0);
+        let one =
+            plan_topk_staged(&l, &t(DType::F32, &[3, 5000]), 50, &t(DType::F32, &[3, 50]), &t(DType::I32, &[3, 50]), &wv, &wi).unwrap();
+        assert_eq!(one.len(), 1);
+        let short = t(DType::F32, &[ws - 1]);
+        assert!(plan_topk_staged(
+            &l,
+            &t(DType::F32, &[2, 128_256]),
+            1024,
+            &t(DType::F32, &[2, 1024]),
+            &t(DType::I32, &[2, 1024]),
+            &short,
+            &wi
+        )
+        .is_err());
+        assert!(plan_topk_staged(&l, &t(DType::BF16, &[2, 5000]), 5, &t(DType::F32, &[2, 5]), &t(DType::I32, &[2, 5]), &wv, &wi).is_err());
+        assert!(plan_topk_staged(&l, &t(DType::F32, &[2, 5000]), 1025, &t(DType::F32, &[2, 1025]), &t(DType::I32, &[2, 1025]), &wv, &wi)
+            .is_err());
         let pen = plan_penalize(&l, &t(DType::F32, &[2, 1000]), &t(DType::I32, &[300, 4])).unwrap();
         assert_eq!((pen.symbol.as_str(), pen.grid[0], pen.args[4]), ("rf_penalize_f32", 2, ArgValue::I32(300)));
         assert!(plan_penalize(&l, &t(DType::BF16, &[2, 1000]), &t(DType::I32, &[3, 4])).is_err());
         assert!(plan_penalize(&l, &t(DType::F32, &[2, 1000]), &t(DType::I32, &[3, 3])).is_err());
         assert!(plan_penalize(&l, &t(DType::F32, &[2, 1000]), &t(DType::I32, &[0, 4])).is_err());
         assert!(plan_penalize(&l, &t(DType::F32, &[2, 1000]), &t(DType::F32, &[3, 4])).is_err());
-        let m = plan_softmax_mass(&l, &t(DType::F32, &[3, 1000]), &t(DType::I32, &[3]), &t(DType::F32, &[3])).unwrap();
-        assert_eq!((m.symbol.as_str(), m.grid[0], m.block[0]), ("rf_softmax_mass_f32", 3, 1024));
-        assert!(plan_softmax_mass(&l, &t(DType::F16, &[3, 1000]), &t(DType::I32, &[3]), &t(DType::F32, &[3])).is_err());
-        assert!(plan_softmax_mass(&l, &t(DType::F32, &[3, 1000]), &t(DType::I32, &[2]), &t(DType::F32, &[3])).is_err());
-        assert!(plan_softmax_mass(&l, &t(DType::F32, &[3, 1000]), &t(DType::I32, &[3]), &t(DType::I32, &[3])).is_err());
+        assert_eq!(softmax_mass_parts(128_256), (126, 1018));
+        assert_eq!(softmax_mass_parts(17), (1, 17));
+        assert_eq!(softmax_mass_parts(5_000_000).0, 1024);
+        let out = t(DType::F32, &[3, 126, 2]);
+        let m = plan_softmax_mass(&l, &t(DType::F32, &[3, 128_256]), &t(DType::I32, &[3]), &out).unwrap();
+        assert_eq!((m.symbol.as_str(), m.grid, m.args[3]), ("rf_softmax_mass_f32", [126, 3, 1], ArgValue::I64(1018)));
+        assert!(plan_softmax_mass(&l, &t(DType::F16, &[3, 128_256]), &t(DType::I32, &[3]), &out).is_err());
+        assert!(plan_softmax_mass(&l, &t(DType::F32, &[3, 128_256]), &t(DType::I32, &[2]), &out).is_err());
+        assert!(plan_softmax_mass(&l, &t(DType::F32, &[3, 128_256]), &t(DType::I32, &[3]), &t(DType::F32, &[3, 125, 2])).is_err());
+        assert!(plan_softmax_mass(&l, &t(DType::F32, &[3, 128_256]), &t(DType::I32, &[3]), &t(DType::I32, &[3, 126, 2])).is_err());
         let qkv = t(DType::BF16, &[3, (4 + 2 * 2) * 64]);
         let (q, kc, i32s, f) = (t(DType::BF16, &[3, 4, 64]), t(DType::BF16, &[10, 16, 2, 64]), t(DType::I32, &[3]), t(DType::F32, &[32]));
         let a = QkvPost { qkv: &qkv, q_out: &q, k_cache: &kc, v_cache: &kc, pos: &i32s, slots: &i32s, inv_freq: &f, qk_norm: None };
