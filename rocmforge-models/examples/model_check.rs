@@ -33,7 +33,7 @@ use rocmforge_runtime::engine::{
     argmax_workspace, plan_argmax, plan_gather, plan_gemv, plan_gemv_pairs, plan_penalize, plan_qkv_post, plan_softmax_mass,
     plan_swiglu_rows, plan_topk, plan_topk_staged, softmax_mass_parts, topk_staged_workspace, GemvFusion, PairEpilogue, QkvPost, TOPK_MAX,
 };
-use rocmforge_runtime::DType;
+use rocmforge_runtime::{DType, TensorArg};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -324,17 +324,7 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
             .collect();
         host[rows * cols - 1] = 3.0;
         let x = dev.upload_bytes(DType::F32, &[rows, cols], &encode(&host, DType::F32))?;
-        let ws_len = topk_staged_workspace(rows, cols, k);
-        let (ws_v, ws_i) = (dev.alloc(DType::F32, &[ws_len])?, dev.alloc(DType::I32, &[ws_len])?);
-        let mut vals = dev.alloc(DType::F32, &[rows, k])?;
-        let mut ids = dev.alloc(DType::I32, &[rows, k])?;
-        dev.poison(&mut vals)?;
-        dev.poison(&mut ids)?;
-        let plans = plan_topk_staged(&lim, &x, k, &vals, &ids, &ws_v, &ws_i)?;
-        for p in &plans {
-            dev.launch_engine(p)?;
-        }
-        let ok = topk_matches(dev, &host, cols, k, &vals, &ids)?;
+        let (ok, _) = topk_staged_matches(dev, &x, &host, k)?;
         tally.check(ok, format!("engine topk staged f32 [{rows}, {cols}] k {k}, ties: values and ids match the host's top {k}"));
     }
     for dtype in [DType::F32, DType::F16, DType::BF16] {
@@ -385,25 +375,11 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
             if dtype == DType::F32 {
                 // The staged top-k (the sampler's), at the same k and at the most it takes.
                 for k in [k, TOPK_MAX.min(cols)] {
-                    let ws_len = topk_staged_workspace(rows, cols, k).max(1);
-                    let mut ws_v = dev.alloc(DType::F32, &[ws_len])?;
-                    let mut ws_i = dev.alloc(DType::I32, &[ws_len])?;
-                    dev.poison(&mut ws_v)?;
-                    dev.poison(&mut ws_i)?;
-                    let mut vals = dev.alloc(DType::F32, &[rows, k])?;
-                    let mut ids = dev.alloc(DType::I32, &[rows, k])?;
-                    dev.poison(&mut vals)?;
-                    dev.poison(&mut ids)?;
-                    let plans = plan_topk_staged(&lim, &x, k, &vals, &ids, &ws_v, &ws_i)?;
-                    for p in &plans {
-                        dev.launch_engine(p)?;
-                    }
-                    let ok = topk_matches(dev, &rounded, cols, k, &vals, &ids)?;
+                    let (ok, launches) = topk_staged_matches(dev, &x, &rounded, k)?;
                     tally.check(
                         ok,
                         format!(
-                            "engine topk staged f32 [{rows}, {cols}] k {k} in {} launches: values and ids match the host's top {k}",
-                            plans.len()
+                            "engine topk staged f32 [{rows}, {cols}] k {k} in {launches} launches: values and ids match the host's top {k}"
                         ),
                     );
                 }
@@ -491,6 +467,25 @@ fn topk_matches(
         ok &= uniq.len() == k;
     }
     Ok(ok)
+}
+
+/// The staged top-k of f32 `x` (`rounded` on the host) at `k`, outputs and workspaces
+/// poisoned first: whether it matches the host's, and in how many launches.
+fn topk_staged_matches(dev: &Arc<CudaDevice>, x: &rocmforge_runtime::cuda::DeviceTensor, rounded: &[f32], k: usize) -> Res<(bool, usize)> {
+    let (rows, cols) = (x.shape()[0], x.shape()[1]);
+    let ws_len = topk_staged_workspace(rows, cols, k).max(1);
+    let mut ws_v = dev.alloc(DType::F32, &[ws_len])?;
+    let mut ws_i = dev.alloc(DType::I32, &[ws_len])?;
+    let mut vals = dev.alloc(DType::F32, &[rows, k])?;
+    let mut ids = dev.alloc(DType::I32, &[rows, k])?;
+    for t in [&mut ws_v, &mut ws_i, &mut vals, &mut ids] {
+        dev.poison(t)?;
+    }
+    let plans = plan_topk_staged(dev.limits(), x, k, &vals, &ids, &ws_v, &ws_i)?;
+    for p in &plans {
+        dev.launch_engine(p)?;
+    }
+    Ok((topk_matches(dev, rounded, cols, k, &vals, &ids)?, plans.len()))
 }
 
 /// The penalties kernel against the host sampler's `penalize` (bit-exact), and the
