@@ -40,9 +40,13 @@ fn standard_kernels_hip() {
 fn engine_kernels() {
     let src = rocmforge::dsl::codegen::engine_source().expect("engine kernels render");
     for d in rocmforge::dsl::codegen::ENGINE_DTYPES {
-        for k in ["gather", "argmax", "topk"] {
+        for k in ["gather", "argmax"] {
             assert!(src.contains(&format!("rf_{k}_{}(", d.name())), "rf_{k}_{} missing", d.name());
         }
+    }
+    // The sampler's kernels take the f32 logits only.
+    for k in ["topk_stage", "penalize", "softmax_mass"] {
+        assert!(src.contains(&format!("rf_{k}_f32(")), "rf_{k}_f32 missing");
     }
     insta::assert_snapshot!("engine_kernels", src);
 }
@@ -74,11 +78,10 @@ fn engine_parts_partition_the_engine_kernels() {
     a.sort();
     from_parts.sort();
     assert_eq!(from_parts, a);
-    // 3 dtypes x (gather, argmax, top-k, q/k/v stage, SwiGLU rows + 4 gemv + 4 pair
-    // kernels), and the decode index advance, the sampling penalties, the softmax
-    // normalizer and the staged top-k (f32's misc only: they move no activations; the
-    // logits are f32).
-    assert_eq!(all.len(), 3 * 13 + 4);
+    // 3 dtypes x (gather, argmax, q/k/v stage, SwiGLU rows + 4 gemv + 4 pair kernels),
+    // and the decode index advance, the sampling penalties, the softmax normalizer and
+    // the staged top-k (f32's misc only: they move no activations; the logits are f32).
+    assert_eq!(all.len(), 3 * 12 + 4);
     assert!(engine_source_for(rocmforge::dsl::DType::I32, EnginePart::Misc).is_err());
     assert!(engine_source_for(rocmforge::dsl::DType::BF16, EnginePart::Gemv(3)).is_err());
 }

@@ -467,54 +467,8 @@ pub fn plan_softmax_mass(
     })
 }
 
-/// Most candidates [`plan_topk`] selects per row.
+/// Most candidates [`plan_topk_staged`] selects per row.
 pub const TOPK_MAX: usize = 1024;
-
-/// Plans the `k` largest values of each row of `x` `[rows, cols]` with their indices,
-/// unordered: `vals` f32 `[rows, k]`, `ids` i32 `[rows, k]`; `1 <= k <= min(cols, TOPK_MAX)`.
-pub fn plan_topk(
-    limits: &DeviceLimits,
-    x: &dyn TensorArg,
-    k: usize,
-    vals: &dyn TensorArg,
-    ids: &dyn TensorArg,
-) -> Result<EnginePlan, LaunchError> {
-    const K: &str = "topk";
-    let symbol = engine_symbol(K, x.dtype())?;
-    let (rows, cols) = rows_cols(K, "x", x)?;
-    int(K, "columns", cols)?;
-    let max = cols.min(TOPK_MAX as u64);
-    if k == 0 || k as u64 > max {
-        return Err(LaunchError::Limit { kernel: K.into(), what: "k", value: k as u64, limit: max });
-    }
-    if vals.dtype() != DType::F32 {
-        return Err(dtype_err(K, "vals", "f32".into(), vals.dtype()));
-    }
-    if ids.dtype() != DType::I32 {
-        return Err(dtype_err(K, "ids", "i32".into(), ids.dtype()));
-    }
-    for (name, t) in [("vals", vals), ("ids", ids)] {
-        if t.shape() != [rows as usize, k] {
-            return Err(shape_err(K, name, format!("[{rows}, {k}]"), t.shape()));
-        }
-    }
-    block_1024(K, limits)?;
-    Ok(EnginePlan {
-        cooperative: false,
-        module: EngineModule::Engine(x.dtype(), EnginePart::Misc),
-        symbol,
-        grid: rows_grid(limits, rows),
-        block: [1024, 1, 1],
-        args: vec![
-            ArgValue::Ptr(x.device_ptr()),
-            ArgValue::I64(i64_of(K, "rows", rows)?),
-            ArgValue::I64(i64_of(K, "cols", cols)?),
-            ArgValue::I32(k as i32),
-            ArgValue::Ptr(vals.device_ptr()),
-            ArgValue::Ptr(ids.device_ptr()),
-        ],
-    })
-}
 
 /// Entries one workgroup of the staged top-k ([`plan_topk_staged`]) holds in shared memory.
 const TOPK_SPAN: u64 = 8192;
@@ -536,7 +490,7 @@ pub fn topk_staged_workspace(rows: usize, cols: usize, k: usize) -> usize {
 }
 
 /// Plans the `k` largest values of each row of f32 `x` `[rows, cols]` with their indices,
-/// unordered, as [`plan_topk`] does, in stages that run on many multiprocessors: the first
+/// unordered, in stages that run on many multiprocessors: the first
 /// cuts each row into chunks of up to 8192 (one workgroup each, the chunk in shared memory)
 /// and keeps each chunk's k largest; each next stage keeps the k largest of up to 8192 of
 /// those, until one workgroup is left, which writes `vals` f32 `[rows, k]` and `ids` i32
@@ -1461,12 +1415,6 @@ mod tests {
         assert!(plan_decode_advance(&ix, &one, 0).is_err());
         assert!(plan_decode_advance(&ix, &t(DType::U32, &[1]), 16).is_err());
         assert!(plan_decode_advance(&DecodeIndex { table: &t(DType::I32, &[0]), ..ix }, &one, 16).is_err());
-        let k = plan_topk(&l, &t(DType::F16, &[2, 1000]), 50, &t(DType::F32, &[2, 50]), &t(DType::I32, &[2, 50])).unwrap();
-        assert_eq!(k.args[3], ArgValue::I32(50));
-        for bad_k in [0, 1001, TOPK_MAX + 1] {
-            let r = plan_topk(&l, &t(DType::F16, &[2, 1000]), bad_k, &t(DType::F32, &[2, bad_k]), &t(DType::I32, &[2, bad_k]));
-            assert!(matches!(r, Err(LaunchError::Limit { .. })), "k = {bad_k}");
-        }
         // 128256 columns, k 1024: 16 chunks, then 2 blocks of 8 groups, then one.
         let ws = topk_staged_workspace(2, 128_256, 1024);
         assert_eq!(ws, 2 * 1024 * (16 + 2));
@@ -1494,6 +1442,11 @@ mod tests {
         )
         .is_err());
         assert!(plan_topk_staged(&l, &t(DType::BF16, &[2, 5000]), 5, &t(DType::F32, &[2, 5]), &t(DType::I32, &[2, 5]), &wv, &wi).is_err());
+        for bad_k in [0, 1001, TOPK_MAX + 1] {
+            let r =
+                plan_topk_staged(&l, &t(DType::F32, &[2, 1000]), bad_k, &t(DType::F32, &[2, bad_k]), &t(DType::I32, &[2, bad_k]), &wv, &wi);
+            assert!(matches!(r, Err(LaunchError::Limit { .. })), "k = {bad_k}");
+        }
         assert!(plan_topk_staged(&l, &t(DType::F32, &[2, 5000]), 1025, &t(DType::F32, &[2, 1025]), &t(DType::I32, &[2, 1025]), &wv, &wi)
             .is_err());
         let pen = plan_penalize(&l, &t(DType::F32, &[2, 1000]), &t(DType::I32, &[300, 4])).unwrap();
@@ -1558,7 +1511,10 @@ mod tests {
         // A product that is not the (heads + 2 kv_heads) x head_dim rows of the stage.
         assert!(plan_gemv_pairs(&l, &x, &t(DType::BF16, &[7 * 64, 64]), None, None, &stage).is_err());
         let small = DeviceLimits { max_threads_per_block: 512, ..l };
-        assert!(plan_topk(&small, &t(DType::F16, &[2, 1000]), 50, &t(DType::F32, &[2, 50]), &t(DType::I32, &[2, 50])).is_err());
+        let ws1 = t(DType::F32, &[1]);
+        let wi1 = t(DType::I32, &[1]);
+        assert!(plan_topk_staged(&small, &t(DType::F32, &[2, 1000]), 50, &t(DType::F32, &[2, 50]), &t(DType::I32, &[2, 50]), &ws1, &wi1)
+            .is_err());
     }
 
     #[test]
