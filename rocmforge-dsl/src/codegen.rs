@@ -79,10 +79,11 @@ pub fn render_source(kernel: &Kernel, specs: &[Spec]) -> Result<String, CodegenE
 /// Storage dtypes the engine kernels are generated for.
 pub const ENGINE_DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
-/// The inference engine's own kernels (row gather, argmax, top-k) for every dtype of
+/// The inference engine's own kernels (row gather, argmax, the q/k/v stage, SwiGLU rows,
+/// matrix-vector products; for f32 also the sampler's) for every dtype of
 /// [`ENGINE_DTYPES`], as one translation unit with the portability header. Symbols:
-/// `rf_gather_{dtype}`, `rf_argmax_{dtype}`, `rf_topk_{dtype}`, `rf_qkv_post_{dtype}`,
-/// `rf_swiglu_rows_{dtype}`.
+/// `rf_gather_{dtype}`, `rf_argmax_{dtype}`, `rf_qkv_post_{dtype}`, `rf_swiglu_rows_{dtype}`,
+/// ...; `rf_topk_stage_f32`, `rf_penalize_f32`, `rf_softmax_mass_f32`.
 pub fn engine_source() -> Result<String, CodegenError> {
     let mut out = String::from(PORTABILITY_HEADER);
     for dt in ENGINE_DTYPES {
