@@ -385,6 +385,7 @@ impl GpuModel {
         let (t, sq) = (opts.max_batch_tokens, opts.max_seqs);
         let max_blocks = (plan.max_context as usize).div_ceil(bs);
         let wide = (q + 2 * kv).max(2 * i).max(h);
+        let topk_ws = topk_staged_workspace(sq, cfg.vocab, TOPK_MAX.min(cfg.vocab)).max(1);
         let s = Scratch {
             res: dev.alloc(dt, &[t * h])?,
             normed: dev.alloc(dt, &[t * h])?,
@@ -402,8 +403,8 @@ impl GpuModel {
             topk_vals: dev.alloc(DType::F32, &[sq * TOPK_MAX])?,
             topk_ids: dev.alloc(DType::I32, &[sq * TOPK_MAX])?,
             mass: dev.alloc(DType::F32, &[sq * softmax_mass_parts(cfg.vocab).0 * 2])?,
-            topk_ws_vals: dev.alloc(DType::F32, &[topk_staged_workspace(sq, cfg.vocab, TOPK_MAX.min(cfg.vocab)).max(1)])?,
-            topk_ws_ids: dev.alloc(DType::I32, &[topk_staged_workspace(sq, cfg.vocab, TOPK_MAX.min(cfg.vocab)).max(1)])?,
+            topk_ws_vals: dev.alloc(DType::F32, &[topk_ws])?,
+            topk_ws_ids: dev.alloc(DType::I32, &[topk_ws])?,
             sampling: None,
             argmax_ws: dev.alloc(DType::F32, &[argmax_workspace(sq, cfg.vocab).max(1)])?,
             argmax_counters: dev.zeros(DType::U32, &[sq])?,
@@ -875,9 +876,7 @@ impl GpuModel {
 
     /// The last forward's logits, `[sequences, vocab]` row-major, copied to the host.
     pub fn logits(&self) -> Result<Vec<f32>> {
-        let v = self.s.logits.view(0, &[self.rows, self.cfg.vocab])?;
-        let bytes = self.dev.read_bytes(&v)?;
-        Ok(bytes.chunks_exact(4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect())
+        self.read_f32s(&self.s.logits.view(0, &[self.rows, self.cfg.vocab])?)
     }
 
     /// Draws the next token of each sequence of the last forward with its sampler,
@@ -897,13 +896,9 @@ impl GpuModel {
         }
         let (rows, vocab) = (self.rows, self.cfg.vocab);
         let lim = *self.dev.limits();
-        if samplers.iter().all(|s| s.params().temperature == 0.0 && !s.has_penalties()) {
-            self.argmax_to_next(rows, None)?;
-            let ids = self.read_ids(&self.s.next.view(0, &[rows])?)?;
-            for (s, &id) in samplers.iter_mut().zip(&ids) {
-                s.observe(&[id]);
-            }
-            return Ok(ids);
+        let greedy = samplers.iter().all(|s| s.params().temperature == 0.0);
+        if greedy && !samplers.iter().any(|s| s.has_penalties()) {
+            return self.draw_argmax(samplers);
         }
         // One upload: each row's temperature (f32 bits), then the penalty entries.
         let mut staged: Vec<i32> = samplers.iter().map(|s| s.params().temperature.to_bits() as i32).collect();
@@ -914,7 +909,6 @@ impl GpuModel {
                 }
             }
         }
-        let entries = (staged.len() - rows) / 4;
         let buf = match &mut self.s.sampling {
             Some(b) if b.bytes() >= staged.len() * 4 => b,
             slot => {
@@ -928,16 +922,12 @@ impl GpuModel {
         self.dev.write(buf, 0, &bytes)?;
         let buf = &*buf;
         let logits = self.s.logits.view(0, &[rows, vocab])?;
+        let entries = (staged.len() - rows) / 4;
         if entries > 0 {
             self.dev.launch_engine(&plan_penalize(&lim, &logits, &buf.view(rows, &[entries, 4])?)?)?;
         }
-        if samplers.iter().all(|s| s.params().temperature == 0.0) {
-            self.argmax_to_next(rows, None)?;
-            let ids = self.read_ids(&self.s.next.view(0, &[rows])?)?;
-            for (s, &id) in samplers.iter_mut().zip(&ids) {
-                s.observe(&[id]);
-            }
-            return Ok(ids);
+        if greedy {
+            return self.draw_argmax(samplers);
         }
         // Enough candidates for every row's top-k; without one, as many as are kept.
         let bounded = samplers.iter().all(|s| s.params().temperature == 0.0 || (1..=TOPK_MAX).contains(&s.params().top_k));
@@ -951,23 +941,33 @@ impl GpuModel {
         let parts = softmax_mass_parts(vocab).0;
         let mass = self.s.mass.view(0, &[rows, parts, 2])?;
         self.dev.launch_engine(&plan_softmax_mass(&lim, &logits, &buf.view(0, &[rows])?, &mass)?)?;
-        let f32s = |b: Vec<u8>| -> Vec<f32> { b.chunks_exact(4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect() };
-        let v = f32s(self.dev.read_bytes(&vals)?);
+        let v = self.read_f32s(&vals)?;
         let i = self.read_ids(&ids)?;
-        let m = f32s(self.dev.read_bytes(&mass)?);
+        let m = self.read_f32s(&mass)?;
         let mut out = Vec::with_capacity(rows);
         for (r, s) in samplers.iter_mut().enumerate() {
             let pairs = i[r * k..(r + 1) * k].iter().copied().zip(v[r * k..(r + 1) * k].iter().copied()).collect();
-            let tail = &mut self.tail_copies;
-            let (dev, row) = (&self.dev, self.s.logits.view(r * vocab, &[vocab])?);
             let row_mass = merge_mass(&m[r * parts * 2..(r + 1) * parts * 2], s.params().temperature);
+            let mut copied = false;
             out.push(s.sample_top(pairs, row_mass, || {
-                *tail += 1;
-                Ok(f32s(dev.read_bytes(&row)?))
+                copied = true;
+                self.read_f32s(&self.s.logits.view(r * vocab, &[vocab])?)
             })?);
+            self.tail_copies += u64::from(copied);
         }
         self.sampled += rows as u64;
         Ok(out)
+    }
+
+    /// Each row's argmax on the GPU (after any penalties), one id copied per sequence.
+    fn draw_argmax(&mut self, samplers: &mut [&mut Sampler]) -> Result<Vec<u32>> {
+        let rows = self.rows;
+        self.argmax_to_next(rows, None)?;
+        let ids = self.read_ids(&self.s.next.view(0, &[rows])?)?;
+        for (s, &id) in samplers.iter_mut().zip(&ids) {
+            s.observe(&[id]);
+        }
+        Ok(ids)
     }
 
     /// Rows drawn by [`GpuModel::sample`] over top candidates since the model was loaded,
@@ -1050,6 +1050,11 @@ impl GpuModel {
     }
 
     /// Token ids (i32 on the device) copied to the host.
+    fn read_f32s(&self, t: &dyn TensorArg) -> Result<Vec<f32>> {
+        let bytes = self.dev.read_bytes(t)?;
+        Ok(bytes.chunks_exact(4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+
     fn read_ids(&self, ids: &dyn TensorArg) -> Result<Vec<u32>> {
         let bytes = self.dev.read_bytes(ids)?;
         Ok(bytes.chunks_exact(4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as u32).collect())

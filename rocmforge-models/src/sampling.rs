@@ -192,7 +192,8 @@ impl Sampler {
     pub fn sample_top(&mut self, pairs: Vec<(u32, f32)>, mass: f64, all: impl FnOnce() -> Result<Vec<f32>>) -> Result<u32> {
         let mut pairs = pairs;
         pairs.retain(|x| !x.1.is_nan());
-        pairs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        // The order a whole-row draw walks its head in.
+        pairs.sort_unstable_by_key(|&(id, l)| rank_key(id, l));
         let token = if self.params.temperature == 0.0 {
             pairs.first().map(|p| p.0)
         } else {
@@ -284,10 +285,8 @@ impl Sampler {
     /// the head walks the rest in id order. Only the head is sorted (a full sort of a
     /// 128k vocabulary costs milliseconds a token).
     fn draw_row(&self, logits: &[f32], u: f64) -> Option<u32> {
-        // One u64 a logit: ascending keys are descending logits, ties by ascending id
-        // (integer sorts and selections run several times faster than on pairs).
-        let mut keys: Vec<u64> =
-            logits.iter().enumerate().filter(|x| !x.1.is_nan()).map(|(i, &l)| (u64::from(!order_key(l)) << 32) | i as u64).collect();
+        // Integer sorts and selections run several times faster than on pairs.
+        let mut keys: Vec<u64> = logits.iter().enumerate().filter(|x| !x.1.is_nan()).map(|(i, &l)| rank_key(i as u32, l)).collect();
         let n = keys.len();
         let id = |k: u64| (k & 0xffff_ffff) as u32;
         let best = id(*keys.iter().min()?);
@@ -370,6 +369,12 @@ pub fn merge_mass(parts: &[f32], t: f32) -> f64 {
     let top = parts.chunks_exact(2).map(|p| p[0]).fold(f32::NEG_INFINITY, f32::max);
     let top = f64::from(top / t);
     parts.chunks_exact(2).filter(|p| p[1] != 0.0).map(|p| f64::from(p[1]) * (f64::from(p[0] / t) - top).exp()).sum()
+}
+
+/// The order draws walk candidates in, as one u64: ascending keys are descending logits,
+/// ties by ascending id (the id is the low 32 bits).
+fn rank_key(id: u32, logit: f32) -> u64 {
+    (u64::from(!order_key(logit)) << 32) | u64::from(id)
 }
 
 /// An order-preserving key of an f32 (a > b iff key(a) > key(b)), as the GPU's top-k

@@ -277,7 +277,13 @@ const ARGMAX_CHUNK: u64 = 2048;
 const ARGMAX_MAX_PARTS: u64 = 1024;
 
 fn argmax_parts(cols: u64) -> (u64, u64) {
-    let parts = cols.div_ceil(ARGMAX_CHUNK).clamp(1, ARGMAX_MAX_PARTS);
+    row_parts(cols, ARGMAX_CHUNK, ARGMAX_MAX_PARTS)
+}
+
+/// A row of `cols` cut into parts of about `chunk` columns, at most `max_parts`: (parts,
+/// columns a part, the last one shorter).
+fn row_parts(cols: u64, chunk: u64, max_parts: u64) -> (u64, u64) {
+    let parts = cols.div_ceil(chunk).clamp(1, max_parts);
     (parts, cols.div_ceil(parts))
 }
 
@@ -412,8 +418,8 @@ const MASS_MAX_PARTS: u64 = 1024;
 
 /// Parts [`plan_softmax_mass`] cuts a row of `cols` into, and each part's columns.
 pub fn softmax_mass_parts(cols: usize) -> (usize, usize) {
-    let parts = (cols as u64).div_ceil(MASS_CHUNK).clamp(1, MASS_MAX_PARTS);
-    (parts as usize, (cols as u64).div_ceil(parts) as usize)
+    let (parts, chunk) = row_parts(cols as u64, MASS_CHUNK, MASS_MAX_PARTS);
+    (parts as usize, chunk as usize)
 }
 
 /// Plans each row's softmax normalizer in parts, for a draw over the top candidates: row
