@@ -7,7 +7,9 @@
 #   2. generate on the f32 fixtures with sampling settings, on the CPU and on cuda:0 with
 #      one seed: the generated ids should be the same;
 #   3. bench --preset llama3.2-1b --sampling: decode at batch 1 with each sampling
-#      setting, the draw on the GPU's candidates against every logit drawn on the host.
+#      setting, the draw on the GPU's candidates against every logit drawn on the host;
+#   4. with AB=1 and $BIN/bench-base present: the sampled rows of bench-base and bench,
+#      alternated ROUNDS times (default 2), in ab.txt.
 set -uo pipefail
 source scripts/gpu-env.sh
 bin=${BIN:-.gpu}
@@ -35,3 +37,13 @@ done | tee "$out/generate.txt"
 "$bin/bench" --preset llama3.2-1b -p "" -b "" --context 0 -n 128 -r 3 --sampling --gpu-memory-fraction 0.5 > "$out/bench.txt" 2>&1
 echo "bench exit $?"
 cat "$out/bench.txt"
+
+if [ -n "${AB:-}" ] && [ -x "$bin/bench-base" ]; then
+    for round in $(seq 1 "${ROUNDS:-2}"); do
+        for b in bench-base bench; do
+            r=$("$bin/$b" --preset llama3.2-1b -p "" -b "" --context 0 -n 128 -r 3 --sampling --gpu-memory-fraction 0.5 --output json 2>>"$out/ab.err" \
+                | python3 -c 'import json,sys; d=json.load(sys.stdin); print("; ".join("%s %.1f" % (r["test"], r["tok_s"]) for r in d["results"]))')
+            echo "round $round $b: $r" | tee -a "$out/ab.txt"
+        done
+    done
+fi

@@ -243,14 +243,14 @@ fn decode(g: &mut GpuModel, batch: usize, prompt: usize, steps: usize) -> Res<f6
 
 /// `steps` decode steps of one sequence drawing with `params`: on the GPU's candidates
 /// (`GpuModel::sample`), or (`host`) every logit copied to the host and drawn there.
-/// Tokens/s, and the share of GPU draws that copied their row.
-fn decode_sampled(g: &mut GpuModel, params: &SamplingParams, host: bool, steps: usize) -> Res<(f64, f64)> {
+/// Tokens/s, and the shares of GPU draws that copied their whole row and a part of it.
+fn decode_sampled(g: &mut GpuModel, params: &SamplingParams, host: bool, steps: usize) -> Res<(f64, f64, f64)> {
     let vocab = g.config().vocab;
     let mut seq = g.new_sequence();
     let mut sampler = Sampler::new(params.clone())?;
     let prompt = tokens(32, vocab, 3);
     sampler.observe(&prompt);
-    let (drawn0, copied0) = g.sample_stats();
+    let before = g.sample_stats();
     let r = (|| -> Res<f64> {
         g.forward(&mut [SeqTokens { seq: &mut seq, tokens: &prompt }])?;
         let mut next = g.sample(&mut [&mut sampler])?[0];
@@ -263,9 +263,11 @@ fn decode_sampled(g: &mut GpuModel, params: &SamplingParams, host: bool, steps: 
         Ok(steps as f64 / t.elapsed().as_secs_f64())
     })();
     g.release(seq);
-    let (drawn, copied) = g.sample_stats();
-    let share = (copied - copied0) as f64 / ((drawn - drawn0) as f64).max(1.0);
-    Ok((r?, share))
+    let after = g.sample_stats();
+    let rows = ((after.rows - before.rows) as f64).max(1.0);
+    let rows_share = (after.row_copies - before.row_copies) as f64 / rows;
+    let parts_share = (after.part_copies - before.part_copies) as f64 / rows;
+    Ok((r?, rows_share, parts_share))
 }
 
 /// `steps` greedy tokens of one sequence after a one-token prompt, pipelined on the GPU
@@ -424,19 +426,26 @@ fn run(args: &Args) -> Res<serde_json::Value> {
             decode_sampled(&mut g, &params, false, 4)?;
             let mut gpu = Vec::new();
             let mut host = Vec::new();
-            let mut share = 0.0;
+            let (mut rows_share, mut parts_share) = (0.0, 0.0);
             for _ in 0..reps {
-                let (t, s) = decode_sampled(&mut g, &params, false, steps)?;
+                let (t, r, p) = decode_sampled(&mut g, &params, false, steps)?;
                 gpu.push(t);
-                share = s;
+                (rows_share, parts_share) = (r, p);
                 host.push(decode_sampled(&mut g, &params, true, steps)?.0);
             }
             let (gpu, host) = (median(gpu), median(host));
-            row(format!("sampled {label}"), gpu, serde_json::json!({ "steps": steps, "host_draw_tok_s": host, "row_copy_share": share }));
+            let extra = serde_json::json!({
+                "steps": steps,
+                "host_draw_tok_s": host,
+                "row_copy_share": rows_share,
+                "part_copies_per_draw": parts_share,
+            });
+            row(format!("sampled {label}"), gpu, extra);
             if args.output == Output::Table {
                 println!(
-                    "  drawn on GPU candidates ({:.0}% of draws copied the row); every logit drawn on the host: {host:.1} tok/s",
-                    share * 100.0
+                    "  drawn on GPU candidates ({:.0}% of draws copied the row, {:.2} parts copied a draw); every logit drawn on the host: {host:.1} tok/s",
+                    rows_share * 100.0,
+                    parts_share
                 );
             }
         }

@@ -590,7 +590,7 @@ fn check_sampling(dev: &Arc<CudaDevice>, tally: &mut Tally) -> Res<()> {
             gpu_s[b].observe(p);
             host_s[b].observe(p);
         }
-        let (before, copied_before) = g.sample_stats();
+        let before = g.sample_stats();
         let mut feeds = prompts.clone();
         let (mut same, mut n) = (0usize, 0usize);
         for _ in 0..40 {
@@ -615,8 +615,9 @@ fn check_sampling(dev: &Arc<CudaDevice>, tally: &mut Tally) -> Res<()> {
         for s in seqs {
             g.release(s);
         }
-        let (after, copied_after) = g.sample_stats();
-        let (drawn, copied) = (after - before, copied_after - copied_before);
+        let after = g.sample_stats();
+        let (drawn, copied, parts) =
+            (after.rows - before.rows, after.row_copies - before.row_copies, after.part_copies - before.part_copies);
         let names: Vec<String> = set
             .iter()
             .map(|p| format!("t {} k {} p {} min_p {} pen {}", p.temperature, p.top_k, p.top_p, p.min_p, p.has_penalties()))
@@ -624,15 +625,18 @@ fn check_sampling(dev: &Arc<CudaDevice>, tally: &mut Tally) -> Res<()> {
         tally.check(
             same == n,
             format!(
-                "sample on the GPU vs the host, [{}]: {same}/{n} ids identical; {drawn} rows over candidates, {copied} copied their row",
+                "sample on the GPU vs the host, [{}]: {same}/{n} ids identical; {drawn} rows over candidates, {copied} copied their row, {parts} parts copied",
                 names.join("; ")
             ),
         );
     }
-    let (drawn, copied) = g.sample_stats();
+    let st = g.sample_stats();
     tally.check(
-        copied > 0 && copied < drawn,
-        format!("sample on the GPU: {drawn} rows drawn over candidates, {copied} copied their row (both paths taken)"),
+        st.row_copies > 0 && st.part_copies > 0 && st.row_copies < st.rows,
+        format!(
+            "sample on the GPU: {} rows drawn over candidates, {} copied their row, {} parts copied by draws past the candidates (every path taken)",
+            st.rows, st.row_copies, st.part_copies
+        ),
     );
     Ok(())
 }

@@ -26,7 +26,7 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::kernels;
 use crate::kv::{KvPool, KvSeq, KvShape};
-use crate::sampling::{merge_mass, Sampler};
+use crate::sampling::{MassParts, Sampler};
 use crate::weights::encode;
 
 pub use crate::memory::{plan_memory, tensor_list, GpuOptions, MemoryPlan, RandomWeights, WeightSource};
@@ -79,14 +79,14 @@ struct Scratch {
     last: DeviceTensor,
     logits: DeviceTensor,
     next: DeviceTensor,
-    topk_vals: DeviceTensor,
-    topk_ids: DeviceTensor,
+    /// What a draw over top candidates copies back, in one transfer (u32 words, read as
+    /// f32 and i32 through [`DeviceTensor::view_as`]): for `rows` rows and `k`
+    /// candidates, their values (f32 `[rows, k]`), their ids (i32 `[rows, k]`), then each
+    /// row's softmax normalizer in parts (f32 `[rows, parts, 2]`, [`plan_softmax_mass`]).
+    draw: DeviceTensor,
     /// The staged top-k's candidates between its stages ([`plan_topk_staged`]).
     topk_ws_vals: DeviceTensor,
     topk_ws_ids: DeviceTensor,
-    /// Each row's softmax normalizer in parts (f32 `[max_seqs, parts, 2]`,
-    /// [`plan_softmax_mass`]), for a draw over top candidates.
-    mass: DeviceTensor,
     /// i32 staging of a draw: each row's temperature, then the penalty entries
     /// ([`plan_penalize`]); allocated at the first draw that is not plain greedy, grown
     /// when the seen tokens outgrow it.
@@ -131,6 +131,20 @@ struct Layout {
 }
 
 /// One sequence's part of a forward: its cache and the tokens to feed.
+/// What [`GpuModel::sample`]'s draws over the GPU's top candidates copied to the host,
+/// counted since the model was loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SampleStats {
+    /// Rows drawn over top candidates.
+    pub rows: u64,
+    /// Rows whose every logit was copied: top-p's mass or min-p's floor not reached
+    /// inside the candidates, or a top-k past them.
+    pub row_copies: u64,
+    /// Parts of a row (about a thousand logits each) copied by draws that landed past
+    /// the candidates with nothing cut (a plain temperature draw's tail).
+    pub part_copies: u64,
+}
+
 #[derive(Debug)]
 pub struct SeqTokens<'a> {
     /// The sequence (its blocks are in the model's pool).
@@ -160,9 +174,8 @@ pub struct GpuModel {
     rows: usize,
     profiling: bool,
     profile: std::collections::BTreeMap<&'static str, (f64, usize)>,
-    /// Rows drawn over top candidates, and those that copied their logits ([`GpuModel::sample_stats`]).
-    sampled: u64,
-    tail_copies: u64,
+    /// Draws over top candidates and the logits they copied ([`GpuModel::sample_stats`]).
+    stats: SampleStats,
     /// Captured decode steps by (sequences, block-table width).
     graphs: std::collections::HashMap<(usize, usize), DeviceGraph>,
     /// The persistent decode step's state, where the model takes it.
@@ -400,9 +413,7 @@ impl GpuModel {
             last: dev.alloc(dt, &[sq * h])?,
             logits: dev.alloc(DType::F32, &[sq * cfg.vocab])?,
             next: dev.alloc(DType::I32, &[sq])?,
-            topk_vals: dev.alloc(DType::F32, &[sq * TOPK_MAX])?,
-            topk_ids: dev.alloc(DType::I32, &[sq * TOPK_MAX])?,
-            mass: dev.alloc(DType::F32, &[sq * softmax_mass_parts(cfg.vocab).0 * 2])?,
+            draw: dev.alloc(DType::U32, &[sq * 2 * (TOPK_MAX + softmax_mass_parts(cfg.vocab).0)])?,
             topk_ws_vals: dev.alloc(DType::F32, &[topk_ws])?,
             topk_ws_ids: dev.alloc(DType::I32, &[topk_ws])?,
             sampling: None,
@@ -444,8 +455,7 @@ impl GpuModel {
             rows: 0,
             profiling: false,
             profile: std::collections::BTreeMap::new(),
-            sampled: 0,
-            tail_copies: 0,
+            stats: SampleStats::default(),
             graphs: std::collections::HashMap::new(),
             step,
         })
@@ -886,10 +896,12 @@ impl GpuModel {
     ///   uploaded), so [`GpuModel::logits`] after a draw with penalties reads them
     ///   penalized; greedy with penalties then takes the argmax there.
     /// - Sampling: a top-k selection on the GPU (k the samplers' top-k, or [`TOPK_MAX`]
-    ///   where one has none) and each row's softmax normalizer; the host draws over those
-    ///   candidates ([`Sampler::sample_top`]) and copies the row's logits only where the
-    ///   draw falls past them (top-p's mass or min-p's floor not reached, or a draw in the
-    ///   tail of a plain temperature draw). [`GpuModel::sample_stats`] counts those copies.
+    ///   where one has none) and each row's softmax normalizer in parts, copied back in
+    ///   one transfer; the host draws over those candidates ([`Sampler::sample_top`]).
+    ///   Where the draw falls past them it copies more: the row's logits where top-p's
+    ///   mass or min-p's floor is not reached, one part of about a thousand logits where a
+    ///   plain temperature draw lands in the tail. [`GpuModel::sample_stats`] counts those
+    ///   copies.
     pub fn sample(&mut self, samplers: &mut [&mut Sampler]) -> Result<Vec<u32>> {
         if samplers.len() != self.rows {
             return Err(ModelError::Invalid(format!("{} samplers for {} sequences", samplers.len(), self.rows)));
@@ -933,29 +945,37 @@ impl GpuModel {
         let bounded = samplers.iter().all(|s| s.params().temperature == 0.0 || (1..=TOPK_MAX).contains(&s.params().top_k));
         let k = if bounded { samplers.iter().map(|s| s.params().top_k).max().unwrap_or(1).max(1) } else { TOPK_MAX };
         let k = k.min(vocab);
-        let vals = self.s.topk_vals.view(0, &[rows, k])?;
-        let ids = self.s.topk_ids.view(0, &[rows, k])?;
+        let (parts, chunk) = softmax_mass_parts(vocab);
+        let d = &self.s.draw;
+        let vals = d.view_as(DType::F32, 0, &[rows, k])?;
+        let ids = d.view_as(DType::I32, rows * k, &[rows, k])?;
         for plan in plan_topk_staged(&lim, &logits, k, &vals, &ids, &self.s.topk_ws_vals, &self.s.topk_ws_ids)? {
             self.dev.launch_engine(&plan)?;
         }
-        let parts = softmax_mass_parts(vocab).0;
-        let mass = self.s.mass.view(0, &[rows, parts, 2])?;
+        let mass = d.view_as(DType::F32, 2 * rows * k, &[rows, parts, 2])?;
         self.dev.launch_engine(&plan_softmax_mass(&lim, &logits, &buf.view(0, &[rows])?, &mass)?)?;
-        let v = self.read_f32s(&vals)?;
-        let i = self.read_ids(&ids)?;
-        let m = self.read_f32s(&mass)?;
+        // Candidates and normalizers back in one copy.
+        let words = self.read_words(&d.view(0, &[2 * rows * (k + parts)])?)?;
+        let (v, rest) = words.split_at(rows * k);
+        let (i, m) = rest.split_at(rows * k);
         let mut out = Vec::with_capacity(rows);
+        let (mut row_copies, mut part_copies) = (0u64, 0u64);
         for (r, s) in samplers.iter_mut().enumerate() {
-            let pairs = i[r * k..(r + 1) * k].iter().copied().zip(v[r * k..(r + 1) * k].iter().copied()).collect();
-            let row_mass = merge_mass(&m[r * parts * 2..(r + 1) * parts * 2], s.params().temperature);
-            let mut copied = false;
-            out.push(s.sample_top(pairs, row_mass, || {
-                copied = true;
-                self.read_f32s(&self.s.logits.view(r * vocab, &[vocab])?)
+            let pairs = (r * k..(r + 1) * k).map(|j| (i[j], f32::from_bits(v[j]))).collect();
+            let m: Vec<f32> = m[r * parts * 2..(r + 1) * parts * 2].iter().map(|&w| f32::from_bits(w)).collect();
+            let row = MassParts { parts: &m, chunk, cols: vocab };
+            out.push(s.sample_top(pairs, &row, |cols| {
+                if cols.len() == vocab {
+                    row_copies += 1;
+                } else {
+                    part_copies += 1;
+                }
+                self.read_f32s(&self.s.logits.view(r * vocab + cols.start, &[cols.len()])?)
             })?);
-            self.tail_copies += u64::from(copied);
         }
-        self.sampled += rows as u64;
+        self.stats.rows += rows as u64;
+        self.stats.row_copies += row_copies;
+        self.stats.part_copies += part_copies;
         Ok(out)
     }
 
@@ -963,17 +983,17 @@ impl GpuModel {
     fn draw_argmax(&mut self, samplers: &mut [&mut Sampler]) -> Result<Vec<u32>> {
         let rows = self.rows;
         self.argmax_to_next(rows, None)?;
-        let ids = self.read_ids(&self.s.next.view(0, &[rows])?)?;
+        let ids = self.read_words(&self.s.next.view(0, &[rows])?)?;
         for (s, &id) in samplers.iter_mut().zip(&ids) {
             s.observe(&[id]);
         }
         Ok(ids)
     }
 
-    /// Rows drawn by [`GpuModel::sample`] over top candidates since the model was loaded,
-    /// and how many of them copied their row's logits because the draw fell past them.
-    pub fn sample_stats(&self) -> (u64, u64) {
-        (self.sampled, self.tail_copies)
+    /// What [`GpuModel::sample`]'s draws over top candidates copied since the model was
+    /// loaded.
+    pub fn sample_stats(&self) -> SampleStats {
+        self.stats
     }
 
     /// Greedy decode of `n` tokens of one sequence, starting by feeding `first`: the same
@@ -1005,7 +1025,7 @@ impl GpuModel {
             // The argmax writes the id where the next step reads it and into the history.
             self.argmax_to_next(1, Some(&gen.view(i, &[1])?))?;
         }
-        self.read_ids(&gen)
+        self.read_words(&gen)
     }
 
     /// The next decode step of `seq`, fed the last argmax, run without a copy between
@@ -1049,15 +1069,16 @@ impl GpuModel {
         Ok(())
     }
 
-    /// Token ids (i32 on the device) copied to the host.
-    fn read_f32s(&self, t: &dyn TensorArg) -> Result<Vec<f32>> {
+    /// A tensor of 32-bit elements (f32, or i32 token ids, read as their bits) copied to
+    /// the host.
+    fn read_words(&self, t: &dyn TensorArg) -> Result<Vec<u32>> {
         let bytes = self.dev.read_bytes(t)?;
-        Ok(bytes.chunks_exact(4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect())
+        Ok(bytes.chunks_exact(4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect())
     }
 
-    fn read_ids(&self, ids: &dyn TensorArg) -> Result<Vec<u32>> {
-        let bytes = self.dev.read_bytes(ids)?;
-        Ok(bytes.chunks_exact(4).map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as u32).collect())
+    /// An f32 tensor copied to the host.
+    fn read_f32s(&self, t: &dyn TensorArg) -> Result<Vec<f32>> {
+        Ok(self.read_words(t)?.into_iter().map(f32::from_bits).collect())
     }
 
     /// Feeds `tokens` to `seq` in chunks of at most `max_batch_tokens` and returns the

@@ -3,6 +3,7 @@
 //! logits processors: penalties, temperature, top-k, top-p, min-p, then the draw.
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use rocmforge_runtime::engine::TOPK_MAX;
 
@@ -179,17 +180,27 @@ impl Sampler {
 
     /// Picks the next token from a row's most likely tokens, and records it: `pairs`
     /// holds `(id, logit)` of the row's `pairs.len()` largest logits, in any order (the
-    /// GPU's top-k selection), after penalties; `mass` is the row's softmax normalizer
-    /// relative to its largest logit, `sum exp(l / t - max / t)` over every non-NaN logit
-    /// (unused at temperature 0). Where top-k, top-p or min-p keep only candidates, or the
-    /// draw lands on one, it is decided here; where it is not (top-p's mass or min-p's
-    /// floor not reached inside the candidates, a top-k past them, or the draw past the
-    /// candidates' mass), `all` is called for the row's every (penalized) logit and the
-    /// draw goes on there with the same random number. Either way it is the draw
-    /// [`Sampler::sample`] makes on the whole row: the same token, up to the order of
-    /// floating-point sums (and which of equal logits tied at the `pairs.len()`-th place
-    /// the candidates hold).
-    pub fn sample_top(&mut self, pairs: Vec<(u32, f32)>, mass: f64, all: impl FnOnce() -> Result<Vec<f32>>) -> Result<u32> {
+    /// GPU's top-k selection), after penalties; `row` is the row's softmax normalizer in
+    /// parts (unused at temperature 0). Where top-k, top-p or min-p keep only candidates,
+    /// or the draw lands on one, it is decided here. Otherwise `fetch` is called for the
+    /// (penalized) logits of a range of the row's columns, and the draw goes on there with
+    /// the same random number:
+    /// - a draw past every candidate with nothing cut (a plain temperature draw's tail)
+    ///   copies only the part its remaining probability falls in, found by the parts' sums
+    ///   less the candidates in them, where the candidates are the [`SORTED_HEAD`] a
+    ///   whole-row draw walks first (fewer: the whole row);
+    /// - top-p's mass or min-p's floor not reached inside the candidates, or a top-k past
+    ///   them, copy the whole row.
+    ///
+    /// Either way it is the draw [`Sampler::sample`] makes on the whole row: the same
+    /// token, up to the order of floating-point sums (and which of equal logits tied at the
+    /// `pairs.len()`-th place the candidates hold).
+    pub fn sample_top(
+        &mut self,
+        pairs: Vec<(u32, f32)>,
+        row: &MassParts<'_>,
+        mut fetch: impl FnMut(Range<usize>) -> Result<Vec<f32>>,
+    ) -> Result<u32> {
         let mut pairs = pairs;
         pairs.retain(|x| !x.1.is_nan());
         // The order a whole-row draw walks its head in.
@@ -198,17 +209,89 @@ impl Sampler {
             pairs.first().map(|p| p.0)
         } else {
             let u = self.rng.next_f64();
+            let mass = row.mass(self.params.temperature);
             // A normalizer that cannot be right (an infinite logit, say) takes the whole row.
             let drawn = if mass.is_finite() && mass >= 1.0 { self.draw_sorted(&pairs, Some(mass), u) } else { Drawn::Undecided };
             match drawn {
                 Drawn::Token(t) => Some(t),
                 Drawn::Empty => None,
-                Drawn::Undecided | Drawn::Past(_) => self.draw_row(&all()?, u),
+                Drawn::Undecided => self.draw_row(&fetch(0..row.cols)?, u),
+                // The tail in parts where the candidates are the head a whole-row draw
+                // sorts (so it walks the same tokens past them); else the row.
+                Drawn::Past(r) if pairs.len() == SORTED_HEAD.min(row.cols) => self.draw_parts(&pairs, row, mass, r, u, &mut fetch)?,
+                Drawn::Past(_) => self.draw_row(&fetch(0..row.cols)?, u),
             }
         };
         let token = token.ok_or_else(|| ModelError::Invalid("cannot sample from empty or all-NaN logits".into()))?;
         self.observe(&[token]);
         Ok(token)
+    }
+
+    /// A draw past every candidate of `pairs` (sorted, no NaN, none cut) with `past` of
+    /// the probability left: the rest of the row in id order, as [`Sampler::draw_row`]
+    /// walks it past its sorted head, but copying only the part the draw lands in (and
+    /// the parts after it, where rounding carries the draw past its last logit).
+    fn draw_parts(
+        &self,
+        pairs: &[(u32, f32)],
+        row: &MassParts<'_>,
+        mass: f64,
+        past: f64,
+        u: f64,
+        fetch: &mut impl FnMut(Range<usize>) -> Result<Vec<f32>>,
+    ) -> Result<Option<u32>> {
+        let t = self.params.temperature;
+        let Some(&(_, first)) = pairs.first() else { return Ok(self.draw_row(&fetch(0..row.cols)?, u)) };
+        let top = f64::from(first / t);
+        let weight = |l: f32| (f64::from(l / t) - top).exp();
+        let n = row.parts.len() / 2;
+        let chunk = row.chunk.max(1);
+        let mut head: Vec<u32> = pairs.iter().map(|p| p.0).collect();
+        head.sort_unstable();
+        // Each part's probability past the candidates: its sum less theirs.
+        let mut in_head = vec![0.0f64; n];
+        for &(id, l) in pairs {
+            if let Some(m) = in_head.get_mut(id as usize / chunk) {
+                *m += weight(l);
+            }
+        }
+        let mut r = past;
+        let mut j = 0;
+        while j < n {
+            let (m, s) = (row.parts[2 * j], row.parts[2 * j + 1]);
+            let x = if s > 0.0 { (f64::from(s) * (f64::from(m / t) - top).exp() - in_head[j]) / mass } else { 0.0 };
+            if r < x {
+                break;
+            }
+            r -= x;
+            j += 1;
+        }
+        let mut last = None;
+        for part in j..n {
+            let lo = part * chunk;
+            let hi = (lo + chunk).min(row.cols);
+            if lo >= hi {
+                break;
+            }
+            for (i, &l) in fetch(lo..hi)?.iter().enumerate() {
+                let id = (lo + i) as u32;
+                if l.is_nan() || head.binary_search(&id).is_ok() {
+                    continue;
+                }
+                let x = weight(l) / mass;
+                if r < x {
+                    return Ok(Some(id));
+                }
+                r -= x;
+                last = Some(id);
+            }
+        }
+        match last {
+            // Rounding left a sliver past the last weight.
+            Some(id) => Ok(Some(id)),
+            // The parts' sums passed every part: the whole row decides.
+            None => Ok(self.draw_row(&fetch(0..row.cols)?, u)),
+        }
     }
 
     /// The draw with uniform `u` over `pairs`, sorted highest logit first, no NaN. `mass`:
@@ -358,6 +441,26 @@ enum Drawn {
     Past(f64),
     /// No candidate (every logit NaN).
     Empty,
+}
+
+/// A row's softmax normalizer in parts, as the GPU's `rf_softmax_mass_f32` writes it for
+/// a draw over top candidates ([`Sampler::sample_top`]).
+#[derive(Debug, Clone, Copy)]
+pub struct MassParts<'a> {
+    /// `(m, s)` for each part of the row, in column order: the part's largest logit `m`
+    /// and `sum exp(l / t - m / t)` over its non-NaN logits (`(-inf, 0)` for none).
+    pub parts: &'a [f32],
+    /// Columns in each part (the last may hold fewer).
+    pub chunk: usize,
+    /// Columns in the row.
+    pub cols: usize,
+}
+
+impl MassParts<'_> {
+    /// The row's normalizer at temperature `t` ([`merge_mass`]).
+    pub fn mass(&self, t: f32) -> f64 {
+        merge_mass(self.parts, t)
+    }
 }
 
 /// A row's softmax normalizer at temperature `t` relative to its largest logit,

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests fail loudly")]
 
 use rocmforge_models::kv::{KvError, KvPool, KvShape};
-use rocmforge_models::sampling::{argmax, merge_mass, Rng, Sampler, SamplingParams};
+use rocmforge_models::sampling::{argmax, merge_mass, MassParts, Rng, Sampler, SamplingParams, SORTED_HEAD};
 use rocmforge_models::{demo, GenerateOptions};
 
 fn shape(blocks: usize) -> KvShape {
@@ -294,10 +294,54 @@ fn top_candidates(logits: &[f32], k: usize, rng: &mut Rng) -> Vec<(u32, f32)> {
     all
 }
 
-/// The softmax normalizer relative to the largest logit, as the GPU computes it.
+/// The softmax normalizer relative to the largest logit, in f64 over the whole row.
 fn mass(logits: &[f32], t: f32) -> f64 {
     let top = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     logits.iter().map(|&l| (f64::from(l / t) - f64::from(top / t)).exp()).sum()
+}
+
+/// The normalizer in parts of `chunk` logits as the GPU writes them: each part's largest
+/// logit and its f64 sum relative to it, rounded to f32.
+fn mass_parts(logits: &[f32], t: f32, chunk: usize) -> Vec<f32> {
+    let mut parts = Vec::new();
+    for c in logits.chunks(chunk) {
+        let m = c.iter().copied().filter(|l| !l.is_nan()).fold(f32::NEG_INFINITY, f32::max);
+        parts.push(m);
+        let s: f64 = if m > f32::NEG_INFINITY {
+            c.iter().filter(|l| !l.is_nan()).map(|&l| (f64::from(l / t) - f64::from(m / t)).exp()).sum()
+        } else {
+            0.0
+        };
+        parts.push(s as f32);
+    }
+    parts
+}
+
+/// What a draw over candidates copied: whole rows, and parts (each checked to be one
+/// part of the row, or the row).
+#[derive(Default, Debug)]
+struct Copies {
+    rows: usize,
+    parts: usize,
+}
+
+impl Copies {
+    fn fetch<'a>(
+        &'a mut self,
+        row: &'a [f32],
+        chunk: usize,
+    ) -> impl FnMut(std::ops::Range<usize>) -> rocmforge_models::Result<Vec<f32>> + 'a {
+        move |cols| {
+            if cols == (0..row.len()) {
+                self.rows += 1;
+            } else {
+                assert_eq!(cols.start % chunk, 0, "{cols:?} is not a part");
+                assert_eq!(cols.end, (cols.start + chunk).min(row.len()), "{cols:?} is not a part");
+                self.parts += 1;
+            }
+            Ok(row[cols].to_vec())
+        }
+    }
 }
 
 #[test]
@@ -315,9 +359,9 @@ fn draws_over_top_candidates_match_draws_over_the_whole_row() {
         SamplingParams { temperature: 1.0, top_p: 0.8, repetition_penalty: 1.3, presence_penalty: 0.2, ..SamplingParams::default() },
         SamplingParams { temperature: 0.0, frequency_penalty: 0.5, ..SamplingParams::default() },
     ];
-    let (mut copied, mut decided) = (0usize, 0usize);
+    let (mut copied, mut decided, mut in_parts) = (0usize, 0usize, 0usize);
     for (n, params) in settings.iter().enumerate() {
-        let (mut copied_here, mut decided_here) = (0usize, 0usize);
+        let (mut copied_here, mut decided_here, mut parts_here) = (0usize, 0usize, 0usize);
         for spread in [1.0f32, 4.0, 12.0] {
             let seed = n as u64 * 10 + spread as u64;
             let mut full = Sampler::new(SamplingParams { seed, ..params.clone() }).unwrap();
@@ -328,79 +372,112 @@ fn draws_over_top_candidates_match_draws_over_the_whole_row() {
                 // The GPU applies the penalties to its logits before the selection.
                 let mut pen = row.clone();
                 top.penalize(&mut pen);
-                let cands = top_candidates(&pen, 64, &mut rng);
-                let mut asked = false;
-                let got = top
-                    .sample_top(cands, mass(&pen, params.temperature.max(1e-3)), || {
-                        asked = true;
-                        Ok(pen.clone())
-                    })
-                    .unwrap();
+                // 64 candidates; the plain draw takes as many as a whole-row draw sorts
+                // first (the GPU's count without a top-k), so its tail can go in parts.
+                let k = if n == 0 { SORTED_HEAD } else { 64 };
+                let cands = top_candidates(&pen, k, &mut rng);
+                // Parts of 700 logits (the last of 200), as the GPU cuts a row.
+                let parts = mass_parts(&pen, params.temperature.max(1e-3), 700);
+                let row = MassParts { parts: &parts, chunk: 700, cols: pen.len() };
+                let mut c = Copies::default();
+                let got = top.sample_top(cands, &row, c.fetch(&pen, 700)).unwrap();
                 assert_eq!(got, want, "setting {n} spread {spread}");
-                if asked {
-                    copied_here += 1;
-                } else {
-                    decided_here += 1;
-                }
+                copied_here += c.rows;
+                parts_here += c.parts;
+                decided_here += usize::from(c.rows + c.parts == 0);
             }
         }
         // Settings bounded inside the candidates never copy the row.
         if params.top_k == 40 || params.temperature == 0.0 {
-            assert_eq!(copied_here, 0, "setting {n}");
+            assert_eq!(copied_here + parts_here, 0, "setting {n}");
         }
         // A top-k past the candidates always does.
         if params.top_k == 500 {
             assert_eq!(decided_here, 0, "setting {n}");
         }
+        // A plain temperature draw past the candidates copies a part, never the row.
+        if n == 0 {
+            assert_eq!(copied_here, 0, "setting {n}");
+            assert!(parts_here > 0, "setting {n}: no draw landed past the candidates");
+        } else {
+            assert_eq!(parts_here, 0, "setting {n}: only a draw with nothing cut walks parts");
+        }
         copied += copied_here;
         decided += decided_here;
+        in_parts += parts_here;
     }
-    // Both paths ran: draws decided by the candidates and draws that needed the row.
-    assert!(copied > 0 && decided > 0, "copied {copied}, decided {decided}");
+    // Every path ran: draws decided by the candidates, in parts, and with the row.
+    assert!(copied > 0 && decided > 0 && in_parts > 0, "copied {copied}, decided {decided}, parts {in_parts}");
 }
 
 #[test]
 fn a_draw_over_candidates_copies_the_row_only_for_the_tail() {
     // One dominant logit: a plain temperature draw lands on it nearly always, and then
-    // the row is not copied; top-p 0.5 is reached by the first candidate alone.
+    // nothing is copied; top-p 0.5 is reached by the first candidate alone.
     let mut row = vec![0.0f32; 1000];
     row[7] = 20.0;
     let cands = |r: &[f32]| top_candidates(r, 8, &mut Rng::new(1));
+    let whole = |r: &[f32]| mass_parts(r, 1.0, r.len());
     for params in [
         SamplingParams { temperature: 1.0, seed: 3, ..SamplingParams::default() },
         SamplingParams { temperature: 1.0, top_p: 0.5, seed: 3, ..SamplingParams::default() },
     ] {
         let mut s = Sampler::new(params).unwrap();
+        let parts = whole(&row);
         for _ in 0..100 {
-            let got = s.sample_top(cands(&row), mass(&row, 1.0), || panic!("the row was copied")).unwrap();
+            let got =
+                s.sample_top(cands(&row), &MassParts { parts: &parts, chunk: 1000, cols: 1000 }, |_| panic!("logits were copied")).unwrap();
             assert_eq!(got, 7);
         }
     }
-    // A flat row: top-p 0.9 is not reached by 8 of 1000 candidates, so every draw copies.
-    let flat = vec![0.5f32; 1000];
-    let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p: 0.9, seed: 4, ..SamplingParams::default() }).unwrap();
-    let mut copies = 0;
-    for _ in 0..20 {
-        let got = s
-            .sample_top(cands(&flat), mass(&flat, 1.0), || {
-                copies += 1;
-                Ok(flat.clone())
-            })
-            .unwrap();
-        assert!((got as usize) < 1000);
+    // A flat row of 3000: top-p 0.9 is not reached by 8 candidates, so every draw copies
+    // the row, as does a plain draw past 8; past the 1024 a whole-row draw sorts first,
+    // a plain draw copies one part of 100 (about two draws in three land there).
+    let flat = vec![0.5f32; 3000];
+    let parts = mass_parts(&flat, 1.0, 100);
+    let mp = MassParts { parts: &parts, chunk: 100, cols: 3000 };
+    for (top_p, k, seed) in [(0.9f32, 8, 4u64), (1.0, 8, 5), (1.0, SORTED_HEAD, 6)] {
+        let params = SamplingParams { temperature: 1.0, top_p, seed, ..SamplingParams::default() };
+        let (mut s, mut full) = (Sampler::new(params.clone()).unwrap(), Sampler::new(params).unwrap());
+        let mut c = Copies::default();
+        let mut decided = 0;
+        for _ in 0..30 {
+            let before = (c.rows, c.parts);
+            let got = s.sample_top(top_candidates(&flat, k, &mut Rng::new(1)), &mp, c.fetch(&flat, 100)).unwrap();
+            assert_eq!(got, full.sample(&mut flat.clone()).unwrap(), "top_p {top_p}, {k} candidates");
+            decided += usize::from(before == (c.rows, c.parts));
+        }
+        if k == 8 {
+            assert_eq!((c.rows, c.parts), (30, 0), "top_p {top_p}, {k} candidates");
+        } else {
+            assert_eq!(c.rows, 0);
+            assert_eq!(c.parts + decided, 30, "one part a draw past the candidates");
+            assert!(c.parts >= 10 && decided >= 3, "{} parts, {decided} draws on candidates", c.parts);
+        }
     }
-    assert_eq!(copies, 20);
+    // The candidates fill the first part (ids 0-1023 of 2048, parts of 1024): its mass
+    // past them is only rounding, and the walk never returns a candidate from the tail.
+    let mut head_row = vec![1.0f32; 2 * SORTED_HEAD];
+    head_row[..SORTED_HEAD].iter_mut().for_each(|l| *l = 1.5);
+    let parts = mass_parts(&head_row, 1.0, SORTED_HEAD);
+    let mp = MassParts { parts: &parts, chunk: SORTED_HEAD, cols: head_row.len() };
+    let mut s = Sampler::new(SamplingParams { temperature: 1.0, seed: 6, ..SamplingParams::default() }).unwrap();
+    let mut full = s.clone();
+    let mut c = Copies::default();
+    for _ in 0..200 {
+        let got = s.sample_top(top_candidates(&head_row, SORTED_HEAD, &mut Rng::new(2)), &mp, c.fetch(&head_row, SORTED_HEAD)).unwrap();
+        assert_eq!(got, full.sample(&mut head_row.clone()).unwrap());
+    }
+    assert_eq!(c.rows, 0);
+    assert!(c.parts > 0);
     // A normalizer that cannot be right (an infinite logit) takes the whole row.
     let mut inf = row.clone();
     inf[3] = f32::INFINITY;
+    let parts = whole(&inf);
     let mut s = Sampler::new(SamplingParams { temperature: 1.0, seed: 5, ..SamplingParams::default() }).unwrap();
-    let mut asked = false;
-    s.sample_top(cands(&inf), f64::NAN, || {
-        asked = true;
-        Ok(inf.clone())
-    })
-    .unwrap();
-    assert!(asked);
+    let mut c = Copies::default();
+    assert_eq!(s.sample_top(cands(&inf), &MassParts { parts: &parts, chunk: 1000, cols: 1000 }, c.fetch(&inf, 1000)).unwrap(), 3);
+    assert_eq!((c.rows, c.parts), (1, 0));
 }
 
 #[test]

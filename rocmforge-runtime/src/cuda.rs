@@ -77,6 +77,14 @@ pub enum CudaError {
         /// Elements of the tensor.
         elems: usize,
     },
+    /// A view read as a dtype of another element size than its tensor's.
+    #[error("a {tensor} tensor cannot be viewed as {view}: the element sizes differ (view it as a dtype of the same width)")]
+    ViewDType {
+        /// The tensor's dtype.
+        tensor: DType,
+        /// The dtype asked for.
+        view: DType,
+    },
     /// Host and device sizes disagree.
     #[error("copy of {what}: {host} host bytes but {device} device bytes")]
     SizeMismatch {
@@ -936,6 +944,17 @@ impl DeviceTensor {
     pub fn view(&self, offset: usize, shape: &[usize]) -> Result<DeviceView<'_>, CudaError> {
         let ptr = self.check_view(offset, shape)?;
         Ok(DeviceView { ptr, dtype: self.dtype, shape: shape.to_vec(), _t: std::marker::PhantomData })
+    }
+
+    /// A read-only window as [`DeviceTensor::view`] whose elements are read as `dtype`, of
+    /// the tensor's element size (f32, i32 and u32 among themselves; f16 and bf16): one
+    /// allocation can hold values and ids side by side, copied back in one transfer.
+    pub fn view_as(&self, dtype: DType, offset: usize, shape: &[usize]) -> Result<DeviceView<'_>, CudaError> {
+        if dtype.size() != self.dtype.size() {
+            return Err(CudaError::ViewDType { tensor: self.dtype, view: dtype });
+        }
+        let ptr = self.check_view(offset, shape)?;
+        Ok(DeviceView { ptr, dtype, shape: shape.to_vec(), _t: std::marker::PhantomData })
     }
 
     /// A writable window of `shape` elements starting at element `offset`; borrowing the
