@@ -11,7 +11,7 @@ bin=.gpu/${BIN:-bench}
 preset=${PRESET:-llama3.2-1b}
 "$bin" --preset "$preset" -p 512 -n 128 -b "" --context 0 -r 3 --gpu-memory-fraction 0.3 > "$out/bench.txt" 2>&1
 "$ncu" --csv --print-units base --cache-control none --clock-control none \
-    --metrics gpu__time_duration.sum,dram__bytes_read.sum,launch__grid_size,launch__block_size \
+    --metrics gpu__time_duration.sum,dram__bytes_read.sum,launch__grid_size,launch__block_size,launch__registers_per_thread,launch__waves_per_multiprocessor \
     "$bin" --preset "$preset" -p 8 -n "${N:-4}" -b "" --context 0 -r 1 --gpu-memory-fraction 0.3 > "$out/ncu.csv" 2> "$out/ncu.err"
 echo "ncu exit $?"
 python3 - "$out/ncu.csv" > "$out/per-kernel.txt" <<'PY'
@@ -36,7 +36,7 @@ for k in step:
     tot_t += t; tot_b += b
     a = agg.setdefault(k["name"][:60], [0, 0.0, 0.0])
     a[0] += 1; a[1] += t; a[2] += b
-    print("%-60s grid %6d block %4d  %8.2f us  %9.3f MB  %7.1f GB/s" % (k["name"][:60], k.get("launch__grid_size", 0), k.get("launch__block_size", 0), t, b / 1e6, b / t / 1e3 if t else 0))
+    print("%-60s grid %6d block %4d regs %3d waves %5.2f  %8.2f us  %9.3f MB  %7.1f GB/s" % (k["name"][:60], k.get("launch__grid_size", 0), k.get("launch__block_size", 0), k.get("launch__registers_per_thread", 0), k.get("launch__waves_per_multiprocessor", 0), t, b / 1e6, b / t / 1e3 if t else 0))
 print("\nstep: %d kernels, %.1f us of kernel time, %.1f MB read (%.0f GB/s over kernel time)" % (len(step), tot_t, tot_b / 1e6, tot_b / tot_t / 1e3))
 for n, (c, t, b) in agg.items():
     print("%-60s x%3d  %8.1f us  %8.1f MB  %7.1f GB/s" % (n, c, t, b / 1e6, b / t / 1e3))

@@ -103,11 +103,12 @@ pub enum EnginePart {
     /// Row gather, argmax, top-k, the q/k/v stage and SwiGLU (`rf_gather_*`,
     /// `rf_argmax_*`, `rf_topk_*`, `rf_qkv_post_*`, `rf_swiglu_rows_*`).
     Misc,
-    /// The matrix-vector product for up to this many rows of x (1, 2, 4 or 8:
-    /// `rf_gemv{rows}_*`).
+    /// The matrix-vector product for up to this many rows of x (1, 2, 4 or 8), one warp
+    /// a weight row and two (`rf_gemv{rows}_*`, `rf_gemv{rows}x2_*`).
     Gemv(u32),
     /// The matrix-vector product over pairs of weight rows for up to this many rows of x
-    /// (1, 2, 4 or 8: `rf_gemv_pair{rows}_*`).
+    /// (1, 2, 4 or 8), one warp a pair and two (`rf_gemv_pair{rows}_*`,
+    /// `rf_gemv_pair{rows}x2_*`).
     Pairs(u32),
 }
 

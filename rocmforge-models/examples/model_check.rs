@@ -30,7 +30,7 @@ use rocmforge_models::weights::{encode, Checkpoint};
 use rocmforge_models::{LoadOptions, Model};
 use rocmforge_runtime::cuda::CudaDevice;
 use rocmforge_runtime::engine::{
-    argmax_workspace, plan_argmax, plan_gather, plan_gemv, plan_gemv_pairs, plan_penalize, plan_qkv_post, plan_softmax_mass,
+    argmax_workspace, gemv_split, plan_argmax, plan_gather, plan_gemv, plan_gemv_pairs, plan_penalize, plan_qkv_post, plan_softmax_mass,
     plan_swiglu_rows, plan_topk_staged, softmax_mass_parts, topk_staged_workspace, GemvFusion, PairEpilogue, QkvPost, TOPK_MAX,
 };
 use rocmforge_runtime::{DType, TensorArg};
@@ -402,11 +402,46 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
                 let got = dev.download(&out)?.to_f32_vec();
                 let e = nmse(&got, &want);
                 let bound = gemv_bound(out_dt);
+                let split = gemv_split(&lim, n as u64, (kk * dtype.size() / 16) as u64, (kk * dtype.size()).is_multiple_of(16));
                 tally.check(
                     e <= bound,
-                    format!("engine gemv  {dtype:<5} -> {out_dt:<5} [{m}, {kk}] x [{n}, {kk}]^T: nmse {e:.2e} (bound {bound:.0e})"),
+                    format!("engine gemv  {dtype:<5} -> {out_dt:<5} [{m}, {kk}] x [{n}, {kk}]^T, {split} warps a row: nmse {e:.2e} (bound {bound:.0e})"),
                 );
             }
+        }
+        // The fused prologue and epilogue with rows cut over warps and without (n 300 and
+        // 5000 rows): RMSNorm of x, bias, residual added in place, against f64 on the host.
+        for (m, n, kk) in [(2usize, 300usize, 2048usize), (1, 5000, 2048)] {
+            let round = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| dtype.round_f32(x)).collect() };
+            let (xr, wr, gr, br, rr) = (
+                round(rand_rows(rng, m * kk)),
+                round(rand_rows(rng, n * kk)),
+                round(rand_rows(rng, kk)),
+                round(rand_rows(rng, n)),
+                round(rand_rows(rng, m * n)),
+            );
+            let want: Vec<f32> = (0..m * n)
+                .map(|i| {
+                    let (r, j) = (i / n, i % n);
+                    let xrow = &xr[r * kk..(r + 1) * kk];
+                    let ms = xrow.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / kk as f64;
+                    let dot: f64 = (0..kk).map(|c| f64::from(xrow[c]) * f64::from(gr[c]) * f64::from(wr[j * kk + c])).sum();
+                    (dot / (ms + 1e-5).sqrt() + f64::from(br[j]) + f64::from(rr[i])) as f32
+                })
+                .collect();
+            let up = |v: &[f32], shape: &[usize]| dev.upload_bytes(dtype, shape, &encode(v, dtype));
+            let (x, w, g, b) = (up(&xr, &[m, kk])?, up(&wr, &[n, kk])?, up(&gr, &[kk])?, up(&br, &[n])?);
+            let out = up(&rr, &[m, n])?;
+            let f = GemvFusion { norm: Some((&g, 1e-5)), bias: Some(&b), residual: Some(&out), ..GemvFusion::default() };
+            dev.launch_engine(&plan_gemv(&lim, &x, &w, &out, &f)?)?;
+            let got = dev.download(&out)?.to_f32_vec();
+            let e = nmse(&got, &want);
+            let bound = gemv_bound(dtype);
+            let split = gemv_split(&lim, n as u64, (kk * dtype.size() / 16) as u64, true);
+            tally.check(
+                e <= bound,
+                format!("engine gemv  {dtype:<5} [{m}, {kk}] x [{n}, {kk}]^T, norm + bias + residual in place, {split} warps a row: nmse {e:.2e} (bound {bound:.0e})"),
+            );
         }
         // Gather: rows by index, one out of range (a zero row).
         let (rows, cols) = (100usize, 72usize);
@@ -669,7 +704,7 @@ fn pair_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally, dtype: D
     let up = |v: &[f32], shape: &[usize]| dev.upload_bytes(dtype, shape, &encode(v, dtype));
     // SwiGLU after the gate/up product: with and without the norm and bias, the 16-byte
     // and element paths, 1 to 5 rows.
-    for (m, inter, k, fused) in [(1usize, 300usize, 256usize, true), (3, 64, 77, false), (5, 129, 4120, true)] {
+    for (m, inter, k, fused) in [(1usize, 300usize, 256usize, true), (3, 64, 77, false), (5, 129, 4120, true), (2, 96, 2048, true)] {
         let x = up(&rand_rows(rng, m * k), &[m, k])?;
         let w = up(&rand_rows(rng, 2 * inter * k).iter().map(|v| v / 16.0).collect::<Vec<_>>(), &[2 * inter, k])?;
         let nw = up(&rand_rows(rng, k), &[k])?;
@@ -695,9 +730,12 @@ fn pair_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally, dtype: D
     // The q/k/v stage: full and partial rotation, GQA 2, a skipped slot (-1), head dims
     // 64 and 128, with and without the norm and bias; the caches start random and must
     // equal the reference's everywhere (written slots and the rest).
-    for (m, heads, kvh, hd, half, k, fused) in
-        [(1usize, 4usize, 2usize, 64usize, 32usize, 256usize, true), (2, 4, 2, 64, 16, 72, false), (3, 8, 2, 128, 64, 77, true)]
-    {
+    for (m, heads, kvh, hd, half, k, fused) in [
+        (1usize, 4usize, 2usize, 64usize, 32usize, 256usize, true),
+        (2, 4, 2, 64, 16, 72, false),
+        (3, 8, 2, 128, 64, 77, true),
+        (1, 4, 2, 64, 32, 2048, true),
+    ] {
         let (pages, page) = (4usize, 16usize);
         let n = (heads + 2 * kvh) * hd;
         let x = up(&rand_rows(rng, m * k), &[m, k])?;

@@ -639,6 +639,26 @@ fn vector_arg(kernel: &str, name: &str, t: &dyn TensorArg, dtype: DType, len: u6
     Ok(t.device_ptr())
 }
 
+/// Warps a row (or a pair of rows) of the matrix-vector products ([`plan_gemv`],
+/// [`plan_gemv_pairs`], the `x2` symbols) over `units` rows or pairs of `groups` 16-byte
+/// groups (`vec`: the 16-byte path; the element path takes 1): 2 where twice the units
+/// still fit one wave of 32 warps a multiprocessor (the two-warp kernels are held to 64
+/// registers for it) and each warp's half of a row gives every lane two rounds of loads;
+/// else 1. Fewer warps than that leave too few loads in flight to reach the memory's
+/// rate: in one graph of the Llama-3.2-1B step's products
+/// (`scripts/membench/step_ceiling.cu`, H200), two warps a row for the q/k/v, o and down
+/// products took the step from 795 to 723 us; four, or two for the gate/up product
+/// (16384 rows) or the LM head, were slower. Where the plain and paired products cut a
+/// row the same way they are bit-identical; they may differ in the last bit where not.
+pub fn gemv_split(limits: &DeviceLimits, units: u64, groups: u64, vec: bool) -> i32 {
+    let one_wave = 2 * units <= u64::from(limits.compute_units.max(1)) * 32;
+    if vec && one_wave && groups.is_multiple_of(2) && groups / 2 >= 64 {
+        2
+    } else {
+        1
+    }
+}
+
 /// Plans `out = f(x) @ w^T (+ bias) (+ res)` for a few rows of `x` (at most
 /// [`GEMV_MAX_ROWS`]) with the bandwidth-bound matrix-vector kernel instead of the
 /// vendor BLAS; `f` is the identity, an RMSNorm or SwiGLU ([`GemvFusion`]). Shapes as
@@ -702,11 +722,12 @@ pub fn plan_gemv(
     } else {
         0
     };
+    let split = gemv_split(limits, g.n as u64, g.k as u64 / v as u64, vec);
     Ok(EnginePlan {
         cooperative: false,
         module: EngineModule::Engine(dtype, EnginePart::Gemv(mt as u32)),
-        symbol: format!("rf_gemv{mt}_{}", dtype.name()),
-        grid: rows_grid(limits, (g.n as u64).div_ceil(4)),
+        symbol: format!("rf_gemv{mt}{}_{}", if split == 2 { "x2" } else { "" }, dtype.name()),
+        grid: rows_grid(limits, (g.n as u64).div_ceil(4 / split as u64)),
         block: [128, 1, 1],
         args: vec![
             ArgValue::Ptr(g.x),
@@ -990,13 +1011,15 @@ pub fn plan_gemv_pairs(
     ];
     args.extend(stage);
     args.extend(sizes.map(ArgValue::I32));
+    // A warp (or two) a pair streams two rows.
+    let split = gemv_split(limits, pairs, k / v, vec);
     // Checked above: m <= GEMV_MAX_ROWS (8).
     let mt = (m as u32).next_power_of_two();
     Ok(EnginePlan {
         cooperative: false,
         module: EngineModule::Engine(dtype, EnginePart::Pairs(mt)),
-        symbol: format!("rf_gemv_pair{mt}_{}", dtype.name()),
-        grid: rows_grid(limits, pairs.div_ceil(4)),
+        symbol: format!("rf_gemv_pair{mt}{}_{}", if split == 2 { "x2" } else { "" }, dtype.name()),
+        grid: rows_grid(limits, pairs.div_ceil(4 / split as u64)),
         block: [128, 1, 1],
         args,
     })
@@ -1385,6 +1408,32 @@ mod tests {
         assert!(plan_gemm(&t(DType::BF16, &[0, 64]), &t(DType::BF16, &[96, 64]), &t(DType::BF16, &[0, 96])).is_err());
         let big = plan_gemm(&t(DType::F16, &[1 << 31, 1]), &t(DType::F16, &[1, 1]), &t(DType::F16, &[1 << 31, 1]));
         assert!(matches!(big, Err(LaunchError::Limit { .. })));
+    }
+
+    #[test]
+    fn products_take_two_warps_a_row_where_the_rows_fit_one_wave() {
+        let l = DeviceLimits { compute_units: 132, ..DeviceLimits::NVIDIA_SM90 };
+        // Llama-3.2-1B (k 2048, bf16: 256 groups): q/k/v pairs, o and down take two;
+        // gate/up (16384 rows) and the LM head one. Llama-3-8B: none.
+        for (units, groups, want) in [(1536, 256, 2), (2048, 256, 2), (2048, 1024, 2), (8192, 256, 1), (128256, 256, 1)] {
+            assert_eq!(gemv_split(&l, units, groups, true), want, "{units} x {groups}");
+        }
+        for units in [3072, 4096] {
+            assert_eq!(gemv_split(&l, units, 512, true), 1);
+        }
+        // Odd groups, halves under two rounds of loads, and the element path take one.
+        assert_eq!(gemv_split(&l, 300, 515, true), 1);
+        assert_eq!(gemv_split(&l, 300, 126, true), 1);
+        assert_eq!(gemv_split(&l, 300, 256, false), 1);
+        // The plans launch the two-warp symbol on half the rows a workgroup.
+        let none = GemvFusion::default();
+        let p = plan_gemv(&l, &t(DType::BF16, &[1, 2048]), &t(DType::BF16, &[2048, 2048]), &t(DType::BF16, &[1, 2048]), &none).unwrap();
+        assert_eq!((p.symbol.as_str(), p.grid[0], p.block[0]), ("rf_gemv1x2_bf16", 1024, 128));
+        let p = plan_gemv(&l, &t(DType::BF16, &[1, 2048]), &t(DType::BF16, &[8192, 2048]), &t(DType::BF16, &[1, 8192]), &none).unwrap();
+        assert_eq!((p.symbol.as_str(), p.grid[0]), ("rf_gemv1_bf16", 2048));
+        let (x, w, act) = (t(DType::BF16, &[1, 2048]), t(DType::BF16, &[3072, 2048]), t(DType::BF16, &[1, 1536]));
+        let p = plan_gemv_pairs(&l, &x, &w, None, None, &PairEpilogue::SwiGlu { out: &act }).unwrap();
+        assert_eq!((p.symbol.as_str(), p.grid[0]), ("rf_gemv_pair1x2_bf16", 768));
     }
 
     #[test]

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Builds and runs read_bw.cu with the machine's nvcc (the GPU machine has CUDA at /usr/local/cuda).
+# Builds and runs the membench programs with the machine's nvcc (the GPU machine has CUDA
+# at /usr/local/cuda): read_bw.cu (read bandwidth by kernel shape) and step_ceiling.cu
+# (the 1B decode step's reads as ideal launches in one graph). WHAT picks some of them
+# (default: both).
 set -euo pipefail
 cd "$(dirname "$0")"
 out=${OUT:-.}
-/usr/local/cuda/bin/nvcc -O3 -std=c++17 -arch=sm_90 read_bw.cu -o "$out/read_bw"
-"$out/read_bw" | tee "$out/read_bw.txt"
+for p in ${WHAT:-read_bw step_ceiling}; do
+    /usr/local/cuda/bin/nvcc -O3 -std=c++17 -arch=sm_90 "$p.cu" -o "$out/$p"
+    "$out/$p" | tee "$out/$p.txt"
+done

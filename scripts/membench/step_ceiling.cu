@@ -1,0 +1,266 @@
+// The ceiling of a layered decode step on the GPU machine (nvcc -O3 -arch=sm_90
+// step_ceiling.cu -o step_ceiling): the Llama-3.2-1B decode step's weight reads as ideal
+// streaming kernels, one launch per product as the layered decode has them, captured in
+// one CUDA graph, against the same bytes in one launch. No arithmetic beyond a dot with x
+// and no epilogue: whatever the real step adds is on top of these figures.
+//  - "products": per layer q/k/v (3072 x 2048), o (2048 x 2048), gate/up (16384 x 2048),
+//    down (2048 x 8192), then the LM head (128256 x 2048): one warp a row, four 16-byte
+//    loads in flight a lane, a workgroup of 4 warps per 4 rows (the committed gemv's shape);
+//  - "+ attention slots": the same with a near-empty launch after each q/k/v product and
+//    two more per step (the embedding gather and the argmax): 83 launches, as the step;
+//  - "flat, per product": each product as a grid-stride flat read of its bytes instead;
+//  - "one launch": all 2.47 GB in one grid-stride flat read (a step with no boundaries).
+// Each weight has its own memory (2.47 GB in all), so nothing is served from L2 across
+// launches. Prints the step's time (median of 50 graph replays) and the fraction of the
+// limit (the weight bytes over the device-to-device copy rate measured here, read+write,
+// as `bench` computes it). Run: scripts/membench/run.sh on the GPU machine.
+#include <cstdio>
+#include <cstdint>
+#include <vector>
+#include <algorithm>
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+
+#define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s: %s\n", #x, cudaGetErrorString(e)); return 1; } } while (0)
+
+__device__ float dot8(uint4 w, uint4 x) {
+    const __nv_bfloat162* a = reinterpret_cast<const __nv_bfloat162*>(&w);
+    const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(&x);
+    float s = 0.f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        float2 fa = __bfloat1622float2(a[j]), fb = __bfloat1622float2(b[j]);
+        s += fa.x * fb.x + fa.y * fb.y;
+    }
+    return s;
+}
+
+// One warp per row, `groups` 16-byte groups a row, four loads in flight a lane.
+__global__ void __launch_bounds__(128) rows(const uint4* __restrict__ w, const uint4* __restrict__ x, long long n, int groups, float* out) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const long long r = (long long)blockIdx.x * 4 + warp;
+    if (r >= n) return;
+    const uint4* wr = w + r * groups;
+    float acc = 0.f;
+    int g = lane;
+    for (; g + 96 < groups; g += 128) {
+        uint4 v[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) v[u] = wr[g + u * 32];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) acc += dot8(v[u], x[g + u * 32]);
+    }
+    for (; g < groups; g += 32) acc += dot8(wr[g], x[g]);
+#pragma unroll
+    for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (lane == 0) out[r] = acc;
+}
+
+// S warps per row (split over k, summed through shared memory), U loads in flight a
+// lane, 128-thread workgroups (4 / S rows each; S 8: 256 threads, one row).
+template <int S, int U>
+__global__ void __launch_bounds__(S == 8 ? 256 : 128) split(const uint4* __restrict__ w, const uint4* __restrict__ x, long long n, int groups, float* out) {
+    constexpr int RPB = S == 8 ? 1 : 4 / S;
+    __shared__ float part[8];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const long long r = (long long)blockIdx.x * RPB + warp / S;
+    const int per = groups / S;
+    const int g0 = (warp % S) * per;
+    float acc = 0.f;
+    if (r < n) {
+        const uint4* wr = w + r * groups + g0;
+        const uint4* xr = x + g0;
+        int g = lane;
+        for (; g + (U - 1) * 32 < per; g += U * 32) {
+            uint4 v[U];
+#pragma unroll
+            for (int u = 0; u < U; ++u) v[u] = wr[g + u * 32];
+#pragma unroll
+            for (int u = 0; u < U; ++u) acc += dot8(v[u], xr[g + u * 32]);
+        }
+        for (; g < per; g += 32) acc += dot8(wr[g], xr[g]);
+    }
+#pragma unroll
+    for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (S == 1) {
+        if (lane == 0 && r < n) out[r] = acc;
+        return;
+    }
+    if (lane == 0) part[warp] = acc;
+    __syncthreads();
+    if (warp % S == 0 && lane == 0 && r < n) {
+        float t = 0.f;
+        for (int j = 0; j < S; ++j) t += part[warp + j];
+        out[r] = t;
+    }
+}
+
+template <int S, int U>
+void launch_split(const uint4* w, const uint4* x, long long n, int groups, float* out, cudaStream_t st) {
+    constexpr int RPB = S == 8 ? 1 : 4 / S;
+    split<S, U><<<(unsigned)((n + RPB - 1) / RPB), S == 8 ? 256 : 128, 0, st>>>(w, x, n, groups, out);
+}
+
+void launch_split(int s, int u, const uint4* w, const uint4* x, long long n, int groups, float* out, cudaStream_t st) {
+    if (u == 4) {
+        if (s == 1) launch_split<1, 4>(w, x, n, groups, out, st);
+        if (s == 2) launch_split<2, 4>(w, x, n, groups, out, st);
+        if (s == 4) launch_split<4, 4>(w, x, n, groups, out, st);
+        if (s == 8) launch_split<8, 4>(w, x, n, groups, out, st);
+    } else {
+        if (s == 1) launch_split<1, 8>(w, x, n, groups, out, st);
+        if (s == 2) launch_split<2, 8>(w, x, n, groups, out, st);
+        if (s == 4) launch_split<4, 8>(w, x, n, groups, out, st);
+        if (s == 8) launch_split<8, 8>(w, x, n, groups, out, st);
+    }
+}
+
+// Grid-stride 16-byte reads, four in flight a thread.
+__global__ void __launch_bounds__(256) flat(const uint4* __restrict__ p, long long n, float* out) {
+    float acc = 0.f;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (; i < n; i += 4 * stride) {
+        uint4 v[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) v[u] = i + u * stride < n ? p[i + u * stride] : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int u = 0; u < 4; ++u) acc += __uint_as_float(v[u].x ^ v[u].y ^ v[u].z ^ v[u].w);
+    }
+    if (acc == 1.2345f) out[0] = acc;
+}
+
+// A near-empty launch (a stand-in for a launch that reads almost nothing).
+__global__ void __launch_bounds__(128) tiny(float* out) {
+    if (threadIdx.x == 0) out[blockIdx.x] = 1.0f;
+}
+
+struct Mat {
+    const uint4* w;
+    long long n;
+    int k;
+};
+
+int main() {
+    int sms;
+    CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+    const int layers = 16, h = 2048, qkv = 3072, inter = 8192;
+    const long long vocab = 128256;
+    std::vector<std::pair<long long, int>> shapes;  // (rows, k) in launch order
+    for (int l = 0; l < layers; ++l) {
+        shapes.push_back({qkv, h});
+        shapes.push_back({h, h});
+        shapes.push_back({2ll * inter, h});
+        shapes.push_back({h, inter});
+    }
+    shapes.push_back({vocab, h});
+    long long total = 0;
+    for (auto& s : shapes) total += s.first * s.second * 2;
+    char* base;
+    CK(cudaMalloc(&base, total + (1 << 20)));
+    CK(cudaMemset(base, 1, total + (1 << 20)));
+    float* out;
+    CK(cudaMalloc(&out, 1 << 22));
+    uint4* x;
+    CK(cudaMalloc(&x, inter * 2));
+    CK(cudaMemset(x, 0, inter * 2));
+    std::vector<Mat> mats;
+    long long off = 0;
+    for (auto& s : shapes) {
+        mats.push_back({reinterpret_cast<const uint4*>(base + off), s.first, s.second});
+        off += s.first * s.second * 2;
+    }
+    cudaStream_t st;
+    CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    auto time_it = [&](auto f) {
+        std::vector<float> t;
+        for (int i = 0; i < 55; ++i) {
+            cudaEventRecord(a, st);
+            f();
+            cudaEventRecord(b, st);
+            cudaEventSynchronize(b);
+            float ms;
+            cudaEventElapsedTime(&ms, a, b);
+            if (i >= 5) t.push_back(ms);
+        }
+        std::sort(t.begin(), t.end());
+        return t[t.size() / 2];
+    };
+    // Copy bandwidth (bytes read + written) over 1 GiB, as the bench measures it.
+    const long long cb = 1ll << 30;
+    float copy_ms = time_it([&] { cudaMemcpyAsync(base + cb / 2, base, cb / 2, cudaMemcpyDeviceToDevice, st); });
+    const double copy_gbs = cb / copy_ms / 1e6;
+    const double limit_us = total / (copy_gbs * 1e3);
+    printf("weights %.3f GB, copy %.0f GB/s -> limit %.1f us a step (%.1f tok/s)\n", total / 1e9, copy_gbs, limit_us, 1e6 / limit_us);
+    auto graph_of = [&](auto body) {
+        cudaGraph_t g;
+        cudaGraphExec_t e;
+        cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal);
+        body();
+        cudaStreamEndCapture(st, &g);
+        cudaGraphInstantiate(&e, g, 0);
+        return e;
+    };
+    auto report = [&](const char* what, int launches, cudaGraphExec_t e) {
+        float ms = time_it([&] { cudaGraphLaunch(e, st); });
+        printf("%-28s %3d launches: %7.1f us a step, %.3f of the limit (%.1f tok/s)\n", what, launches, ms * 1e3, limit_us / (ms * 1e3), 1e3 / ms);
+    };
+    auto products = [&](bool slots) {
+        int launches = 0;
+        if (slots) { tiny<<<1, 128, 0, st>>>(out); ++launches; }
+        for (size_t i = 0; i < mats.size(); ++i) {
+            const Mat& m = mats[i];
+            rows<<<(unsigned)((m.n + 3) / 4), 128, 0, st>>>(m.w, x, m.n, m.k / 8, out);
+            ++launches;
+            if (slots && i % 4 == 0 && i + 1 < mats.size()) { tiny<<<32, 128, 0, st>>>(out); ++launches; }
+        }
+        if (slots) { tiny<<<64, 128, 0, st>>>(out); ++launches; }
+        return launches;
+    };
+    int n1 = 0, n2 = 0, n3 = 0;
+    cudaGraphExec_t g1 = graph_of([&] { n1 = products(false); });
+    cudaGraphExec_t g2 = graph_of([&] { n2 = products(true); });
+    cudaGraphExec_t g3 = graph_of([&] {
+        for (auto& m : mats) {
+            flat<<<sms * 8, 256, 0, st>>>(m.w, m.n * m.k / 8, out);
+            ++n3;
+        }
+    });
+    cudaGraphExec_t g4 = graph_of([&] { flat<<<sms * 8, 256, 0, st>>>(mats[0].w, total / 16, out); });
+    for (int round = 0; round < 2; ++round) {
+        report("products", n1, g1);
+        report("products + attention slots", n2, g2);
+        report("flat, per product", n3, g3);
+        report("one launch", 1, g4);
+    }
+    // Warps per row chosen per product: `s[i]` for the i-th product of a layer (q/k/v, o,
+    // gate/up, down) and the LM head, U loads in flight a lane.
+    struct Cfg { int s[5]; int u; };
+    const Cfg cfgs[] = {
+        {{1, 1, 1, 1, 1}, 4}, {{1, 1, 1, 1, 1}, 8},
+        {{2, 4, 1, 4, 1}, 4}, {{2, 4, 1, 4, 1}, 8},
+        {{2, 2, 1, 2, 1}, 4}, {{4, 4, 1, 4, 1}, 4},
+        {{2, 4, 1, 8, 1}, 4}, {{2, 4, 2, 4, 1}, 4},
+        {{4, 8, 1, 8, 1}, 4}, {{2, 4, 1, 4, 2}, 4},
+    };
+    for (int round = 0; round < 2; ++round) {
+        for (const Cfg& c : cfgs) {
+            cudaGraphExec_t g = graph_of([&] {
+                for (size_t i = 0; i < mats.size(); ++i) {
+                    const Mat& m = mats[i];
+                    const int s = i + 1 == mats.size() ? c.s[4] : c.s[i % 4];
+                    launch_split(s, c.u, m.w, x, m.n, m.k / 8, out, st);
+                }
+            });
+            char name[64];
+            snprintf(name, sizeof name, "split %d/%d/%d/%d/%d U%d", c.s[0], c.s[1], c.s[2], c.s[3], c.s[4], c.u);
+            report(name, (int)mats.size(), g);
+        }
+    }
+    CK(cudaGetLastError());
+    CK(cudaStreamSynchronize(st));
+    return 0;
+}
