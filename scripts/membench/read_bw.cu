@@ -6,14 +6,7 @@
 //    (the committed gemv's shape) or R rows a warp.
 // Prints GB/s of reads (median of 20 launches, 1 GiB buffer or the row matrix).
 // Run: scripts/membench/run.sh on the GPU machine.
-#include <cstdio>
-#include <cstdint>
-#include <vector>
-#include <algorithm>
-#include <cuda_runtime.h>
-#include <cuda_bf16.h>
-
-#define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s: %s\n", #x, cudaGetErrorString(e)); return 1; } } while (0)
+#include "common.cuh"
 
 template <int U>
 __global__ void flat(const uint4* __restrict__ p, long long n, float* out) {
@@ -28,18 +21,6 @@ __global__ void flat(const uint4* __restrict__ p, long long n, float* out) {
         for (int u = 0; u < U; ++u) acc += __uint_as_float(v[u].x ^ v[u].y ^ v[u].z ^ v[u].w);
     }
     if (acc == 1.2345f) out[0] = acc;
-}
-
-__device__ float dot8(uint4 w, uint4 x) {
-    const __nv_bfloat162* a = reinterpret_cast<const __nv_bfloat162*>(&w);
-    const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(&x);
-    float s = 0.f;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        float2 fa = __bfloat1622float2(a[j]), fb = __bfloat1622float2(b[j]);
-        s += fa.x * fb.x + fa.y * fb.y;
-    }
-    return s;
 }
 
 // One warp per row (grid-stride over rows), K/8 groups of 16 bytes a row.

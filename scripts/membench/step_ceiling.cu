@@ -14,26 +14,7 @@
 // launches. Prints the step's time (median of 50 graph replays) and the fraction of the
 // limit (the weight bytes over the device-to-device copy rate measured here, read+write,
 // as `bench` computes it). Run: scripts/membench/run.sh on the GPU machine.
-#include <cstdio>
-#include <cstdint>
-#include <vector>
-#include <algorithm>
-#include <cuda_runtime.h>
-#include <cuda_bf16.h>
-
-#define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s: %s\n", #x, cudaGetErrorString(e)); return 1; } } while (0)
-
-__device__ float dot8(uint4 w, uint4 x) {
-    const __nv_bfloat162* a = reinterpret_cast<const __nv_bfloat162*>(&w);
-    const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(&x);
-    float s = 0.f;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        float2 fa = __bfloat1622float2(a[j]), fb = __bfloat1622float2(b[j]);
-        s += fa.x * fb.x + fa.y * fb.y;
-    }
-    return s;
-}
+#include "common.cuh"
 
 // One warp per row, `groups` 16-byte groups a row, four loads in flight a lane.
 __global__ void __launch_bounds__(128) rows(const uint4* __restrict__ w, const uint4* __restrict__ x, long long n, int groups, float* out) {
