@@ -130,7 +130,6 @@ struct Layout {
     max_kv: usize,
 }
 
-/// One sequence's part of a forward: its cache and the tokens to feed.
 /// What [`GpuModel::sample`]'s draws over the GPU's top candidates copied to the host,
 /// counted since the model was loaded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -145,6 +144,7 @@ pub struct SampleStats {
     pub part_copies: u64,
 }
 
+/// One sequence's part of a forward: its cache and the tokens to feed.
 #[derive(Debug)]
 pub struct SeqTokens<'a> {
     /// The sequence (its blocks are in the model's pool).
