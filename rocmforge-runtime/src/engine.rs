@@ -1278,7 +1278,7 @@ pub fn decode_step_workspace(d: &StepDims) -> usize {
 /// cooperative launch of one 512-thread workgroup per multiprocessor
 /// (`rf_decode_step_<dtype>`, templates/decode_step.hip.tera): the phases of a layer are
 /// separated by grid barriers, and each product accumulates exactly as [`plan_gemv`] and
-/// [`plan_gemv_pairs`] do. `layers` is the table from [`decode_step_table`] (u32
+/// [`plan_gemv_pairs`] do at one warp a row ([`gemv_split`] 1). `layers` is the table from [`decode_step_table`] (u32
 /// `[n_layers * STEP_LAYER_WORDS]`). CUDA only (sm_70+: the barrier's
 /// acquire/release atomics).
 pub fn plan_decode_step(
