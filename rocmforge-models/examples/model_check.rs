@@ -405,7 +405,7 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
                 let split = gemv_split(&lim, n as u64, (kk * dtype.size() / 16) as u64, (kk * dtype.size()).is_multiple_of(16));
                 tally.check(
                     e <= bound,
-                    format!("engine gemv  {dtype:<5} -> {out_dt:<5} [{m}, {kk}] x [{n}, {kk}]^T, {split} warps a row: nmse {e:.2e} (bound {bound:.0e})"),
+                    format!("engine gemv  {dtype:<5} -> {out_dt:<5} [{m}, {kk}] x [{n}, {kk}]^T, warps a row {split}: nmse {e:.2e} (bound {bound:.0e})"),
                 );
             }
         }
@@ -440,7 +440,7 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
             let split = gemv_split(&lim, n as u64, (kk * dtype.size() / 16) as u64, true);
             tally.check(
                 e <= bound,
-                format!("engine gemv  {dtype:<5} [{m}, {kk}] x [{n}, {kk}]^T, norm + bias + residual in place, {split} warps a row: nmse {e:.2e} (bound {bound:.0e})"),
+                format!("engine gemv  {dtype:<5} [{m}, {kk}] x [{n}, {kk}]^T, norm + bias + residual in place, warps a row {split}: nmse {e:.2e} (bound {bound:.0e})"),
             );
         }
         // Gather: rows by index, one out of range (a zero row).
