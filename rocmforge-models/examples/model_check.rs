@@ -30,8 +30,8 @@ use rocmforge_models::weights::{encode, Checkpoint};
 use rocmforge_models::{LoadOptions, Model};
 use rocmforge_runtime::cuda::CudaDevice;
 use rocmforge_runtime::engine::{
-    argmax_workspace, gemv_split, plan_argmax, plan_gather, plan_gemv, plan_gemv_pairs, plan_penalize, plan_qkv_post, plan_softmax_mass,
-    plan_swiglu_rows, plan_topk_staged, softmax_mass_parts, topk_staged_workspace, GemvFusion, PairEpilogue, QkvPost, TOPK_MAX,
+    argmax_workspace, plan_argmax, plan_gather, plan_gemv, plan_gemv_pairs, plan_penalize, plan_qkv_post, plan_softmax_mass,
+    plan_swiglu_rows, plan_topk_staged, softmax_mass_parts, topk_staged_workspace, EnginePlan, GemvFusion, PairEpilogue, QkvPost, TOPK_MAX,
 };
 use rocmforge_runtime::{DType, TensorArg};
 
@@ -294,6 +294,16 @@ fn rand_rows(rng: &mut Rng, n: usize) -> Vec<f32> {
 /// nMSE bound of a matrix-vector product written in `out`: f32 accumulation of k
 /// products (~k * 2^-24 relative) and, for 16-bit outputs, one rounding (2^-9 bf16,
 /// 2^-12 f16 relative).
+/// Warps a weight row of a planned matrix-vector product, as its symbol names them
+/// (`rf_gemv<MT>x2_*`: two; else one).
+fn warps_a_row(plan: &EnginePlan) -> u32 {
+    if plan.symbol.contains("x2_") {
+        2
+    } else {
+        1
+    }
+}
+
 fn gemv_bound(out: DType) -> f64 {
     match out {
         DType::BF16 => 1e-5,
@@ -398,11 +408,12 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
             for out_dt in [dtype, DType::F32] {
                 let mut out = dev.alloc(out_dt, &[m, n])?;
                 dev.poison(&mut out)?;
-                dev.launch_engine(&plan_gemv(&lim, &x, &w, &out, &Default::default())?)?;
+                let plan = plan_gemv(&lim, &x, &w, &out, &Default::default())?;
+                dev.launch_engine(&plan)?;
                 let got = dev.download(&out)?.to_f32_vec();
                 let e = nmse(&got, &want);
                 let bound = gemv_bound(out_dt);
-                let split = gemv_split(&lim, n as u64, (kk * dtype.size() / 16) as u64, (kk * dtype.size()).is_multiple_of(16));
+                let split = warps_a_row(&plan);
                 tally.check(
                     e <= bound,
                     format!("engine gemv  {dtype:<5} -> {out_dt:<5} [{m}, {kk}] x [{n}, {kk}]^T, warps a row {split}: nmse {e:.2e} (bound {bound:.0e})"),
@@ -433,11 +444,12 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
             let (x, w, g, b) = (up(&xr, &[m, kk])?, up(&wr, &[n, kk])?, up(&gr, &[kk])?, up(&br, &[n])?);
             let out = up(&rr, &[m, n])?;
             let f = GemvFusion { norm: Some((&g, 1e-5)), bias: Some(&b), residual: Some(&out), ..GemvFusion::default() };
-            dev.launch_engine(&plan_gemv(&lim, &x, &w, &out, &f)?)?;
+            let plan = plan_gemv(&lim, &x, &w, &out, &f)?;
+            dev.launch_engine(&plan)?;
             let got = dev.download(&out)?.to_f32_vec();
             let e = nmse(&got, &want);
             let bound = gemv_bound(dtype);
-            let split = gemv_split(&lim, n as u64, (kk * dtype.size() / 16) as u64, true);
+            let split = warps_a_row(&plan);
             tally.check(
                 e <= bound,
                 format!("engine gemv  {dtype:<5} [{m}, {kk}] x [{n}, {kk}]^T, norm + bias + residual in place, warps a row {split}: nmse {e:.2e} (bound {bound:.0e})"),
