@@ -324,28 +324,39 @@ pub fn plan_argmax(
     }
     workspace(K, "counters", counters, DType::U32, rows as usize)?;
     workspace(K, "ws", ws, DType::F32, argmax_workspace(rows as usize, cols as usize))?;
+    let (grid, mut args) = parted_rows(K, limits, x, rows, cols, argmax_parts(cols))?;
+    args.extend([
+        ArgValue::Ptr(out.device_ptr()),
+        ArgValue::Ptr(also.map_or(0, |a| a.device_ptr())),
+        ArgValue::Ptr(counters.device_ptr()),
+        ArgValue::Ptr(ws.device_ptr()),
+    ]);
+    Ok(EnginePlan { cooperative: false, module: EngineModule::Engine(x.dtype(), EnginePart::Misc), symbol, grid, block: [256, 1, 1], args })
+}
+
+/// The launch of a kernel that cuts each row of `x` (`rows` x `cols`) into `parts`
+/// workgroups of `chunk` columns (`row_parts`: the argmax, the softmax normalizer):
+/// grid `[parts, rows]` (rows within the grid's y limit), and the leading arguments
+/// `(x, rows, cols, chunk, parts)`.
+fn parted_rows(
+    kernel: &str,
+    limits: &DeviceLimits,
+    x: &dyn TensorArg,
+    rows: u64,
+    cols: u64,
+    (parts, chunk): (u64, u64),
+) -> Result<([u32; 3], Vec<ArgValue>), LaunchError> {
     if rows > u64::from(limits.max_grid[1]) {
-        return Err(LaunchError::Limit { kernel: K.into(), what: "rows", value: rows, limit: u64::from(limits.max_grid[1]) });
+        return Err(LaunchError::Limit { kernel: kernel.into(), what: "rows", value: rows, limit: u64::from(limits.max_grid[1]) });
     }
-    let (parts, chunk) = argmax_parts(cols);
-    Ok(EnginePlan {
-        cooperative: false,
-        module: EngineModule::Engine(x.dtype(), EnginePart::Misc),
-        symbol,
-        grid: [parts as u32, rows as u32, 1],
-        block: [256, 1, 1],
-        args: vec![
-            ArgValue::Ptr(x.device_ptr()),
-            ArgValue::I64(i64_of(K, "rows", rows)?),
-            ArgValue::I64(i64_of(K, "cols", cols)?),
-            ArgValue::I64(chunk as i64),
-            ArgValue::I32(parts as i32),
-            ArgValue::Ptr(out.device_ptr()),
-            ArgValue::Ptr(also.map_or(0, |a| a.device_ptr())),
-            ArgValue::Ptr(counters.device_ptr()),
-            ArgValue::Ptr(ws.device_ptr()),
-        ],
-    })
+    let args = vec![
+        ArgValue::Ptr(x.device_ptr()),
+        ArgValue::I64(i64_of(kernel, "rows", rows)?),
+        ArgValue::I64(i64_of(kernel, "cols", cols)?),
+        ArgValue::I64(i64_of(kernel, "chunk", chunk)?),
+        ArgValue::I32(int(kernel, "parts", parts)?),
+    ];
+    Ok(([parts as u32, rows as u32, 1], args))
 }
 
 /// Checks a workspace of `dtype` with at least `need` elements.
@@ -452,25 +463,10 @@ pub fn plan_softmax_mass(
     if out.shape() != [rows as usize, parts, 2] {
         return Err(shape_err(K, "out", format!("[{rows}, {parts}, 2]"), out.shape()));
     }
-    if rows > u64::from(limits.max_grid[1]) {
-        return Err(LaunchError::Limit { kernel: K.into(), what: "rows", value: rows, limit: u64::from(limits.max_grid[1]) });
-    }
-    Ok(EnginePlan {
-        cooperative: false,
-        module: EngineModule::Engine(DType::F32, EnginePart::Misc),
-        symbol: "rf_softmax_mass_f32".into(),
-        grid: [parts as u32, rows as u32, 1],
-        block: [256, 1, 1],
-        args: vec![
-            ArgValue::Ptr(x.device_ptr()),
-            ArgValue::I64(i64_of(K, "rows", rows)?),
-            ArgValue::I64(i64_of(K, "cols", cols)?),
-            ArgValue::I64(chunk as i64),
-            ArgValue::I32(parts as i32),
-            ArgValue::Ptr(temps.device_ptr()),
-            ArgValue::Ptr(out.device_ptr()),
-        ],
-    })
+    let (grid, mut args) = parted_rows(K, limits, x, rows, cols, (parts as u64, chunk as u64))?;
+    args.extend([ArgValue::Ptr(temps.device_ptr()), ArgValue::Ptr(out.device_ptr())]);
+    let module = EngineModule::Engine(DType::F32, EnginePart::Misc);
+    Ok(EnginePlan { cooperative: false, module, symbol: "rf_softmax_mass_f32".into(), grid, block: [256, 1, 1], args })
 }
 
 /// Most candidates [`plan_topk_staged`] selects per row.
