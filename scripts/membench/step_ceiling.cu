@@ -9,7 +9,11 @@
 //  - "+ attention slots": the same with a near-empty launch after each q/k/v product and
 //    two more per step (the embedding gather and the argmax): 83 launches, as the step;
 //  - "flat, per product": each product as a grid-stride flat read of its bytes instead;
-//  - "one launch": all 2.47 GB in one grid-stride flat read (a step with no boundaries).
+//  - "one launch": all 2.47 GB in one grid-stride flat read (a step with no boundaries);
+//  - "split S/S/S/S/S": S warps a row per product (q/k/v, o, gate/up, down, LM head);
+//  - "PDL, ...": the best row layout (2/2/1/2/1) launched as programmatic dependents
+//    (`griddepcontrol`), with the first round of weights loaded into registers before the
+//    wait or not, and the dependents triggered at the start, after the loads, or at exit.
 // Each weight has its own memory (2.47 GB in all), so nothing is served from L2 across
 // launches. Prints the step's time (median of 50 graph replays) and the fraction of the
 // limit (the weight bytes over the device-to-device copy rate measured here, read+write,
@@ -38,17 +42,49 @@ __global__ void __launch_bounds__(128) rows(const uint4* __restrict__ w, const u
 }
 
 // S warps per row (split over k, summed through shared memory), U loads in flight a
-// lane, 128-thread workgroups (4 / S rows each; S 8: 256 threads, one row).
-template <int S, int U>
+// lane, 128-thread workgroups (4 / S rows each; S 8: 256 threads, one row). P: programmatic
+// dependent launch (0: none; 1: the first round of weights loaded, then
+// `griddepcontrol.wait` before x is read, dependents launched as the workgroups exit; 2:
+// the same, dependents triggered once the workgroup's loads are done; 3: triggered at the
+// start; 4: no weights before the wait, triggered at the start; 5: no weights before the
+// wait, triggered once the loads are done).
+template <int S, int U, int P>
 __global__ void __launch_bounds__(S == 8 ? 256 : 128) split(const uint4* __restrict__ w, const uint4* __restrict__ x, long long n, int groups, float* out) {
     constexpr int RPB = S == 8 ? 1 : 4 / S;
     __shared__ float part[8];
+    if (P == 3 || P == 4) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    if (P >= 4) asm volatile("griddepcontrol.wait;" ::: "memory");
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const long long r = (long long)blockIdx.x * RPB + warp / S;
     const int per = groups / S;
     const int g0 = (warp % S) * per;
     float acc = 0.f;
-    if (r < n) {
+    if (P > 0 && P < 4) {
+        uint4 v[U];
+        const bool first = r < n && lane + (U - 1) * 32 < per;
+        const uint4* wr = w + r * groups + g0;
+        if (first) {
+#pragma unroll
+            for (int u = 0; u < U; ++u) v[u] = wr[lane + u * 32];
+        }
+        asm volatile("griddepcontrol.wait;" ::: "memory");
+        if (r < n) {
+            const uint4* xr = x + g0;
+            int g = lane;
+            if (first) {
+#pragma unroll
+                for (int u = 0; u < U; ++u) acc += dot8(v[u], xr[g + u * 32]);
+                g += U * 32;
+            }
+            for (; g + (U - 1) * 32 < per; g += U * 32) {
+#pragma unroll
+                for (int u = 0; u < U; ++u) v[u] = wr[g + u * 32];
+#pragma unroll
+                for (int u = 0; u < U; ++u) acc += dot8(v[u], xr[g + u * 32]);
+            }
+            for (; g < per; g += 32) acc += dot8(wr[g], xr[g]);
+        }
+    } else if (r < n) {
         const uint4* wr = w + r * groups + g0;
         const uint4* xr = x + g0;
         int g = lane;
@@ -61,6 +97,7 @@ __global__ void __launch_bounds__(S == 8 ? 256 : 128) split(const uint4* __restr
         }
         for (; g < per; g += 32) acc += dot8(wr[g], xr[g]);
     }
+    if (P == 2 || P == 5) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #pragma unroll
     for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
     if (S == 1) {
@@ -76,10 +113,24 @@ __global__ void __launch_bounds__(S == 8 ? 256 : 128) split(const uint4* __restr
     }
 }
 
-template <int S, int U>
+template <int S, int U, int P = 0>
 void launch_split(const uint4* w, const uint4* x, long long n, int groups, float* out, cudaStream_t st) {
     constexpr int RPB = S == 8 ? 1 : 4 / S;
-    split<S, U><<<(unsigned)((n + RPB - 1) / RPB), S == 8 ? 256 : 128, 0, st>>>(w, x, n, groups, out);
+    const unsigned grid = (unsigned)((n + RPB - 1) / RPB);
+    if (P == 0) {
+        split<S, U, 0><<<grid, S == 8 ? 256 : 128, 0, st>>>(w, x, n, groups, out);
+        return;
+    }
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(grid);
+    cfg.blockDim = dim3(S == 8 ? 256 : 128);
+    cfg.stream = st;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = 1;
+    cudaLaunchKernelEx(&cfg, split<S, U, P>, w, x, n, groups, out);
 }
 
 void launch_split(int s, int u, const uint4* w, const uint4* x, long long n, int groups, float* out, cudaStream_t st) {
@@ -94,6 +145,20 @@ void launch_split(int s, int u, const uint4* w, const uint4* x, long long n, int
         if (s == 4) launch_split<4, 8>(w, x, n, groups, out, st);
         if (s == 8) launch_split<8, 8>(w, x, n, groups, out, st);
     }
+}
+
+// Programmatic dependent launches: S 1 or 2.
+void launch_pdl(int s, int p, const uint4* w, const uint4* x, long long n, int groups, float* out, cudaStream_t st) {
+    if (s == 1 && p == 1) launch_split<1, 4, 1>(w, x, n, groups, out, st);
+    if (s == 1 && p == 2) launch_split<1, 4, 2>(w, x, n, groups, out, st);
+    if (s == 1 && p == 3) launch_split<1, 4, 3>(w, x, n, groups, out, st);
+    if (s == 2 && p == 1) launch_split<2, 4, 1>(w, x, n, groups, out, st);
+    if (s == 2 && p == 2) launch_split<2, 4, 2>(w, x, n, groups, out, st);
+    if (s == 2 && p == 3) launch_split<2, 4, 3>(w, x, n, groups, out, st);
+    if (s == 1 && p == 4) launch_split<1, 4, 4>(w, x, n, groups, out, st);
+    if (s == 2 && p == 4) launch_split<2, 4, 4>(w, x, n, groups, out, st);
+    if (s == 1 && p == 5) launch_split<1, 4, 5>(w, x, n, groups, out, st);
+    if (s == 2 && p == 5) launch_split<2, 4, 5>(w, x, n, groups, out, st);
 }
 
 // Grid-stride 16-byte reads, four in flight a thread.
@@ -114,6 +179,26 @@ __global__ void __launch_bounds__(256) flat(const uint4* __restrict__ p, long lo
 // A near-empty launch (a stand-in for a launch that reads almost nothing).
 __global__ void __launch_bounds__(128) tiny(float* out) {
     if (threadIdx.x == 0) out[blockIdx.x] = 1.0f;
+}
+
+// The same, launched as a programmatic dependent: triggers, waits, then writes.
+__global__ void __launch_bounds__(128) tiny_pdl(float* out) {
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    if (threadIdx.x == 0) out[blockIdx.x] = 1.0f;
+}
+
+void launch_tiny_pdl(unsigned grid, float* out, cudaStream_t st) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(grid);
+    cfg.blockDim = dim3(128);
+    cfg.stream = st;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = 1;
+    cudaLaunchKernelEx(&cfg, tiny_pdl, out);
 }
 
 struct Mat {
@@ -240,6 +325,47 @@ int main() {
             snprintf(name, sizeof name, "split %d/%d/%d/%d/%d U%d", c.s[0], c.s[1], c.s[2], c.s[3], c.s[4], c.u);
             report(name, (int)mats.size(), g);
         }
+    }
+    // Programmatic dependent launch on the best row layout (2/2/1/2/1, U4): each product
+    // loads its first round of weights before it waits on the previous one.
+    const char* pdl_name[] = {"", "PDL, exit trigger", "PDL, trigger after loads", "PDL, trigger at start", "PDL, wait first, trigger at start", "PDL, wait first, trigger after loads"};
+    for (int round = 0; round < 2; ++round) {
+        for (int p = 1; p <= 5; ++p) {
+            cudaGraphExec_t g = graph_of([&] {
+                for (size_t i = 0; i < mats.size(); ++i) {
+                    const Mat& m = mats[i];
+                    const int s = i + 1 == mats.size() ? 1 : (i % 4 == 2 ? 1 : 2);
+                    launch_pdl(s, p, m.w, x, m.n, m.k / 8, out, st);
+                }
+            });
+            report(pdl_name[p], (int)mats.size(), g);
+        }
+        for (int p = 3; p <= 4; ++p) {
+            int launches = 0;
+            cudaGraphExec_t g = graph_of([&] {
+                launch_tiny_pdl(1, out, st);
+                ++launches;
+                for (size_t i = 0; i < mats.size(); ++i) {
+                    const Mat& m = mats[i];
+                    const int s = i + 1 == mats.size() ? 1 : (i % 4 == 2 ? 1 : 2);
+                    launch_pdl(s, p, m.w, x, m.n, m.k / 8, out, st);
+                    ++launches;
+                    if (i % 4 == 0 && i + 1 < mats.size()) { launch_tiny_pdl(32, out, st); ++launches; }
+                }
+                launch_tiny_pdl(64, out, st);
+                ++launches;
+            });
+            char name[64];
+            snprintf(name, sizeof name, "%s + slots", p == 3 ? "PDL start" : "PDL wait first, start");
+            report(name, launches, g);
+        }
+        report("split 2/2/1/2/1 U4 (base)", n1, graph_of([&] {
+            for (size_t i = 0; i < mats.size(); ++i) {
+                const Mat& m = mats[i];
+                const int s = i + 1 == mats.size() ? 1 : (i % 4 == 2 ? 1 : 2);
+                launch_split(s, 4, m.w, x, m.n, m.k / 8, out, st);
+            }
+        }));
     }
     CK(cudaGetLastError());
     CK(cudaStreamSynchronize(st));
