@@ -113,6 +113,21 @@ __global__ void __launch_bounds__(S == 8 ? 256 : 128) split(const uint4* __restr
     }
 }
 
+// Launches kernel `k` as a programmatic dependent of the launch queued before it on `st`.
+template <typename... P, typename... A>
+void launch_dependent(void (*k)(P...), unsigned grid, unsigned block, cudaStream_t st, A... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(grid);
+    cfg.blockDim = dim3(block);
+    cfg.stream = st;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = 1;
+    cudaLaunchKernelEx(&cfg, k, args...);
+}
+
 template <int S, int U, int P = 0>
 void launch_split(const uint4* w, const uint4* x, long long n, int groups, float* out, cudaStream_t st) {
     constexpr int RPB = S == 8 ? 1 : 4 / S;
@@ -121,16 +136,7 @@ void launch_split(const uint4* w, const uint4* x, long long n, int groups, float
         split<S, U, 0><<<grid, S == 8 ? 256 : 128, 0, st>>>(w, x, n, groups, out);
         return;
     }
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(grid);
-    cfg.blockDim = dim3(S == 8 ? 256 : 128);
-    cfg.stream = st;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = 1;
-    cudaLaunchKernelEx(&cfg, split<S, U, P>, w, x, n, groups, out);
+    launch_dependent(split<S, U, P>, grid, S == 8 ? 256 : 128, st, w, x, n, groups, out);
 }
 
 void launch_split(int s, int u, const uint4* w, const uint4* x, long long n, int groups, float* out, cudaStream_t st) {
@@ -189,16 +195,7 @@ __global__ void __launch_bounds__(128) tiny_pdl(float* out) {
 }
 
 void launch_tiny_pdl(unsigned grid, float* out, cudaStream_t st) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(grid);
-    cfg.blockDim = dim3(128);
-    cfg.stream = st;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = 1;
-    cudaLaunchKernelEx(&cfg, tiny_pdl, out);
+    launch_dependent(tiny_pdl, grid, 128, st, out);
 }
 
 struct Mat {
