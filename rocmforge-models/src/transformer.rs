@@ -329,6 +329,9 @@ pub fn linear(x: &[f32], rows: usize, w: &Weight, bias: Option<&Weight>) -> Resu
     if let Some(b) = bias.filter(|b| b.len() != out) {
         return Err(ModelError::Invalid(format!("linear: a bias of {} values for {out} outputs", b.len())));
     }
+    if rows == 0 || out == 0 {
+        return Ok(Vec::new());
+    }
     let b = |o: usize| bias.map_or(0.0, |b| b[o]);
     let xr = |t: usize| &x[t * inp..(t + 1) * inp];
     // Columns of y computed as contiguous runs: yt[o][t].
@@ -350,13 +353,14 @@ pub fn linear(x: &[f32], rows: usize, w: &Weight, bias: Option<&Weight>) -> Resu
             |wide, (c, cols)| {
                 let o0 = c * TILE_O;
                 let n_o = cols.len() / rows;
-                let ws: Vec<&[f32]> = match v {
-                    Values::F32(wd) => wd[o0 * inp..(o0 + n_o) * inp].chunks_exact(inp).collect(),
+                let wide: &[f32] = match v {
+                    Values::F32(wd) => &wd[o0 * inp..(o0 + n_o) * inp],
                     _ => {
                         v.widen_into(o0 * inp, &mut wide[..n_o * inp]);
-                        wide[..n_o * inp].chunks_exact(inp).collect()
+                        &wide[..n_o * inp]
                     }
                 };
+                let ws: Vec<&[f32]> = (0..n_o).map(|j| &wide[j * inp..(j + 1) * inp]).collect();
                 let mut t = 0;
                 if let [w0, w1] = ws[..] {
                     while t + TILE_R <= rows {
@@ -599,6 +603,10 @@ mod tests {
         let bias: Vec<f32> = (0..out).map(|_| rng.next_f32()).collect();
         let weights = Weight::from_vec(w.clone(), vec![out, inp])?;
         let b = Weight::from_vec(bias.clone(), vec![out])?;
+        // Empty shapes give empty or bias-only outputs, not a panic.
+        assert!(linear(&[], 0, &weights, Some(&b))?.is_empty());
+        let no_inputs = Weight::from_vec(Vec::new(), vec![out, 0])?;
+        assert_eq!(linear(&[], 3, &no_inputs, Some(&b))?, [bias.as_slice(); 3].concat());
         for rows in [1, 2, 4, 6, 9] {
             let x: Vec<f32> = (0..rows * inp).map(|_| rng.next_f32() * 4.0 - 2.0).collect();
             let y = linear(&x, rows, &weights, Some(&b))?;
