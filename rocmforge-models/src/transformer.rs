@@ -360,11 +360,11 @@ pub fn linear(x: &[f32], rows: usize, w: &Weight, bias: Option<&Weight>) -> Resu
                         &wide[..n_o * inp]
                     }
                 };
-                let ws: Vec<&[f32]> = (0..n_o).map(|j| &wide[j * inp..(j + 1) * inp]).collect();
+                let wr = |j: usize| &wide[j * inp..(j + 1) * inp];
                 let mut t = 0;
-                if let [w0, w1] = ws[..] {
+                if n_o == TILE_O {
                     while t + TILE_R <= rows {
-                        let tile = dot_tile(std::array::from_fn(|r| xr(t + r)), [w0, w1]);
+                        let tile = dot_tile(std::array::from_fn(|r| xr(t + r)), std::array::from_fn(wr));
                         for (r, row) in tile.iter().enumerate() {
                             for (j, &v) in row.iter().enumerate() {
                                 cols[j * rows + t + r] = v + b(o0 + j);
@@ -373,9 +373,9 @@ pub fn linear(x: &[f32], rows: usize, w: &Weight, bias: Option<&Weight>) -> Resu
                         t += TILE_R;
                     }
                 }
-                for (j, wr) in ws.iter().enumerate() {
+                for j in 0..n_o {
                     for tt in t..rows {
-                        cols[j * rows + tt] = dot(xr(tt), wr) + b(o0 + j);
+                        cols[j * rows + tt] = dot(xr(tt), wr(j)) + b(o0 + j);
                     }
                 }
             },
