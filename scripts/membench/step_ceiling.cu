@@ -12,8 +12,9 @@
 //  - "one launch": all 2.47 GB in one grid-stride flat read (a step with no boundaries);
 //  - "split S/S/S/S/S": S warps a row per product (q/k/v, o, gate/up, down, LM head);
 //  - "PDL, ...": the best row layout (2/2/1/2/1) launched as programmatic dependents
-//    (`griddepcontrol`), with the first round of weights loaded into registers before the
-//    wait or not, and the dependents triggered at the start, after the loads, or at exit.
+//    (`griddepcontrol`), with the first round of weights loaded into registers, asked into
+//    L2 or copied into shared memory (cp.async) before the wait, or nothing, and the
+//    dependents triggered at the start, after the loads, or at exit.
 // Each weight has its own memory (2.47 GB in all), so nothing is served from L2 across
 // launches. Prints the step's time (median of 50 graph replays) and the fraction of the
 // limit (the weight bytes over the device-to-device copy rate measured here, read+write,
@@ -47,18 +48,60 @@ __global__ void __launch_bounds__(128) rows(const uint4* __restrict__ w, const u
 // `griddepcontrol.wait` before x is read, dependents launched as the workgroups exit; 2:
 // the same, dependents triggered once the workgroup's loads are done; 3: triggered at the
 // start; 4: no weights before the wait, triggered at the start; 5: no weights before the
-// wait, triggered once the loads are done).
+// wait, triggered once the loads are done; 6: the first round prefetched into L2 before
+// the wait, triggered at the start; 7: the same with the warp's whole part of the row;
+// 8: the first round copied into shared memory with cp.async before the wait).
 template <int S, int U, int P>
 __global__ void __launch_bounds__(S == 8 ? 256 : 128) split(const uint4* __restrict__ w, const uint4* __restrict__ x, long long n, int groups, float* out) {
     constexpr int RPB = S == 8 ? 1 : 4 / S;
     __shared__ float part[8];
-    if (P == 3 || P == 4) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-    if (P >= 4) asm volatile("griddepcontrol.wait;" ::: "memory");
+    if (P == 3 || P == 4 || P >= 6) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    __shared__ uint4 stage[P == 8 ? (S == 8 ? 8 : 4) * U * 32 : 1];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const long long r = (long long)blockIdx.x * RPB + warp / S;
     const int per = groups / S;
     const int g0 = (warp % S) * per;
     float acc = 0.f;
+    if (P == 8) {
+        // The first round copied into shared memory (cp.async) before the wait: the loads
+        // are in flight across it, but no registers are held.
+        const uint4* wr = w + r * groups + g0;
+        const bool first = r < n && lane + (U - 1) * 32 < per;
+        if (first) {
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const unsigned dst = (unsigned)__cvta_generic_to_shared(&stage[warp * U * 32 + lane + u * 32]);
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(wr + lane + u * 32) : "memory");
+            }
+        }
+        asm volatile("cp.async.commit_group;" ::: "memory");
+        asm volatile("griddepcontrol.wait;" ::: "memory");
+        if (r < n) {
+            const uint4* xr = x + g0;
+            int g = lane;
+            if (first) {
+                asm volatile("cp.async.wait_all;" ::: "memory");
+#pragma unroll
+                for (int u = 0; u < U; ++u) acc += dot8(stage[warp * U * 32 + lane + u * 32], xr[g + u * 32]);
+                g += U * 32;
+            }
+            for (; g + (U - 1) * 32 < per; g += U * 32) {
+                uint4 v[U];
+#pragma unroll
+                for (int u = 0; u < U; ++u) v[u] = wr[g + u * 32];
+#pragma unroll
+                for (int u = 0; u < U; ++u) acc += dot8(v[u], xr[g + u * 32]);
+            }
+            for (; g < per; g += 32) acc += dot8(wr[g], xr[g]);
+        }
+    } else if (P >= 6 && P < 8 && r < n) {
+        // Into L2 before the wait, no registers held: the first round (6) or the warp's
+        // whole part of the row (7), one 128-byte line a lane at a time.
+        const char* seg = reinterpret_cast<const char*>(w + r * groups + g0);
+        const int bytes = P == 6 ? (per < U * 32 ? per : U * 32) * 16 : per * 16;
+        for (int b = lane * 128; b < bytes; b += 32 * 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(seg + b));
+    }
+    if (P >= 4 && P < 8) asm volatile("griddepcontrol.wait;" ::: "memory");
     if (P > 0 && P < 4) {
         uint4 v[U];
         const bool first = r < n && lane + (U - 1) * 32 < per;
@@ -84,7 +127,7 @@ __global__ void __launch_bounds__(S == 8 ? 256 : 128) split(const uint4* __restr
             }
             for (; g < per; g += 32) acc += dot8(wr[g], xr[g]);
         }
-    } else if (r < n) {
+    } else if (P != 8 && r < n) {
         const uint4* wr = w + r * groups + g0;
         const uint4* xr = x + g0;
         int g = lane;
@@ -165,6 +208,12 @@ void launch_pdl(int s, int p, const uint4* w, const uint4* x, long long n, int g
     if (s == 2 && p == 4) launch_split<2, 4, 4>(w, x, n, groups, out, st);
     if (s == 1 && p == 5) launch_split<1, 4, 5>(w, x, n, groups, out, st);
     if (s == 2 && p == 5) launch_split<2, 4, 5>(w, x, n, groups, out, st);
+    if (s == 1 && p == 6) launch_split<1, 4, 6>(w, x, n, groups, out, st);
+    if (s == 2 && p == 6) launch_split<2, 4, 6>(w, x, n, groups, out, st);
+    if (s == 1 && p == 7) launch_split<1, 4, 7>(w, x, n, groups, out, st);
+    if (s == 2 && p == 7) launch_split<2, 4, 7>(w, x, n, groups, out, st);
+    if (s == 1 && p == 8) launch_split<1, 4, 8>(w, x, n, groups, out, st);
+    if (s == 2 && p == 8) launch_split<2, 4, 8>(w, x, n, groups, out, st);
 }
 
 // Grid-stride 16-byte reads, four in flight a thread.
@@ -325,9 +374,9 @@ int main() {
     }
     // Programmatic dependent launch on the best row layout (2/2/1/2/1, U4): each product
     // loads its first round of weights before it waits on the previous one.
-    const char* pdl_name[] = {"", "PDL, exit trigger", "PDL, trigger after loads", "PDL, trigger at start", "PDL, wait first, trigger at start", "PDL, wait first, trigger after loads"};
+    const char* pdl_name[] = {"", "PDL, exit trigger", "PDL, trigger after loads", "PDL, trigger at start", "PDL, wait first, trigger at start", "PDL, wait first, trigger after loads", "PDL, L2 first round, start", "PDL, L2 whole part, start", "PDL, cp.async first round, start"};
     for (int round = 0; round < 2; ++round) {
-        for (int p = 1; p <= 5; ++p) {
+        for (int p = 1; p <= 8; ++p) {
             cudaGraphExec_t g = graph_of([&] {
                 for (size_t i = 0; i < mats.size(); ++i) {
                     const Mat& m = mats[i];
@@ -337,7 +386,7 @@ int main() {
             });
             report(pdl_name[p], (int)mats.size(), g);
         }
-        for (int p = 3; p <= 4; ++p) {
+        for (int p : {3, 4, 6, 8}) {
             int launches = 0;
             cudaGraphExec_t g = graph_of([&] {
                 launch_tiny_pdl(1, out, st);
@@ -353,7 +402,7 @@ int main() {
                 ++launches;
             });
             char name[64];
-            snprintf(name, sizeof name, "%s + slots", p == 3 ? "PDL start" : "PDL wait first, start");
+            snprintf(name, sizeof name, "%s + slots", p == 3 ? "PDL start" : p == 4 ? "PDL wait first, start" : p == 6 ? "PDL L2 first round" : "PDL cp.async first round");
             report(name, launches, g);
         }
         report("split 2/2/1/2/1 U4 (base)", n1, graph_of([&] {
