@@ -1,5 +1,5 @@
-// What the membench programs share: includes, the status check, and the bf16 dot of a
-// 16-byte weight group with one of x.
+// What the membench programs share: includes, the status check, the timing loop, and the
+// bf16 dot of a 16-byte weight group with one of x.
 #pragma once
 #include <cstdio>
 #include <cstdint>
@@ -24,3 +24,26 @@ __device__ float dot8(uint4 w, uint4 x) {
     return s;
 }
 
+
+// The median time of `runs` calls of f() on stream `st` (milliseconds, CUDA events around
+// each call), after `warm` calls that are not counted.
+template <typename F>
+float median_ms(cudaStream_t st, int warm, int runs, F f) {
+    cudaEvent_t a, b;
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+    std::vector<float> t;
+    for (int i = 0; i < warm + runs; ++i) {
+        cudaEventRecord(a, st);
+        f();
+        cudaEventRecord(b, st);
+        cudaEventSynchronize(b);
+        float ms;
+        cudaEventElapsedTime(&ms, a, b);
+        if (i >= warm) t.push_back(ms);
+    }
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+}

@@ -284,23 +284,8 @@ int main() {
     }
     cudaStream_t st;
     CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    cudaEvent_t a, b;
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-    auto time_it = [&](auto f) {
-        std::vector<float> t;
-        for (int i = 0; i < 55; ++i) {
-            cudaEventRecord(a, st);
-            f();
-            cudaEventRecord(b, st);
-            cudaEventSynchronize(b);
-            float ms;
-            cudaEventElapsedTime(&ms, a, b);
-            if (i >= 5) t.push_back(ms);
-        }
-        std::sort(t.begin(), t.end());
-        return t[t.size() / 2];
-    };
+    // Median of 50 runs after 5 warm-ups.
+    auto time_it = [&](auto f) { return median_ms(st, 5, 50, f); };
     // Copy bandwidth (bytes read + written) over 1 GiB, as the bench measures it.
     const long long cb = 1ll << 30;
     float copy_ms = time_it([&] { cudaMemcpyAsync(base + cb / 2, base, cb / 2, cudaMemcpyDeviceToDevice, st); });
