@@ -346,40 +346,47 @@ pub fn linear(x: &[f32], rows: usize, w: &Weight, bias: Option<&Weight>) -> Resu
         Values::F16(wd) if rows == 1 => {
             yt.par_iter_mut().enumerate().with_min_len(16).for_each(|(o, y)| *y = dot_f16(xr(0), &wd[o * inp..(o + 1) * inp]) + b(o));
         }
-        // Several rows (prefill): TILE_O outputs against TILE_R rows of x at a time
-        // (`dot_tile`), each sum in `dot`'s order; 16-bit rows widened once.
-        v => yt.par_chunks_mut(TILE_O * rows).enumerate().with_min_len(8).for_each_init(
-            || vec![0.0f32; TILE_O * inp],
-            |wide, (c, cols)| {
-                let o0 = c * TILE_O;
-                let n_o = cols.len() / rows;
-                let wide: &[f32] = match v {
-                    Values::F32(wd) => &wd[o0 * inp..(o0 + n_o) * inp],
-                    _ => {
-                        v.widen_into(o0 * inp, &mut wide[..n_o * inp]);
-                        &wide[..n_o * inp]
-                    }
-                };
-                let wr = |j: usize| &wide[j * inp..(j + 1) * inp];
-                let mut t = 0;
-                if n_o == TILE_O {
+        // Several rows (prefill), a block of outputs at a time: the block's weight rows
+        // (16-bit rows widened once) stay in L2 while every TILE_R rows of x pass over
+        // them, TILE_O outputs at a time (`dot_tile`), each sum in `dot`'s order.
+        v => {
+            let ob = block_outputs(inp);
+            yt.par_chunks_mut(ob * rows).enumerate().for_each_init(
+                || vec![0.0f32; ob * inp],
+                |wide, (c, cols)| {
+                    let o0 = c * ob;
+                    let n_o = cols.len() / rows;
+                    let wide: &[f32] = match v {
+                        Values::F32(wd) => &wd[o0 * inp..(o0 + n_o) * inp],
+                        _ => {
+                            v.widen_into(o0 * inp, &mut wide[..n_o * inp]);
+                            &wide[..n_o * inp]
+                        }
+                    };
+                    let wr = |j: usize| &wide[j * inp..(j + 1) * inp];
+                    // Outputs in whole tiles; an odd last one runs `dot` over every row.
+                    let tiled = n_o - n_o % TILE_O;
+                    let mut t = 0;
                     while t + TILE_R <= rows {
-                        let tile = dot_tile(std::array::from_fn(|r| xr(t + r)), std::array::from_fn(wr));
-                        for (r, row) in tile.iter().enumerate() {
-                            for (j, &v) in row.iter().enumerate() {
-                                cols[j * rows + t + r] = v + b(o0 + j);
+                        let xs = std::array::from_fn(|r| xr(t + r));
+                        for j0 in (0..tiled).step_by(TILE_O) {
+                            let tile = dot_tile(xs, std::array::from_fn(|j| wr(j0 + j)));
+                            for (r, row) in tile.iter().enumerate() {
+                                for (j, &v) in row.iter().enumerate() {
+                                    cols[(j0 + j) * rows + t + r] = v + b(o0 + j0 + j);
+                                }
                             }
                         }
                         t += TILE_R;
                     }
-                }
-                for j in 0..n_o {
-                    for tt in t..rows {
-                        cols[j * rows + tt] = dot(xr(tt), wr(j)) + b(o0 + j);
+                    for j in 0..n_o {
+                        for tt in if j < tiled { t } else { 0 }..rows {
+                            cols[j * rows + tt] = dot(xr(tt), wr(j)) + b(o0 + j);
+                        }
                     }
-                }
-            },
-        ),
+                },
+            )
+        }
     }
     if rows == 1 {
         return Ok(yt);
@@ -396,6 +403,18 @@ pub fn linear(x: &[f32], rows: usize, w: &Weight, bias: Option<&Weight>) -> Resu
 /// Rows of x and outputs of one [`dot_tile`].
 const TILE_R: usize = 4;
 const TILE_O: usize = 2;
+
+/// The widened weight bytes of one block of outputs in the prefill products: small
+/// enough to stay in a core's L2 (256 KiB or more on the x86 and Arm server cores of the
+/// last decade) while the rows of x pass over them.
+const BLOCK_BYTES: usize = 256 << 10;
+
+/// Outputs per block of the prefill products for rows of `inp` inputs: a whole number
+/// of tiles, at least one.
+fn block_outputs(inp: usize) -> usize {
+    let ob = (BLOCK_BYTES / (inp.max(1) * 4)).max(TILE_O);
+    ob - ob % TILE_O
+}
 
 /// `dot(xs[r], ws[j])` for every pair. With AVX2 the eight pairs' accumulators stay in
 /// registers and each loaded group of x serves both outputs, each group of weights all
@@ -591,29 +610,33 @@ mod tests {
         }
     }
 
-    /// `linear` over several rows (the tiled path: pairs of outputs, four rows at a time,
-    /// an odd output and leftover rows apart) equals `dot` per element plus the bias. (The
-    /// 16-bit weights take the same path on rows widened exactly; the bf16 fixture's logits
-    /// test covers them.)
+    /// `linear` over several rows (the tiled path: blocks of outputs, pairs of them four
+    /// rows at a time, an odd output and leftover rows apart) equals `dot` per element plus
+    /// the bias, with all outputs in one block and with several blocks (the last one odd).
+    /// (The 16-bit weights take the same path on rows widened exactly; the bf16 fixture's
+    /// logits test covers them.)
     #[test]
     fn linear_rows_equal_dots() -> Result<()> {
         let mut rng = crate::sampling::Rng::new(17);
-        let (out, inp) = (7, 37);
-        let w: Vec<f32> = (0..out * inp).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
-        let bias: Vec<f32> = (0..out).map(|_| rng.next_f32()).collect();
-        let weights = Weight::from_vec(w.clone(), vec![out, inp])?;
-        let b = Weight::from_vec(bias.clone(), vec![out])?;
-        // Empty shapes give empty or bias-only outputs, not a panic.
-        assert!(linear(&[], 0, &weights, Some(&b))?.is_empty());
-        let no_inputs = Weight::from_vec(Vec::new(), vec![out, 0])?;
-        assert_eq!(linear(&[], 3, &no_inputs, Some(&b))?, [bias.as_slice(); 3].concat());
-        for rows in [1, 2, 4, 6, 9] {
-            let x: Vec<f32> = (0..rows * inp).map(|_| rng.next_f32() * 4.0 - 2.0).collect();
-            let y = linear(&x, rows, &weights, Some(&b))?;
-            for t in 0..rows {
-                for o in 0..out {
-                    let want = dot_with(&x[t * inp..(t + 1) * inp], &w[o * inp..(o + 1) * inp], |v| v) + bias[o];
-                    assert_eq!(y[t * out + o].to_bits(), want.to_bits(), "rows {rows}, row {t}, output {o}");
+        let long = BLOCK_BYTES / 4 / 3 + 1;
+        assert!(block_outputs(37) >= 7 && block_outputs(long) == 2, "the shapes below must cover one block and several");
+        for (out, inp) in [(7, 37), (7, long)] {
+            let w: Vec<f32> = (0..out * inp).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
+            let bias: Vec<f32> = (0..out).map(|_| rng.next_f32()).collect();
+            let weights = Weight::from_vec(w.clone(), vec![out, inp])?;
+            let b = Weight::from_vec(bias.clone(), vec![out])?;
+            // Empty shapes give empty or bias-only outputs, not a panic.
+            assert!(linear(&[], 0, &weights, Some(&b))?.is_empty());
+            let no_inputs = Weight::from_vec(Vec::new(), vec![out, 0])?;
+            assert_eq!(linear(&[], 3, &no_inputs, Some(&b))?, [bias.as_slice(); 3].concat());
+            for rows in [1, 2, 4, 6, 9] {
+                let x: Vec<f32> = (0..rows * inp).map(|_| rng.next_f32() * 4.0 - 2.0).collect();
+                let y = linear(&x, rows, &weights, Some(&b))?;
+                for t in 0..rows {
+                    for o in 0..out {
+                        let want = dot_with(&x[t * inp..(t + 1) * inp], &w[o * inp..(o + 1) * inp], |v| v) + bias[o];
+                        assert_eq!(y[t * out + o].to_bits(), want.to_bits(), "[{out}, {inp}], rows {rows}, row {t}, output {o}");
+                    }
                 }
             }
         }
