@@ -268,38 +268,76 @@ impl Transformer {
     }
 
     /// Causal (and windowed) attention of `t_n` queries at positions `start..` over the
-    /// cached keys; GQA maps query head `h` to KV head `h / (heads / kv_heads)`.
+    /// cached keys; GQA maps query head `h` to KV head `h / (heads / kv_heads)`. Up to
+    /// ATT_ROWS consecutive queries of a head share each pass over the keys and values
+    /// (each read once for all of them); every query's sums keep the one-query order.
     fn attention(&self, kv: &KvPool, seq: &KvSeq, layer: usize, q: &[f32], start: usize, t_n: usize) -> Vec<f32> {
+        self.attention_rows(kv, seq, layer, q, start, t_n, ATT_ROWS)
+    }
+
+    /// [`Self::attention`] with `rows` (1 to ATT_ROWS) queries a pass.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_rows(&self, kv: &KvPool, seq: &KvSeq, layer: usize, q: &[f32], start: usize, t_n: usize, rows: usize) -> Vec<f32> {
+        let rows = rows.clamp(1, ATT_ROWS);
         let c = &self.cfg;
         let (hd, group) = (c.head_dim, c.heads / c.kv_heads);
         let scale = 1.0 / (hd as f32).sqrt();
         let window = c.windows[layer];
-        let mut out = vec![0.0f32; t_n * c.heads * hd];
-        out.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
-            let (t, head) = (idx / c.heads, idx % c.heads);
-            let pos = start + t;
-            let g = head / group;
-            let qh = &q[idx * hd..(idx + 1) * hd];
-            let lo = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            let mut scores: Vec<f32> = (lo..=pos)
-                .map(|j| kv.read(seq, layer, j).map_or(f32::NEG_INFINITY, |(k, _)| dot(qh, &k[g * hd..(g + 1) * hd]) * scale))
-                .collect();
-            let m = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0f32;
-            for s in &mut scores {
-                *s = (*s - m).exp();
-                sum += *s;
-            }
-            for (j, p) in (lo..=pos).zip(&scores) {
-                if let Some((_, v)) = kv.read(seq, layer, j) {
-                    let w = p / sum;
-                    o.iter_mut().zip(&v[g * hd..(g + 1) * hd]).for_each(|(a, b)| *a += w * b);
+        let blocks = t_n.div_ceil(rows);
+        // Query i of a block sees keys lo(i)..=pos(i); both grow with i.
+        let pos = |t: usize| start + t;
+        let lo = |t: usize| window.map_or(0, |w| (pos(t) + 1).saturating_sub(w));
+        let tiles: Vec<Vec<f32>> = (0..blocks * c.heads)
+            .into_par_iter()
+            .map(|u| {
+                let (t0, head) = (u / c.heads * rows, u % c.heads);
+                let n = rows.min(t_n - t0);
+                let g = head / group;
+                let (j0, j1) = (lo(t0), pos(t0 + n - 1));
+                let width = j1 + 1 - j0;
+                let seen = |i: usize, j: usize| lo(t0 + i) <= j && j <= pos(t0 + i);
+                let qh = |i: usize| &q[((t0 + i) * c.heads + head) * hd..][..hd];
+                let mut scores = vec![f32::NEG_INFINITY; n * width];
+                for j in j0..=j1 {
+                    let k = kv.read(seq, layer, j).map(|(k, _)| &k[g * hd..(g + 1) * hd]);
+                    for i in (0..n).filter(|&i| seen(i, j)) {
+                        scores[i * width + j - j0] = k.map_or(f32::NEG_INFINITY, |k| dot(qh(i), k) * scale);
+                    }
                 }
+                let mut sums = [0.0f32; ATT_ROWS];
+                for (i, sum) in sums.iter_mut().enumerate().take(n) {
+                    let row = &mut scores[i * width + lo(t0 + i) - j0..=i * width + pos(t0 + i) - j0];
+                    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    for s in row.iter_mut() {
+                        *s = (*s - m).exp();
+                        *sum += *s;
+                    }
+                }
+                let mut o = vec![0.0f32; n * hd];
+                for j in j0..=j1 {
+                    if let Some((_, v)) = kv.read(seq, layer, j) {
+                        let v = &v[g * hd..(g + 1) * hd];
+                        for i in (0..n).filter(|&i| seen(i, j)) {
+                            axpy(&mut o[i * hd..(i + 1) * hd], scores[i * width + j - j0] / sums[i], v);
+                        }
+                    }
+                }
+                o
+            })
+            .collect();
+        let mut out = vec![0.0f32; t_n * c.heads * hd];
+        for (u, o) in tiles.iter().enumerate() {
+            let (t0, head) = (u / c.heads * rows, u % c.heads);
+            for (i, oi) in o.chunks_exact(hd).enumerate() {
+                out[((t0 + i) * c.heads + head) * hd..][..hd].copy_from_slice(oi);
             }
-        });
+        }
         out
     }
 }
+
+/// Consecutive queries of one head that [`Transformer`]'s CPU attention takes together.
+const ATT_ROWS: usize = 4;
 
 /// RMSNorm of each row of `x` (rows of `w.len()`), as HF: f32 statistics, then the weight.
 pub fn rmsnorm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
@@ -461,6 +499,20 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     dot_with(a, b, |v| v)
 }
 
+/// `o[i] += w * v[i]` (over the shorter of the two), multiply then add as written.
+pub fn axpy(o: &mut [f32], w: f32, v: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the function only needs AVX2, which this CPU has (checked just above).
+        return unsafe { avx2::axpy(o, w, v) };
+    }
+    axpy_with(o, w, v);
+}
+
+fn axpy_with(o: &mut [f32], w: f32, v: &[f32]) {
+    o.iter_mut().zip(v).for_each(|(a, b)| *a += w * b);
+}
+
 /// The dot products compiled for AVX2 (chosen at run time). Rust does not reassociate or
 /// contract float arithmetic, so these give the same bits as the baseline build.
 #[cfg(target_arch = "x86_64")]
@@ -470,6 +522,11 @@ mod avx2 {
     #[target_feature(enable = "avx2")]
     pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
         dot_with(a, b, |v| v)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) fn axpy(o: &mut [f32], w: f32, v: &[f32]) {
+        super::axpy_with(o, w, v)
     }
 
     /// [`super::dot_tile`] on AVX2: one 256-bit accumulator per pair, as `dot_with`'s
@@ -608,6 +665,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The CPU attention with several queries a pass over the keys and values gives the
+    /// same bits as one query a pass, causal and with a sliding window (the mistral
+    /// fixture's window is 12), from the first position and from inside the prompt.
+    #[test]
+    fn attention_query_tiles_match_one_query_at_a_time() -> Result<()> {
+        for name in ["llama", "mistral"] {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models").join(name);
+            let model = crate::Model::load(&dir, crate::LoadOptions::default())?;
+            let t = &model.transformer;
+            let c = t.config();
+            let prompt: Vec<u32> = (0..31u32).map(|i| (i * 7 + 3) % c.vocab as u32).collect();
+            let mut pool = model.kv_pool(prompt.len())?;
+            let mut seq = pool.new_sequence();
+            t.forward(&mut pool, &mut seq, &prompt, Logits::Last)?;
+            let mut rng = crate::sampling::Rng::new(5);
+            for (start, t_n) in [(0, 31), (17, 14), (30, 1), (3, 6)] {
+                let q: Vec<f32> = (0..t_n * c.heads * c.head_dim).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
+                for layer in 0..c.layers {
+                    let one = t.attention_rows(&pool, &seq, layer, &q, start, t_n, 1);
+                    assert!(one.iter().any(|&v| v != 0.0), "{name}: attention all zero");
+                    for rows in 2..=ATT_ROWS {
+                        let tiled = t.attention_rows(&pool, &seq, layer, &q, start, t_n, rows);
+                        let same = one.iter().zip(&tiled).all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same && one.len() == tiled.len(), "{name}: layer {layer}, queries {start}.., {t_n} of them, {rows} a pass");
+                    }
+                }
+            }
+            pool.release(seq);
+        }
+        Ok(())
     }
 
     /// `linear` over several rows (the tiled path: blocks of outputs, pairs of them four
