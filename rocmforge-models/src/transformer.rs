@@ -388,7 +388,10 @@ pub fn linear(x: &[f32], rows: usize, w: &Weight, bias: Option<&Weight>) -> Resu
         // (16-bit rows widened once) stay in L2 while every TILE_R rows of x pass over
         // them, TILE_O outputs at a time (`dot_tile`), each sum in `dot`'s order.
         v => {
-            let ob = block_outputs(inp);
+            // L2-sized blocks, but at least four a thread where the outputs are few and
+            // the threads many (down to one tile a block).
+            let share = out / (4 * rayon::current_num_threads()).max(1);
+            let ob = block_outputs(inp).min((share - share % TILE_O).max(TILE_O));
             yt.par_chunks_mut(ob * rows).enumerate().for_each_init(
                 || vec![0.0f32; ob * inp],
                 |wide, (c, cols)| {
@@ -701,15 +704,21 @@ mod tests {
 
     /// `linear` over several rows (the tiled path: blocks of outputs, pairs of them four
     /// rows at a time, an odd output and leftover rows apart) equals `dot` per element plus
-    /// the bias, with all outputs in one block and with several blocks (the last one odd).
-    /// (The 16-bit weights take the same path on rows widened exactly; the bf16 fixture's
-    /// logits test covers them.)
+    /// the bias. On one thread, 37 outputs of 37 inputs run in blocks of 8 (four a thread),
+    /// the last of 5 (two tiles and an odd output); 7 outputs of a long row in L2-sized
+    /// blocks of 2, the last of 1. (The 16-bit weights take the same path on rows widened
+    /// exactly; the bf16 fixture's logits test covers them.)
     #[test]
     fn linear_rows_equal_dots() -> Result<()> {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().map_err(|e| ModelError::Invalid(e.to_string()))?;
+        pool.install(linear_rows_equal_dots_on_this_pool)
+    }
+
+    fn linear_rows_equal_dots_on_this_pool() -> Result<()> {
         let mut rng = crate::sampling::Rng::new(17);
         let long = BLOCK_BYTES / 4 / 3 + 1;
-        assert!(block_outputs(37) >= 7 && block_outputs(long) == 2, "the shapes below must cover one block and several");
-        for (out, inp) in [(7, 37), (7, long)] {
+        assert!(block_outputs(37) > 8 && block_outputs(long) == 2, "the shapes below must cover both limits on a block");
+        for (out, inp) in [(37, 37), (7, long)] {
             let w: Vec<f32> = (0..out * inp).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
             let bias: Vec<f32> = (0..out).map(|_| rng.next_f32()).collect();
             let weights = Weight::from_vec(w.clone(), vec![out, inp])?;
