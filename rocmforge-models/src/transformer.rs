@@ -136,6 +136,12 @@ impl Transformer {
         if layers.len() != cfg.layers || lm_head.is_none() != cfg.tie_embeddings || cfg.windows.len() != cfg.layers {
             return Err(ModelError::Invalid("layer count, LM head or window list disagree with the config".into()));
         }
+        if cfg.kv_heads == 0 || !cfg.heads.is_multiple_of(cfg.kv_heads) {
+            return Err(ModelError::Invalid(format!("{} query heads cannot share {} KV heads evenly", cfg.heads, cfg.kv_heads)));
+        }
+        if cfg.windows.contains(&Some(0)) {
+            return Err(ModelError::Invalid("a sliding window of 0 tokens sees no keys; a layer without a window is None".into()));
+        }
         if let Some(w) = &lm_head {
             check(w, &[cfg.vocab, h], "lm_head")?;
         }
@@ -668,6 +674,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A config whose heads cannot share the KV heads, or with a window of no tokens, is a
+    /// typed error when the model is assembled (the attention would divide by zero or
+    /// slice an empty window otherwise).
+    #[test]
+    fn bad_head_groups_and_empty_windows_are_refused() -> Result<()> {
+        for edit in [
+            |c: &mut ModelConfig| c.windows[0] = Some(0),
+            |c: &mut ModelConfig| c.kv_heads = 0,
+            |c: &mut ModelConfig| c.kv_heads = c.heads + 1,
+        ] {
+            let t = crate::demo::model(1)?.transformer;
+            let mut cfg = t.cfg.clone();
+            edit(&mut cfg);
+            let err = Transformer::new(cfg, t.embed, t.layers, t.norm, t.lm_head).err();
+            assert!(matches!(err, Some(ModelError::Invalid(_))), "{err:?}");
+        }
+        Ok(())
     }
 
     /// The CPU attention with several queries a pass over the keys and values gives the
