@@ -24,7 +24,6 @@ __device__ float dot8(uint4 w, uint4 x) {
     return s;
 }
 
-
 // The median time of `runs` calls of f() on stream `st` (milliseconds, CUDA events around
 // each call), after `warm` calls that are not counted.
 template <typename F>

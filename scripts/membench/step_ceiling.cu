@@ -196,24 +196,17 @@ void launch_split(int s, int u, const uint4* w, const uint4* x, long long n, int
     }
 }
 
-// Programmatic dependent launches: S 1 or 2.
+// Programmatic dependent launches: S 1 or 2, variant P (1-8, see `split`).
+template <int P>
+void launch_pdl(int s, const uint4* w, const uint4* x, long long n, int groups, float* out, cudaStream_t st) {
+    if (s == 1) launch_split<1, 4, P>(w, x, n, groups, out, st);
+    if (s == 2) launch_split<2, 4, P>(w, x, n, groups, out, st);
+}
+
 void launch_pdl(int s, int p, const uint4* w, const uint4* x, long long n, int groups, float* out, cudaStream_t st) {
-    if (s == 1 && p == 1) launch_split<1, 4, 1>(w, x, n, groups, out, st);
-    if (s == 1 && p == 2) launch_split<1, 4, 2>(w, x, n, groups, out, st);
-    if (s == 1 && p == 3) launch_split<1, 4, 3>(w, x, n, groups, out, st);
-    if (s == 2 && p == 1) launch_split<2, 4, 1>(w, x, n, groups, out, st);
-    if (s == 2 && p == 2) launch_split<2, 4, 2>(w, x, n, groups, out, st);
-    if (s == 2 && p == 3) launch_split<2, 4, 3>(w, x, n, groups, out, st);
-    if (s == 1 && p == 4) launch_split<1, 4, 4>(w, x, n, groups, out, st);
-    if (s == 2 && p == 4) launch_split<2, 4, 4>(w, x, n, groups, out, st);
-    if (s == 1 && p == 5) launch_split<1, 4, 5>(w, x, n, groups, out, st);
-    if (s == 2 && p == 5) launch_split<2, 4, 5>(w, x, n, groups, out, st);
-    if (s == 1 && p == 6) launch_split<1, 4, 6>(w, x, n, groups, out, st);
-    if (s == 2 && p == 6) launch_split<2, 4, 6>(w, x, n, groups, out, st);
-    if (s == 1 && p == 7) launch_split<1, 4, 7>(w, x, n, groups, out, st);
-    if (s == 2 && p == 7) launch_split<2, 4, 7>(w, x, n, groups, out, st);
-    if (s == 1 && p == 8) launch_split<1, 4, 8>(w, x, n, groups, out, st);
-    if (s == 2 && p == 8) launch_split<2, 4, 8>(w, x, n, groups, out, st);
+    void (*const by_p[])(int, const uint4*, const uint4*, long long, int, float*, cudaStream_t) = {
+        nullptr, launch_pdl<1>, launch_pdl<2>, launch_pdl<3>, launch_pdl<4>, launch_pdl<5>, launch_pdl<6>, launch_pdl<7>, launch_pdl<8>};
+    if (p >= 1 && p <= 8) by_p[p](s, w, x, n, groups, out, st);
 }
 
 // Grid-stride 16-byte reads, four in flight a thread.
