@@ -363,10 +363,12 @@ impl Sampler {
 
     /// The draw with uniform `u` over a whole row of logits (after penalties); `None`
     /// where every logit is NaN. The row's [`SORTED_HEAD`] highest logits are walked first,
-    /// highest first (ties by id), as the GPU's candidates are; where top-k, top-p or
-    /// min-p need more of the order, the sorted head grows; a plain temperature draw past
-    /// the head walks the rest in id order. Only the head is sorted (a full sort of a
-    /// 128k vocabulary costs milliseconds a token).
+    /// highest first (ties by id), as the GPU's candidates are; a top-p nucleus past them
+    /// (with no top-k or min-p) is cut by selection and its rest walked in id order
+    /// ([`Sampler::draw_nucleus`]); where top-k or min-p need more of the order, the
+    /// sorted head grows; a plain temperature draw past the head walks the rest in id
+    /// order. Only the head is sorted (a full sort of a 128k vocabulary costs milliseconds
+    /// a token).
     fn draw_row(&self, logits: &[f32], u: f64) -> Option<u32> {
         // Integer sorts and selections run several times faster than on pairs.
         let mut keys: Vec<u64> = logits.iter().enumerate().filter(|x| !x.1.is_nan()).map(|(i, &l)| rank_key(i as u32, l)).collect();
@@ -396,6 +398,10 @@ impl Sampler {
             match self.draw_sorted(&pairs, mass, u) {
                 Drawn::Token(tok) => return Some(tok),
                 Drawn::Empty => return None,
+                // A nucleus past the sorted head, with no other cut: found by selection.
+                Drawn::Undecided if self.params.top_k == 0 && self.params.min_p <= 0.0 && head < n => {
+                    return Some(self.draw_nucleus(logits, &mut keys, head, row_mass, &weight, u));
+                }
                 // Past an eighth of the row, one sort of all of it.
                 Drawn::Undecided => head = if head * 8 >= n / 8 { n } else { head * 8 },
                 Drawn::Past(r) => break (mass.unwrap_or(1.0), r),
@@ -421,6 +427,73 @@ impl Sampler {
         }
         // Rounding left a sliver past the last weight.
         Some(last)
+    }
+
+    /// A top-p draw whose nucleus reaches past the sorted head (`keys[..head]`, sorted;
+    /// the rest of `keys` ranks after it, in any order): the cut is found by selecting
+    /// around the middle of what is left and summing one side's weight, halving each
+    /// time, with no sort of the nucleus (on nearly flat logits it is most of the row,
+    /// which a sort took milliseconds a token for). The nucleus is the shortest prefix in
+    /// rank order whose weight reaches `top_p` of `row_mass`; the draw walks the sorted
+    /// head first, then the rest of the nucleus in id order, as a plain draw walks the row
+    /// past its head.
+    fn draw_nucleus(&self, logits: &[f32], keys: &mut [u64], head: usize, row_mass: f64, weight: &impl Fn(f32) -> f64, u: f64) -> u32 {
+        let id = |k: u64| (k & 0xffff_ffff) as usize;
+        let target = f64::from(self.params.top_p) * row_mass;
+        // Each token's weight once (NaN ones are not among the keys).
+        let ws: Vec<f64> = logits.iter().map(|&l| weight(l)).collect();
+        let w = |k: u64| ws[id(k)];
+        let head_mass: f64 = keys[..head].iter().map(|&k| w(k)).sum();
+        let rest = &mut keys[head..];
+        // The cut lies in rest[lo..hi]; `acc` is the weight ranked before rest[lo].
+        let (mut lo, mut hi, mut acc) = (0, rest.len(), head_mass);
+        while hi - lo > 64 {
+            let mid = lo + (hi - lo) / 2;
+            rest[lo..hi].select_nth_unstable(mid - lo);
+            let m: f64 = rest[lo..=mid].iter().map(|&k| w(k)).sum();
+            if acc + m >= target {
+                hi = mid + 1;
+            } else {
+                acc += m;
+                lo = mid + 1;
+            }
+        }
+        rest[lo..hi].sort_unstable();
+        let mut cut = hi.max(1) - 1;
+        for (i, &k) in rest.iter().enumerate().take(hi).skip(lo) {
+            acc += w(k);
+            if acc >= target {
+                cut = i;
+                break;
+            }
+        }
+        // The draw: the head in rank order, then the nucleus's rest in id order.
+        let mut in_rest = vec![false; logits.len()];
+        for &k in &rest[..=cut] {
+            in_rest[id(k)] = true;
+        }
+        let kept = head_mass + ws.iter().zip(&in_rest).filter(|x| *x.1).map(|x| x.0).sum::<f64>();
+        let mut r = u * kept;
+        for &k in &keys[..head] {
+            let x = w(k);
+            if r < x {
+                return id(k) as u32;
+            }
+            r -= x;
+        }
+        let mut last = id(keys[head - 1]) as u32;
+        for (i, &x) in ws.iter().enumerate() {
+            if !in_rest[i] {
+                continue;
+            }
+            if r < x {
+                return i as u32;
+            }
+            r -= x;
+            last = i as u32;
+        }
+        // Rounding left a sliver past the last weight.
+        last
     }
 }
 

@@ -482,12 +482,14 @@ fn a_draw_over_candidates_copies_the_row_only_for_the_tail() {
 
 #[test]
 fn whole_row_draws_follow_the_truncated_softmax_past_the_sorted_head() {
-    // 2000 logits (more than the 1024 the draw sorts first): a plain draw walks the rest in
-    // id order, top-p 0.9 needs a longer sorted head. Frequencies over ten id buckets
-    // against an independent f64 reference (a full sort, the nucleus cut, the softmax).
-    let mut rng = Rng::new(21);
-    let row: Vec<f32> = (0..2000).map(|_| rng.next_f32() * 3.0).collect();
-    for (top_p, seed) in [(1.0f32, 5u64), (0.9, 6)] {
+    // 2000 and 7000 logits (more than the 1024 the draw sorts first): a plain draw walks
+    // the rest in id order; top-p 0.9 and 0.99 reach past the sorted head, and their cut
+    // is found by selection (one to seven halvings of the rest). Frequencies over ten id
+    // buckets against an independent f64 reference (a full sort, the nucleus cut, the
+    // softmax); every draw inside the reference's nucleus.
+    for (len, top_p, seed) in [(2000usize, 1.0f32, 5u64), (2000, 0.9, 6), (7000, 0.9, 7), (7000, 0.99, 8)] {
+        let mut rng = Rng::new(21 + seed);
+        let row: Vec<f32> = (0..len).map(|_| rng.next_f32() * 3.0).collect();
         let t = 1.0f64;
         let mut order: Vec<usize> = (0..row.len()).collect();
         order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
@@ -501,24 +503,28 @@ fn whole_row_draws_follow_the_truncated_softmax_past_the_sorted_head() {
         let keep = keep.map_or(w.len(), |i| i + 1);
         assert!(keep > 1024, "the nucleus must reach past the sorted head ({keep})");
         let zk: f64 = w[..keep].iter().sum();
-        let mut want = [0.0f64; 10];
+        // Ten buckets by id, and ten by rank inside the nucleus (a cut in the wrong place
+        // moves the last ones).
+        let mut want = [0.0f64; 20];
         for (j, &i) in order[..keep].iter().enumerate() {
             want[i * 10 / row.len()] += w[j] / zk;
+            want[10 + j * 10 / keep] += w[j] / zk;
         }
+        let rank: std::collections::HashMap<usize, usize> = order[..keep].iter().enumerate().map(|(j, &i)| (i, j)).collect();
         let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_p, seed, ..SamplingParams::default() }).unwrap();
         let n = 8_000;
-        let mut got = [0usize; 10];
-        let kept: std::collections::HashSet<usize> = order[..keep].iter().copied().collect();
+        let mut got = [0usize; 20];
         for _ in 0..n {
             let tok = s.sample(&mut row.clone()).unwrap() as usize;
-            assert!(kept.contains(&tok), "top_p {top_p}: token {tok} is outside the nucleus");
+            let Some(&j) = rank.get(&tok) else { panic!("len {len} top_p {top_p}: token {tok} is outside the nucleus") };
             got[tok * 10 / row.len()] += 1;
+            got[10 + j * 10 / keep] += 1;
         }
-        for b in 0..10 {
+        for b in 0..20 {
             let p = want[b];
             let sd = (p * (1.0 - p) / n as f64).sqrt();
             let f = got[b] as f64 / n as f64;
-            assert!((f - p).abs() <= 5.0 * sd + 1e-4, "top_p {top_p} bucket {b}: {f} vs {p}");
+            assert!((f - p).abs() <= 5.0 * sd + 1e-4, "len {len} top_p {top_p} bucket {b}: {f} vs {p}");
         }
     }
 }
