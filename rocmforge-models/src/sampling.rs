@@ -383,8 +383,10 @@ impl Sampler {
         let t = self.params.temperature;
         let top = f64::from(best_logit / t);
         let weight = |l: f32| (f64::from(l / t) - top).exp();
-        // The row's normalizer, where the head is not the whole row.
-        let row_mass = if SORTED_HEAD < n { keys.iter().map(|&k| weight(logits[id(k) as usize])).sum::<f64>() } else { 0.0 };
+        // Each token's weight, and the row's normalizer, where the head is not the whole
+        // row (NaN logits are not among the keys).
+        let ws: Vec<f64> = if SORTED_HEAD < n { logits.iter().map(|&l| weight(l)).collect() } else { Vec::new() };
+        let row_mass = keys.iter().map(|&k| ws.get(id(k) as usize).copied().unwrap_or(0.0)).sum::<f64>();
         let mut head = SORTED_HEAD.min(n);
         let (mass, past) = loop {
             if head < n {
@@ -400,7 +402,7 @@ impl Sampler {
                 Drawn::Empty => return None,
                 // A nucleus past the sorted head, with no other cut: found by selection.
                 Drawn::Undecided if self.params.top_k == 0 && self.params.min_p <= 0.0 && head < n => {
-                    return Some(self.draw_nucleus(logits, &mut keys, head, row_mass, &weight, u));
+                    return Some(self.draw_nucleus(&ws, &mut keys, head, row_mass, u));
                 }
                 // Past an eighth of the row, one sort of all of it.
                 Drawn::Undecided => head = if head * 8 >= n / 8 { n } else { head * 8 },
@@ -436,12 +438,11 @@ impl Sampler {
     /// which a sort took milliseconds a token for). The nucleus is the shortest prefix in
     /// rank order whose weight reaches `top_p` of `row_mass`; the draw walks the sorted
     /// head first, then the rest of the nucleus in id order, as a plain draw walks the row
-    /// past its head.
-    fn draw_nucleus(&self, logits: &[f32], keys: &mut [u64], head: usize, row_mass: f64, weight: &impl Fn(f32) -> f64, u: f64) -> u32 {
+    /// past its head. `ws`: each token's weight (relative to the row's largest logit; NaN
+    /// ones are not among the keys); `row_mass`: their sum over the keys.
+    fn draw_nucleus(&self, ws: &[f64], keys: &mut [u64], head: usize, row_mass: f64, u: f64) -> u32 {
         let id = |k: u64| (k & 0xffff_ffff) as usize;
         let target = f64::from(self.params.top_p) * row_mass;
-        // Each token's weight once (NaN ones are not among the keys).
-        let ws: Vec<f64> = logits.iter().map(|&l| weight(l)).collect();
         let w = |k: u64| ws[id(k)];
         let head_mass: f64 = keys[..head].iter().map(|&k| w(k)).sum();
         let rest = &mut keys[head..];
@@ -468,7 +469,7 @@ impl Sampler {
             }
         }
         // The draw: the head in rank order, then the nucleus's rest in id order.
-        let mut in_rest = vec![false; logits.len()];
+        let mut in_rest = vec![false; ws.len()];
         for &k in &rest[..=cut] {
             in_rest[id(k)] = true;
         }
