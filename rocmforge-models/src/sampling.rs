@@ -383,10 +383,8 @@ impl Sampler {
         let t = self.params.temperature;
         let top = f64::from(best_logit / t);
         let weight = |l: f32| (f64::from(l / t) - top).exp();
-        // Each token's weight, and the row's normalizer, where the head is not the whole
-        // row (NaN logits are not among the keys).
-        let ws: Vec<f64> = if SORTED_HEAD < n { logits.iter().map(|&l| weight(l)).collect() } else { Vec::new() };
-        let row_mass = keys.iter().map(|&k| ws.get(id(k) as usize).copied().unwrap_or(0.0)).sum::<f64>();
+        // The row's normalizer, where the head is not the whole row.
+        let row_mass = if SORTED_HEAD < n { keys.iter().map(|&k| weight(logits[id(k) as usize])).sum::<f64>() } else { 0.0 };
         let mut head = SORTED_HEAD.min(n);
         let (mass, past) = loop {
             if head < n {
@@ -402,6 +400,8 @@ impl Sampler {
                 Drawn::Empty => return None,
                 // A nucleus past the sorted head, with no other cut: found by selection.
                 Drawn::Undecided if self.params.top_k == 0 && self.params.min_p <= 0.0 && head < n => {
+                    // Each token's weight, once (NaN ones are not among the keys).
+                    let ws: Vec<f64> = logits.iter().map(|&l| weight(l)).collect();
                     return Some(self.draw_nucleus(&ws, &mut keys, head, row_mass, u));
                 }
                 // Past an eighth of the row, one sort of all of it.
