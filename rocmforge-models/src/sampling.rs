@@ -460,7 +460,9 @@ impl Sampler {
             }
         }
         rest[lo..hi].sort_unstable();
-        let mut cut = hi.max(1) - 1;
+        // The range is never empty; rounding that keeps the sums short of the target
+        // keeps all of it.
+        let mut cut = hi - 1;
         for (i, &k) in rest.iter().enumerate().take(hi).skip(lo) {
             acc += w(k);
             if acc >= target {
@@ -468,33 +470,24 @@ impl Sampler {
                 break;
             }
         }
-        // The draw: the head in rank order, then the nucleus's rest in id order.
         let mut in_rest = vec![false; ws.len()];
         for &k in &rest[..=cut] {
             in_rest[id(k)] = true;
         }
         let kept = head_mass + ws.iter().zip(&in_rest).filter(|x| *x.1).map(|x| x.0).sum::<f64>();
+        // The draw: the head in rank order, then the nucleus's rest in id order.
+        let order = keys[..head].iter().map(|&k| id(k)).chain((0..ws.len()).filter(|&i| in_rest[i]));
         let mut r = u * kept;
-        for &k in &keys[..head] {
-            let x = w(k);
-            if r < x {
-                return id(k) as u32;
-            }
-            r -= x;
-        }
-        let mut last = id(keys[head - 1]) as u32;
-        for (i, &x) in ws.iter().enumerate() {
-            if !in_rest[i] {
-                continue;
-            }
-            if r < x {
+        let mut last = id(keys[0]);
+        for i in order {
+            if r < ws[i] {
                 return i as u32;
             }
-            r -= x;
-            last = i as u32;
+            r -= ws[i];
+            last = i;
         }
         // Rounding left a sliver past the last weight.
-        last
+        last as u32
     }
 }
 
