@@ -78,11 +78,11 @@ fn engine_parts_partition_the_engine_kernels() {
     a.sort();
     from_parts.sort();
     assert_eq!(from_parts, a);
-    // 3 dtypes x (gather, argmax, q/k/v stage, SwiGLU rows + 4 gemv + 4 pair kernels,
-    // each with one and two warps a row), and the decode index advance, the sampling
-    // penalties, the softmax normalizer and the staged top-k (f32's misc only: they move
-    // no activations; the logits are f32).
-    assert_eq!(all.len(), 3 * 20 + 4);
+    // 3 dtypes x (gather, argmax, q/k/v stage, SwiGLU rows, the greedy step's index
+    // advance with its gather + 4 gemv + 4 pair kernels, each with one and two warps a
+    // row), and the decode index advance, the sampling penalties, the softmax normalizer
+    // and the staged top-k (f32's misc only: they move no activations; the logits are f32).
+    assert_eq!(all.len(), 3 * 21 + 4);
     assert!(engine_source_for(rocmforge::dsl::DType::I32, EnginePart::Misc).is_err());
     assert!(engine_source_for(rocmforge::dsl::DType::BF16, EnginePart::Gemv(3)).is_err());
 }

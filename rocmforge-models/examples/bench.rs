@@ -388,7 +388,9 @@ fn run(args: &Args) -> Res<serde_json::Value> {
         row(format!("pp{n}"), median(v), serde_json::json!({}));
     }
     if args.gen > 0 {
-        tg_pipelined(&mut g, 8)?;
+        // The warm-up has the measured length: it captures the decode graphs and the
+        // chains of greedy steps the timed runs replay.
+        tg_pipelined(&mut g, args.gen)?;
         let v: Vec<f64> = (0..reps).map(|_| tg_pipelined(&mut g, args.gen)).collect::<Res<_>>()?;
         let tok_s = median(v);
         if let Some(t) = g.step_phase_times()? {

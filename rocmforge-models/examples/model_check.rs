@@ -153,8 +153,8 @@ fn gpu_batched(g: &mut GpuModel, prompts: &[Vec<u32>]) -> Res<Vec<Vec<Vec<f32>>>
 /// `warm_up(&[], len)` captures every decode graph a generation up to `len` positions
 /// replays: the Llama fixture, its context raised to 1200 positions (four graph widths:
 /// 16, 32, 64 pages, then the 75 the cache holds), is warmed up, fed a 300-token prompt
-/// and decoded (pipelined, then token by token) to the end of its cache; no graph may be
-/// captured after the warm-up. The tokens are not checked (past the fixture's trained 256
+/// and decoded (pipelined, then token by token) to the end of its cache; no graph (nor
+/// chain of greedy steps) may be captured after the warm-up. The tokens are not checked (past the fixture's trained 256
 /// positions they mean little); the decode must run.
 fn check_warm_up(dev: &Arc<CudaDevice>, tally: &mut Tally) -> Res<()> {
     const LEN: usize = 1200;
@@ -166,7 +166,7 @@ fn check_warm_up(dev: &Arc<CudaDevice>, tally: &mut Tally) -> Res<()> {
     let opts = GpuOptions { dtype: DType::BF16, max_batch_tokens: 128, max_seqs: 1, max_kv_tokens: Some(LEN), ..GpuOptions::default() };
     let mut g = GpuModel::load(dev, cfg, &mut &ck, opts, |_, _| {})?;
     g.warm_up(&[], LEN)?;
-    let warmed = g.decode_graphs();
+    let (warmed, chains) = (g.decode_graphs(), g.decode_chains());
     let mut sampler = Sampler::new(SamplingParams::default())?;
     let mut seq = g.new_sequence();
     let prompt: Vec<u32> = (0..300u32).map(|i| (i * 7 + 3) % g.config().vocab as u32).collect();
@@ -180,10 +180,12 @@ fn check_warm_up(dev: &Arc<CudaDevice>, tally: &mut Tally) -> Res<()> {
         id = g.step(&mut seq, &[id], &mut sampler)?;
     }
     g.release(seq);
-    let after = g.decode_graphs();
+    let (after, chains_after) = (g.decode_graphs(), g.decode_chains());
     tally.check(
-        warmed == 4 && after == warmed,
-        format!("warm_up({LEN}): {warmed} decode graphs captured (want 4), {after} after a decode to {LEN} positions"),
+        warmed == 4 && after == warmed && chains == 4 && chains_after == chains,
+        format!(
+            "warm_up({LEN}): {warmed} decode graphs and {chains} chains captured (want 4 each), {after} and {chains_after} after a decode to {LEN} positions"
+        ),
     );
     Ok(())
 }
@@ -270,6 +272,16 @@ fn check_fixture(dev: &Arc<CudaDevice>, name: &str, tally: &mut Tally) -> Res<()
                 format!(
                     "model {name:<10} {dtype:<5} persistent decode step vs layered decode: logits nmse max {worst:.2e} (bound {:.0e}), argmax {same}/{steps} equal",
                     bound(dtype)
+                ),
+            );
+            // Its chains of greedy steps take the argmax as a launch of its own (the LM
+            // head is inside the step): pipelined against token by token.
+            let (piped, steps) = gpu_greedy_both(&mut g2, p0, n)?;
+            let agree = piped.iter().zip(&steps).filter(|(a, b)| a == b).count();
+            tally.check(
+                piped == steps,
+                format!(
+                    "model {name:<10} {dtype:<5} persistent step: pipelined greedy decode vs token by token: {agree}/{n} ids identical"
                 ),
             );
         } else {

@@ -13,12 +13,12 @@
 use std::sync::Arc;
 
 use rocmforge_dsl::rope::inv_freq;
-use rocmforge_runtime::cuda::{CudaDevice, CudaError, CudaEvent, DeviceGraph, DeviceTensor};
+use rocmforge_runtime::cuda::{CudaDevice, CudaError, CudaEvent, DeviceGraph, DeviceTensor, DeviceViewMut};
 use rocmforge_runtime::engine::{
     argmax_workspace, decode_step_table, decode_step_ticks, decode_step_unsupported, decode_step_workspace, plan_argmax,
-    plan_decode_advance, plan_decode_step, plan_gather, plan_gemm, plan_gemv, plan_gemv_pairs, plan_penalize, plan_qkv_post,
-    plan_softmax_mass, plan_swiglu_rows, plan_topk_staged, softmax_mass_parts, topk_staged_workspace, DecodeIndex, EngineModule,
-    EnginePart, GemvFusion, PairEpilogue, QkvPost, StepBuffers, StepDims, StepLayer, TOPK_MAX,
+    plan_decode_advance, plan_decode_advance_gather, plan_decode_step, plan_gather, plan_gemm, plan_gemv, plan_gemv_pairs, plan_penalize,
+    plan_qkv_post, plan_softmax_mass, plan_swiglu_rows, plan_topk_staged, softmax_mass_parts, topk_staged_workspace, DecodeIndex,
+    EngineModule, EnginePart, GemvFusion, PairEpilogue, QkvPost, StepBuffers, StepDims, StepLayer, TOPK_MAX,
 };
 use rocmforge_runtime::{AttnSeqs, DType, Kernel, KvIndex, LaunchError, LaunchPlan, TensorArg};
 
@@ -76,6 +76,8 @@ struct Scratch {
     /// i32 staging: ids, pos, slots [T each], cu_q [S + 1], kv_lens [S], last [S],
     /// block table [S, max_blocks].
     index: DeviceTensor,
+    /// The ids a chain of greedy steps draws (i32 `[CHAIN]`), copied out after each.
+    chain_ids: DeviceTensor,
     last: DeviceTensor,
     logits: DeviceTensor,
     next: DeviceTensor,
@@ -128,6 +130,9 @@ struct Layout {
     width: usize,
     max_q: usize,
     max_kv: usize,
+    /// A step of a chain of greedy steps ([`GpuModel::capture_chain`]): its embedding
+    /// was gathered by the index advance before it.
+    chain: bool,
 }
 
 /// What [`GpuModel::sample`]'s draws over the GPU's top candidates copied to the host,
@@ -178,6 +183,8 @@ pub struct GpuModel {
     stats: SampleStats,
     /// Captured decode steps by (sequences, block-table width).
     graphs: std::collections::HashMap<(usize, usize), DeviceGraph>,
+    /// Captured chains of `CHAIN` greedy steps of one sequence, by block-table width.
+    chains: std::collections::HashMap<usize, DeviceGraph>,
     /// The persistent decode step's state, where the model takes it.
     step: Option<StepState>,
 }
@@ -239,6 +246,19 @@ impl Marks<'_> {
 /// from two rows on, cuBLAS took less time. H100, batch-2 decode with graphs: 1B 1475
 /// against 1284 tok/s, 8B 316 against 266 (`benches/logs/h100-2026-11-27-g/rows/`).
 const GEMV_ROWS: usize = 1;
+
+/// Greedy decode steps of one sequence replayed as one graph (`GpuModel::decode_greedy`):
+/// each step's index advance with its embedding gather, forward and argmax, `CHAIN`
+/// times, so the stream holds one launch where it held three a step. H200, Llama-3.2-1B
+/// shape: the advance and the argmax as launches of their own cost 8.5 and 7.5 us a step
+/// (860.6 us against 844.6 for the forward's graph replayed alone); chained, tg128 1167
+/// against 1161 tok/s (`benches/logs/h200-2026-11-30/`).
+const CHAIN: usize = 8;
+
+/// Chains a host-staged greedy step reserves pages for ahead of it, so that the block
+/// table it stages serves that many chains: a step staged on the host (a new page) comes
+/// once every `1 + CHAIN * CHAINS_AHEAD` tokens instead of once a page.
+const CHAINS_AHEAD: usize = 8;
 
 /// `res += proj; normed = rmsnorm(res) * w` over the first `t` rows of the scratch.
 fn add_norm(
@@ -413,6 +433,7 @@ impl GpuModel {
             last: dev.alloc(dt, &[sq * h])?,
             logits: dev.alloc(DType::F32, &[sq * cfg.vocab])?,
             next: dev.alloc(DType::I32, &[sq])?,
+            chain_ids: dev.alloc(DType::I32, &[CHAIN])?,
             draw: dev.alloc(DType::U32, &[sq * 2 * (TOPK_MAX + softmax_mass_parts(cfg.vocab).0)])?,
             topk_ws_vals: dev.alloc(DType::F32, &[topk_ws])?,
             topk_ws_ids: dev.alloc(DType::I32, &[topk_ws])?,
@@ -457,6 +478,7 @@ impl GpuModel {
             profile: std::collections::BTreeMap::new(),
             stats: SampleStats::default(),
             graphs: std::collections::HashMap::new(),
+            chains: std::collections::HashMap::new(),
             step,
         })
     }
@@ -647,12 +669,12 @@ impl GpuModel {
             let next = self.s.next.view(0, &[nb])?;
             self.dev.copy_view(&next, &mut self.s.index.view_mut(0, &[nb])?)?;
         }
-        Ok(Layout { t, nb, width, max_q, max_kv })
+        Ok(Layout { t, nb, width, max_q, max_kv, chain: false })
     }
 
     /// Queues the forward of a staged step.
     fn launches(&mut self, layout: &Layout) -> Result<()> {
-        let Layout { t, nb, width, max_q, max_kv } = *layout;
+        let Layout { t, nb, width, max_q, max_kv, chain } = *layout;
         let dev = Arc::clone(&self.dev);
         let lim = *dev.limits();
         let c = &self.cfg;
@@ -688,7 +710,9 @@ impl GpuModel {
         let host_t0 = std::time::Instant::now();
         // Embedding.
         marks.mark("embed")?;
-        dev.launch_engine(&plan_gather(&lim, &self.embed, &v_ids, &s.res.view(0, &[t, h])?)?)?;
+        if !chain {
+            dev.launch_engine(&plan_gather(&lim, &self.embed, &v_ids, &s.res.view(0, &[t, h])?)?)?;
+        }
         let eps = c.eps;
         // Decode of up to GEMV_ROWS sequences, one token each: products run the
         // matrix-vector kernel with the norms and residual adds fused into them.
@@ -1015,17 +1039,106 @@ impl GpuModel {
                 self.plan.max_context
             )));
         }
-        let gen = self.dev.alloc(DType::I32, &[n])?;
-        for i in 0..n {
+        let mut gen = self.dev.alloc(DType::I32, &[n])?;
+        let r = self.decode_greedy_into(seq, first, &mut gen);
+        // Pages reserved ahead for chains that did not run go back to the pool.
+        self.pool.trim(seq);
+        r?;
+        self.read_words(&gen)
+    }
+
+    /// `decode_greedy`'s steps, their ids written into `gen` (one a step).
+    fn decode_greedy_into(&mut self, seq: &mut KvSeq, first: u32, gen: &mut DeviceTensor) -> Result<()> {
+        let n = gen.shape()[0];
+        let mut i = 0;
+        while i < n {
+            if i > 0 && n - i >= CHAIN && self.chain(seq, &mut gen.view_mut(i, &[CHAIN])?)? {
+                i += CHAIN;
+                continue;
+            }
             // Step 0 feeds `first`; later steps the previous argmax, on the device: staged
             // there from the step before where its pages allow, else from the host.
             if i == 0 || !self.advance(seq)? {
+                // The table staged now also holds the pages of the chains that can
+                // follow (best effort: where the pool lacks them, single steps follow).
+                let ahead = (n - i).min(1 + CHAIN * CHAINS_AHEAD);
+                if ahead > 1 && self.opts.cuda_graphs {
+                    let _ = self.pool.reserve(seq, ahead);
+                }
                 self.forward_with(&mut [SeqTokens { seq: &mut *seq, tokens: &[first] }], i > 0)?;
             }
             // The argmax writes the id where the next step reads it and into the history.
             self.argmax_to_next(1, Some(&gen.view(i, &[1])?))?;
+            i += 1;
         }
-        self.read_words(&gen)
+        Ok(())
+    }
+
+    /// The next `CHAIN` greedy steps of `seq` as one graph replay ([`CHAIN`]), their ids
+    /// copied into `ids`. Where [`GpuModel::advance`] applies to every one of them (the
+    /// staged block table already holds their pages) and the single step's graph of this
+    /// width exists; `false`, with nothing done, otherwise. The chain's graph is captured
+    /// at its first use (or by `warm_up`).
+    fn chain(&mut self, seq: &mut KvSeq, ids: &mut DeviceViewMut<'_>) -> Result<bool> {
+        let pages = seq.blocks().len();
+        if !self.chain_applies(seq) {
+            return Ok(false);
+        }
+        let width = self.graph_width(pages);
+        if !self.chains.contains_key(&width) {
+            let graph = self.capture_chain(width)?;
+            self.chains.insert(width, graph);
+        }
+        if let Some(graph) = self.chains.get(&width) {
+            graph.launch()?;
+        }
+        self.dev.copy_view(&self.s.chain_ids, ids)?;
+        self.rows = 1;
+        self.pool.commit(seq, CHAIN)?;
+        Ok(true)
+    }
+
+    /// Whether `CHAIN` device-advanced steps can follow the last forward of `seq`: graphs
+    /// on, not profiling, and every position they write inside the pages the staged
+    /// table holds, with the single step's graph of that width captured (its first run
+    /// loaded the modules and sized the workspace).
+    fn chain_applies(&self, seq: &KvSeq) -> bool {
+        let pages = seq.blocks().len();
+        self.opts.cuda_graphs
+            && !self.profiling
+            && !seq.is_empty()
+            && seq.len() + CHAIN <= pages * self.opts.block_size
+            && self.graphs.contains_key(&(1, self.graph_width(pages)))
+    }
+
+    /// Records a chain of `CHAIN` greedy steps of one sequence at table width `width`,
+    /// each the index advance with the embedding gather (one launch), the forward, and the
+    /// argmax into `next` and the chain's ids.
+    fn capture_chain(&mut self, width: usize) -> Result<DeviceGraph> {
+        let bs = self.opts.block_size;
+        let h = self.cfg.hidden;
+        let max_kv = (width * bs).min(self.plan.max_context as usize);
+        let layout = Layout { t: 1, nb: 1, width, max_q: 1, max_kv, chain: true };
+        let dev = Arc::clone(&self.dev);
+        dev.capture(|| -> Result<()> {
+            let o = IndexOffsets::new(1, 1);
+            for j in 0..CHAIN {
+                let idx = &self.s.index;
+                let index = DecodeIndex {
+                    ids: &idx.view(0, &[1])?,
+                    pos: &idx.view(o.pos, &[1])?,
+                    slots: &idx.view(o.slots, &[1])?,
+                    lens: &idx.view(o.lens, &[1])?,
+                    table: &idx.view(o.table, &[width])?,
+                };
+                let next = self.s.next.view(0, &[1])?;
+                let res = self.s.res.view(0, &[1, h])?;
+                self.dev.launch_engine(&plan_decode_advance_gather(&index, &next, &self.embed, &res, bs)?)?;
+                self.launches(&layout)?;
+                self.argmax_to_next(1, Some(&self.s.chain_ids.view(j, &[1])?))?;
+            }
+            Ok(())
+        })
     }
 
     /// The next decode step of `seq`, fed the last argmax, run without a copy between
@@ -1147,12 +1260,25 @@ impl GpuModel {
             self.forward(&mut [SeqTokens { seq: &mut *seq, tokens: &[0] }])?;
             width = self.graph_width(seq.blocks().len());
         }
+        // The chains of greedy steps at every width captured above.
+        let mut widths: Vec<usize> =
+            self.graphs.keys().filter(|k| k.0 == 1).map(|k| k.1).filter(|w| !self.chains.contains_key(w)).collect();
+        widths.sort_unstable();
+        for w in widths {
+            let graph = self.capture_chain(w)?;
+            self.chains.insert(w, graph);
+        }
         Ok(())
     }
 
     /// The decode graphs captured so far (one per batch size and block-table width).
     pub fn decode_graphs(&self) -> usize {
         self.graphs.len()
+    }
+
+    /// The chains of greedy decode steps captured so far (one per block-table width).
+    pub fn decode_chains(&self) -> usize {
+        self.chains.len()
     }
 }
 

@@ -240,12 +240,7 @@ pub fn plan_decode_advance(index: &DecodeIndex<'_>, next: &dyn TensorArg, block_
     for (name, t) in
         [("ids", index.ids), ("pos", index.pos), ("slots", index.slots), ("lens", index.lens), ("table", index.table), ("next", next)]
     {
-        if t.dtype() != DType::I32 {
-            return Err(dtype_err(K, name, "i32".into(), t.dtype()));
-        }
-        if t.shape().iter().product::<usize>() == 0 {
-            return Err(shape_err(K, name, "at least one element".into(), t.shape()));
-        }
+        one_i32(K, name, t)?;
     }
     let bs = i32::try_from(block_size).ok().filter(|&b| b > 0).ok_or(LaunchError::Limit {
         kernel: K.into(),
@@ -268,6 +263,73 @@ pub fn plan_decode_advance(index: &DecodeIndex<'_>, next: &dyn TensorArg, block_
             ArgValue::Ptr(next.device_ptr()),
             ArgValue::I32(bs),
         ],
+    })
+}
+
+/// An i32 index argument of at least one element; its address.
+fn one_i32(kernel: &str, name: &str, t: &dyn TensorArg) -> Result<u64, LaunchError> {
+    if t.dtype() != DType::I32 {
+        return Err(dtype_err(kernel, name, "i32".into(), t.dtype()));
+    }
+    if t.shape().iter().product::<usize>() == 0 {
+        return Err(shape_err(kernel, name, "at least one element".into(), t.shape()));
+    }
+    Ok(t.device_ptr())
+}
+
+/// Plans the next step of a one-sequence greedy decode and its embedding in one launch
+/// (`rf_decode_advance_gather_<dt>`, one workgroup): the id from `next` (the last argmax,
+/// i32 `[1]`), the index advanced as [`plan_decode_advance`] does, and the token's row of
+/// `embed` (`[vocab, hidden]`) into `out` (`hidden` elements) as [`plan_gather`] does. The
+/// caller keeps the new position inside the pages of the row.
+pub fn plan_decode_advance_gather(
+    index: &DecodeIndex<'_>,
+    next: &dyn TensorArg,
+    embed: &dyn TensorArg,
+    out: &dyn TensorArg,
+    block_size: usize,
+) -> Result<EnginePlan, LaunchError> {
+    const K: &str = "decode_advance_gather";
+    let symbol = engine_symbol(K, embed.dtype())?;
+    let mut args = Vec::with_capacity(12);
+    for (name, t) in
+        [("ids", index.ids), ("pos", index.pos), ("slots", index.slots), ("lens", index.lens), ("table", index.table), ("next", next)]
+    {
+        args.push(ArgValue::Ptr(one_i32(K, name, t)?));
+    }
+    let bs = i32::try_from(block_size).ok().filter(|&b| b > 0).ok_or(LaunchError::Limit {
+        kernel: K.into(),
+        what: "block size",
+        value: block_size as u64,
+        limit: i32::MAX as u64,
+    })?;
+    if out.dtype() != embed.dtype() {
+        return Err(dtype_err(K, "out", embed.dtype().to_string(), out.dtype()));
+    }
+    let es = embed.shape();
+    if es.len() != 2 || es[0] == 0 || es[1] == 0 {
+        return Err(shape_err(K, "embed", "[rows, cols], non-empty".into(), es));
+    }
+    if out.shape().iter().product::<usize>() != es[1] {
+        return Err(shape_err(K, "out", format!("{} elements (one row)", es[1]), out.shape()));
+    }
+    let elem = embed.dtype().size() as u64;
+    let vec = (es[1] as u64 * elem).is_multiple_of(16) && embed.device_ptr().is_multiple_of(16) && out.device_ptr().is_multiple_of(16);
+    args.extend([
+        ArgValue::I32(bs),
+        ArgValue::Ptr(embed.device_ptr()),
+        ArgValue::Ptr(out.device_ptr()),
+        ArgValue::I64(i64_of(K, "cols", es[1] as u64)?),
+        ArgValue::I64(i64_of(K, "table rows", es[0] as u64)?),
+        ArgValue::I32(i32::from(vec)),
+    ]);
+    Ok(EnginePlan {
+        cooperative: false,
+        module: EngineModule::Engine(embed.dtype(), EnginePart::Misc),
+        symbol,
+        grid: [1, 1, 1],
+        block: [256, 1, 1],
+        args,
     })
 }
 
@@ -1466,6 +1528,25 @@ mod tests {
         assert!(plan_decode_advance(&ix, &one, 0).is_err());
         assert!(plan_decode_advance(&ix, &t(DType::U32, &[1]), 16).is_err());
         assert!(plan_decode_advance(&DecodeIndex { table: &t(DType::I32, &[0]), ..ix }, &one, 16).is_err());
+        let (embed, row) = (t(DType::BF16, &[128_256, 2048]), t(DType::BF16, &[1, 2048]));
+        let ag = plan_decode_advance_gather(&ix, &one, &embed, &row, 16).unwrap();
+        assert_eq!(
+            (ag.symbol.as_str(), ag.module, ag.grid, ag.args[6], ag.args[11]),
+            (
+                "rf_decode_advance_gather_bf16",
+                EngineModule::Engine(DType::BF16, EnginePart::Misc),
+                [1, 1, 1],
+                ArgValue::I32(16),
+                ArgValue::I32(1)
+            )
+        );
+        let odd = plan_decode_advance_gather(&ix, &one, &t(DType::BF16, &[100, 63]), &t(DType::BF16, &[63]), 16).unwrap();
+        assert_eq!(odd.args[11], ArgValue::I32(0));
+        assert!(plan_decode_advance_gather(&ix, &one, &embed, &row, 0).is_err());
+        assert!(plan_decode_advance_gather(&ix, &t(DType::F32, &[1]), &embed, &row, 16).is_err());
+        assert!(plan_decode_advance_gather(&ix, &one, &embed, &t(DType::F16, &[1, 2048]), 16).is_err());
+        assert!(plan_decode_advance_gather(&ix, &one, &embed, &t(DType::BF16, &[2, 2048]), 16).is_err());
+        assert!(plan_decode_advance_gather(&ix, &one, &t(DType::I32, &[100, 2048]), &t(DType::I32, &[2048]), 16).is_err());
         // 128256 columns, k 1024: 16 chunks, then 2 blocks of 8 groups, then one.
         let ws = topk_staged_workspace(2, 128_256, 1024);
         assert_eq!(ws, 2 * 1024 * (16 + 2));
