@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use rocmforge_dsl::rope::inv_freq;
-use rocmforge_runtime::cuda::{CudaDevice, CudaError, CudaEvent, DeviceGraph, DeviceTensor, DeviceViewMut};
+use rocmforge_runtime::cuda::{CudaDevice, CudaError, CudaEvent, DeviceGraph, DeviceTensor, DeviceView, DeviceViewMut};
 use rocmforge_runtime::engine::{
     argmax_workspace, decode_step_table, decode_step_ticks, decode_step_unsupported, decode_step_workspace, plan_argmax,
     plan_decode_advance, plan_decode_advance_gather, plan_decode_step, plan_gather, plan_gemm, plan_gemv, plan_gemv_pairs, plan_penalize,
@@ -133,6 +133,34 @@ struct Layout {
     /// A step of a chain of greedy steps ([`GpuModel::capture_chain`]): its embedding
     /// was gathered by the index advance before it.
     chain: bool,
+}
+
+/// The staged index of a one-token step of one sequence, as the device-side advance
+/// reads and writes it: its id, position, slot and length, and the first `pages` entries
+/// of its block table row (views of `Scratch::index` at [`IndexOffsets`]`(1, 1)`).
+struct OneStepIndex<'a> {
+    ids: DeviceView<'a>,
+    pos: DeviceView<'a>,
+    slots: DeviceView<'a>,
+    lens: DeviceView<'a>,
+    table: DeviceView<'a>,
+}
+
+impl<'a> OneStepIndex<'a> {
+    fn new(index: &'a DeviceTensor, pages: usize) -> Result<Self> {
+        let o = IndexOffsets::new(1, 1);
+        Ok(OneStepIndex {
+            ids: index.view(0, &[1])?,
+            pos: index.view(o.pos, &[1])?,
+            slots: index.view(o.slots, &[1])?,
+            lens: index.view(o.lens, &[1])?,
+            table: index.view(o.table, &[pages])?,
+        })
+    }
+
+    fn index(&self) -> DecodeIndex<'_> {
+        DecodeIndex { ids: &self.ids, pos: &self.pos, slots: &self.slots, lens: &self.lens, table: &self.table }
+    }
 }
 
 /// What [`GpuModel::sample`]'s draws over the GPU's top candidates copied to the host,
@@ -1121,19 +1149,11 @@ impl GpuModel {
         let layout = Layout { t: 1, nb: 1, width, max_q: 1, max_kv, chain: true };
         let dev = Arc::clone(&self.dev);
         dev.capture(|| -> Result<()> {
-            let o = IndexOffsets::new(1, 1);
             for j in 0..CHAIN {
-                let idx = &self.s.index;
-                let index = DecodeIndex {
-                    ids: &idx.view(0, &[1])?,
-                    pos: &idx.view(o.pos, &[1])?,
-                    slots: &idx.view(o.slots, &[1])?,
-                    lens: &idx.view(o.lens, &[1])?,
-                    table: &idx.view(o.table, &[width])?,
-                };
+                let ix = OneStepIndex::new(&self.s.index, width)?;
                 let next = self.s.next.view(0, &[1])?;
                 let res = self.s.res.view(0, &[1, h])?;
-                self.dev.launch_engine(&plan_decode_advance_gather(&index, &next, &self.embed, &res, bs)?)?;
+                self.dev.launch_engine(&plan_decode_advance_gather(&ix.index(), &next, &self.embed, &res, bs)?)?;
                 self.launches(&layout)?;
                 self.argmax_to_next(1, Some(&self.s.chain_ids.view(j, &[1])?))?;
             }
@@ -1157,16 +1177,8 @@ impl GpuModel {
         let Some(graph) = self.graphs.get(&(1, width)) else {
             return Ok(false);
         };
-        let o = IndexOffsets::new(1, 1);
-        let idx = &self.s.index;
-        let index = DecodeIndex {
-            ids: &idx.view(0, &[1])?,
-            pos: &idx.view(o.pos, &[1])?,
-            slots: &idx.view(o.slots, &[1])?,
-            lens: &idx.view(o.lens, &[1])?,
-            table: &idx.view(o.table, &[pages])?,
-        };
-        self.dev.launch_engine(&plan_decode_advance(&index, &self.s.next.view(0, &[1])?, bs)?)?;
+        let ix = OneStepIndex::new(&self.s.index, pages)?;
+        self.dev.launch_engine(&plan_decode_advance(&ix.index(), &self.s.next.view(0, &[1])?, bs)?)?;
         graph.launch()?;
         self.rows = 1;
         self.pool.commit(seq, 1)?;

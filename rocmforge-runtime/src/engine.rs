@@ -237,44 +237,39 @@ impl std::fmt::Debug for DecodeIndex<'_> {
 /// cannot check it).
 pub fn plan_decode_advance(index: &DecodeIndex<'_>, next: &dyn TensorArg, block_size: usize) -> Result<EnginePlan, LaunchError> {
     const K: &str = "decode_advance";
-    for (name, t) in
-        [("ids", index.ids), ("pos", index.pos), ("slots", index.slots), ("lens", index.lens), ("table", index.table), ("next", next)]
-    {
-        one_i32(K, name, t)?;
-    }
-    let bs = i32::try_from(block_size).ok().filter(|&b| b > 0).ok_or(LaunchError::Limit {
-        kernel: K.into(),
-        what: "block size",
-        value: block_size as u64,
-        limit: i32::MAX as u64,
-    })?;
     Ok(EnginePlan {
         cooperative: false,
         module: EngineModule::Engine(DType::F32, EnginePart::Misc),
         symbol: "rf_decode_advance_f32".into(),
         grid: [1, 1, 1],
         block: [32, 1, 1],
-        args: vec![
-            ArgValue::Ptr(index.ids.device_ptr()),
-            ArgValue::Ptr(index.pos.device_ptr()),
-            ArgValue::Ptr(index.slots.device_ptr()),
-            ArgValue::Ptr(index.lens.device_ptr()),
-            ArgValue::Ptr(index.table.device_ptr()),
-            ArgValue::Ptr(next.device_ptr()),
-            ArgValue::I32(bs),
-        ],
+        args: advance_args(K, index, next, block_size)?,
     })
 }
 
-/// An i32 index argument of at least one element; its address.
-fn one_i32(kernel: &str, name: &str, t: &dyn TensorArg) -> Result<u64, LaunchError> {
-    if t.dtype() != DType::I32 {
-        return Err(dtype_err(kernel, name, "i32".into(), t.dtype()));
+/// The leading arguments of a decode advance, checked: the index's and `next`'s
+/// addresses (each i32, at least one element), then the block size (positive).
+fn advance_args(kernel: &str, index: &DecodeIndex<'_>, next: &dyn TensorArg, block_size: usize) -> Result<Vec<ArgValue>, LaunchError> {
+    let mut args = Vec::with_capacity(12);
+    for (name, t) in
+        [("ids", index.ids), ("pos", index.pos), ("slots", index.slots), ("lens", index.lens), ("table", index.table), ("next", next)]
+    {
+        if t.dtype() != DType::I32 {
+            return Err(dtype_err(kernel, name, "i32".into(), t.dtype()));
+        }
+        if t.shape().iter().product::<usize>() == 0 {
+            return Err(shape_err(kernel, name, "at least one element".into(), t.shape()));
+        }
+        args.push(ArgValue::Ptr(t.device_ptr()));
     }
-    if t.shape().iter().product::<usize>() == 0 {
-        return Err(shape_err(kernel, name, "at least one element".into(), t.shape()));
-    }
-    Ok(t.device_ptr())
+    let bs = i32::try_from(block_size).ok().filter(|&b| b > 0).ok_or(LaunchError::Limit {
+        kernel: kernel.into(),
+        what: "block size",
+        value: block_size as u64,
+        limit: i32::MAX as u64,
+    })?;
+    args.push(ArgValue::I32(bs));
+    Ok(args)
 }
 
 /// Plans the next step of a one-sequence greedy decode and its embedding in one launch
@@ -291,18 +286,7 @@ pub fn plan_decode_advance_gather(
 ) -> Result<EnginePlan, LaunchError> {
     const K: &str = "decode_advance_gather";
     let symbol = engine_symbol(K, embed.dtype())?;
-    let mut args = Vec::with_capacity(12);
-    for (name, t) in
-        [("ids", index.ids), ("pos", index.pos), ("slots", index.slots), ("lens", index.lens), ("table", index.table), ("next", next)]
-    {
-        args.push(ArgValue::Ptr(one_i32(K, name, t)?));
-    }
-    let bs = i32::try_from(block_size).ok().filter(|&b| b > 0).ok_or(LaunchError::Limit {
-        kernel: K.into(),
-        what: "block size",
-        value: block_size as u64,
-        limit: i32::MAX as u64,
-    })?;
+    let mut args = advance_args(K, index, next, block_size)?;
     if out.dtype() != embed.dtype() {
         return Err(dtype_err(K, "out", embed.dtype().to_string(), out.dtype()));
     }
@@ -316,7 +300,6 @@ pub fn plan_decode_advance_gather(
     let elem = embed.dtype().size() as u64;
     let vec = (es[1] as u64 * elem).is_multiple_of(16) && embed.device_ptr().is_multiple_of(16) && out.device_ptr().is_multiple_of(16);
     args.extend([
-        ArgValue::I32(bs),
         ArgValue::Ptr(embed.device_ptr()),
         ArgValue::Ptr(out.device_ptr()),
         ArgValue::I64(i64_of(K, "cols", es[1] as u64)?),
