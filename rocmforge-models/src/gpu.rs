@@ -1117,9 +1117,10 @@ impl GpuModel {
             let graph = self.capture_chain(width)?;
             self.chains.insert(width, graph);
         }
-        if let Some(graph) = self.chains.get(&width) {
-            graph.launch()?;
-        }
+        let Some(graph) = self.chains.get(&width) else {
+            return Ok(false);
+        };
+        graph.launch()?;
         self.dev.copy_view(&self.s.chain_ids, ids)?;
         self.rows = 1;
         self.pool.commit(seq, CHAIN)?;
