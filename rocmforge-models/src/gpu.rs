@@ -1108,11 +1108,10 @@ impl GpuModel {
     /// width exists; `false`, with nothing done, otherwise. The chain's graph is captured
     /// at its first use (or by `warm_up`).
     fn chain(&mut self, seq: &mut KvSeq, ids: &mut DeviceViewMut<'_>) -> Result<bool> {
-        let pages = seq.blocks().len();
         if !self.chain_applies(seq) {
             return Ok(false);
         }
-        let width = self.graph_width(pages);
+        let width = self.graph_width(seq.blocks().len());
         if !self.chains.contains_key(&width) {
             let graph = self.capture_chain(width)?;
             self.chains.insert(width, graph);
@@ -1148,13 +1147,14 @@ impl GpuModel {
         let h = self.cfg.hidden;
         let max_kv = (width * bs).min(self.plan.max_context as usize);
         let layout = Layout { t: 1, nb: 1, width, max_q: 1, max_kv, chain: true };
+        // Every step advances the same staged index: one plan, launched CHAIN times.
+        let ix = OneStepIndex::new(&self.s.index, width)?;
+        let (next, res) = (self.s.next.view(0, &[1])?, self.s.res.view(0, &[1, h])?);
+        let advance = plan_decode_advance_gather(&ix.index(), &next, &self.embed, &res, bs)?;
         let dev = Arc::clone(&self.dev);
         dev.capture(|| -> Result<()> {
             for j in 0..CHAIN {
-                let ix = OneStepIndex::new(&self.s.index, width)?;
-                let next = self.s.next.view(0, &[1])?;
-                let res = self.s.res.view(0, &[1, h])?;
-                self.dev.launch_engine(&plan_decode_advance_gather(&ix.index(), &next, &self.embed, &res, bs)?)?;
+                self.dev.launch_engine(&advance)?;
                 self.launches(&layout)?;
                 self.argmax_to_next(1, Some(&self.s.chain_ids.view(j, &[1])?))?;
             }

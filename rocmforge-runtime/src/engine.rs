@@ -174,22 +174,14 @@ pub fn plan_gather(
     if idx.dtype() != DType::I32 {
         return Err(dtype_err(K, "idx", "i32".into(), idx.dtype()));
     }
-    if out.dtype() != table.dtype() {
-        return Err(dtype_err(K, "out", table.dtype().to_string(), out.dtype()));
-    }
-    let ts = table.shape();
-    if ts.len() != 2 || ts[0] == 0 || ts[1] == 0 {
-        return Err(shape_err(K, "table", "[rows, cols], non-empty".into(), ts));
-    }
+    let (rows, cols, vec) = gather_table(K, table, out)?;
     let n = match idx.shape() {
         [n] if *n > 0 => *n as u64,
         s => return Err(shape_err(K, "idx", "[n], non-empty".into(), s)),
     };
-    if out.shape() != [n as usize, ts[1]] {
-        return Err(shape_err(K, "out", format!("[{n}, {}]", ts[1]), out.shape()));
+    if out.shape() != [n as usize, cols as usize] {
+        return Err(shape_err(K, "out", format!("[{n}, {cols}]"), out.shape()));
     }
-    let elem = table.dtype().size() as u64;
-    let vec = (ts[1] as u64 * elem).is_multiple_of(16) && table.device_ptr().is_multiple_of(16) && out.device_ptr().is_multiple_of(16);
     Ok(EnginePlan {
         cooperative: false,
         module: EngineModule::Engine(table.dtype(), EnginePart::Misc),
@@ -201,11 +193,29 @@ pub fn plan_gather(
             ArgValue::Ptr(idx.device_ptr()),
             ArgValue::Ptr(out.device_ptr()),
             ArgValue::I64(i64_of(K, "rows", n)?),
-            ArgValue::I64(i64_of(K, "cols", ts[1] as u64)?),
-            ArgValue::I64(i64_of(K, "table rows", ts[0] as u64)?),
+            ArgValue::I64(i64_of(K, "cols", cols)?),
+            ArgValue::I64(i64_of(K, "table rows", rows)?),
             ArgValue::I32(i32::from(vec)),
         ],
     })
+}
+
+/// A row gather's table and output, checked: `table` `[rows, cols]`, non-empty, `out` in
+/// its dtype. `(rows, cols, vec)`: `vec` where rows are copied in 16-byte groups (the row
+/// bytes and both base addresses 16-byte aligned).
+fn gather_table(kernel: &str, table: &dyn TensorArg, out: &dyn TensorArg) -> Result<(u64, u64, bool), LaunchError> {
+    if out.dtype() != table.dtype() {
+        return Err(dtype_err(kernel, "out", table.dtype().to_string(), out.dtype()));
+    }
+    let ts = table.shape();
+    if ts.len() != 2 || ts[0] == 0 || ts[1] == 0 {
+        return Err(shape_err(kernel, "table", "[rows, cols], non-empty".into(), ts));
+    }
+    let (rows, cols) = (ts[0] as u64, ts[1] as u64);
+    let vec = (cols * table.dtype().size() as u64).is_multiple_of(16)
+        && table.device_ptr().is_multiple_of(16)
+        && out.device_ptr().is_multiple_of(16);
+    Ok((rows, cols, vec))
 }
 
 /// The index of a one-sequence decode step, as the model stages it (i32 windows of one
@@ -287,23 +297,15 @@ pub fn plan_decode_advance_gather(
     const K: &str = "decode_advance_gather";
     let symbol = engine_symbol(K, embed.dtype())?;
     let mut args = advance_args(K, index, next, block_size)?;
-    if out.dtype() != embed.dtype() {
-        return Err(dtype_err(K, "out", embed.dtype().to_string(), out.dtype()));
+    let (rows, cols, vec) = gather_table(K, embed, out)?;
+    if out.shape().iter().product::<usize>() as u64 != cols {
+        return Err(shape_err(K, "out", format!("{cols} elements (one row)"), out.shape()));
     }
-    let es = embed.shape();
-    if es.len() != 2 || es[0] == 0 || es[1] == 0 {
-        return Err(shape_err(K, "embed", "[rows, cols], non-empty".into(), es));
-    }
-    if out.shape().iter().product::<usize>() != es[1] {
-        return Err(shape_err(K, "out", format!("{} elements (one row)", es[1]), out.shape()));
-    }
-    let elem = embed.dtype().size() as u64;
-    let vec = (es[1] as u64 * elem).is_multiple_of(16) && embed.device_ptr().is_multiple_of(16) && out.device_ptr().is_multiple_of(16);
     args.extend([
         ArgValue::Ptr(embed.device_ptr()),
         ArgValue::Ptr(out.device_ptr()),
-        ArgValue::I64(i64_of(K, "cols", es[1] as u64)?),
-        ArgValue::I64(i64_of(K, "table rows", es[0] as u64)?),
+        ArgValue::I64(i64_of(K, "cols", cols)?),
+        ArgValue::I64(i64_of(K, "table rows", rows)?),
         ArgValue::I32(i32::from(vec)),
     ]);
     Ok(EnginePlan {
