@@ -19,28 +19,7 @@
 // launches. Prints the step's time (median of 50 graph replays) and the fraction of the
 // limit (the weight bytes over the device-to-device copy rate measured here, read+write,
 // as `bench` computes it). Run: scripts/membench/run.sh on the GPU machine.
-#include "common.cuh"
-
-// One warp per row, `groups` 16-byte groups a row, four loads in flight a lane.
-__global__ void __launch_bounds__(128) rows(const uint4* __restrict__ w, const uint4* __restrict__ x, long long n, int groups, float* out) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const long long r = (long long)blockIdx.x * 4 + warp;
-    if (r >= n) return;
-    const uint4* wr = w + r * groups;
-    float acc = 0.f;
-    int g = lane;
-    for (; g + 96 < groups; g += 128) {
-        uint4 v[4];
-#pragma unroll
-        for (int u = 0; u < 4; ++u) v[u] = wr[g + u * 32];
-#pragma unroll
-        for (int u = 0; u < 4; ++u) acc += dot8(v[u], x[g + u * 32]);
-    }
-    for (; g < groups; g += 32) acc += dot8(wr[g], x[g]);
-#pragma unroll
-    for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-    if (lane == 0) out[r] = acc;
-}
+#include "step_kernels.cuh"
 
 // S warps per row (split over k, summed through shared memory), U loads in flight a
 // lane, 128-thread workgroups (4 / S rows each; S 8: 256 threads, one row). P: programmatic
@@ -141,19 +120,7 @@ __global__ void __launch_bounds__(S == 8 ? 256 : 128) split(const uint4* __restr
         for (; g < per; g += 32) acc += dot8(wr[g], xr[g]);
     }
     if (P == 2 || P == 5) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#pragma unroll
-    for (int o = 16; o; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-    if (S == 1) {
-        if (lane == 0 && r < n) out[r] = acc;
-        return;
-    }
-    if (lane == 0) part[warp] = acc;
-    __syncthreads();
-    if (warp % S == 0 && lane == 0 && r < n) {
-        float t = 0.f;
-        for (int j = 0; j < S; ++j) t += part[warp + j];
-        out[r] = t;
-    }
+    join_row<S>(acc, part, warp, lane, r, n, out);
 }
 
 // Launches kernel `k` as a programmatic dependent of the launch queued before it on `st`.
@@ -224,11 +191,6 @@ __global__ void __launch_bounds__(256) flat(const uint4* __restrict__ p, long lo
     if (acc == 1.2345f) out[0] = acc;
 }
 
-// A near-empty launch (a stand-in for a launch that reads almost nothing).
-__global__ void __launch_bounds__(128) tiny(float* out) {
-    if (threadIdx.x == 0) out[blockIdx.x] = 1.0f;
-}
-
 // The same, launched as a programmatic dependent: triggers, waits, then writes.
 __global__ void __launch_bounds__(128) tiny_pdl(float* out) {
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
@@ -240,60 +202,21 @@ void launch_tiny_pdl(unsigned grid, float* out, cudaStream_t st) {
     launch_dependent(tiny_pdl, grid, 128, st, out);
 }
 
-struct Mat {
-    const uint4* w;
-    long long n;
-    int k;
-};
-
 int main() {
     int sms;
     CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-    const int layers = 16, h = 2048, qkv = 3072, inter = 8192;
-    const long long vocab = 128256;
-    std::vector<std::pair<long long, int>> shapes;  // (rows, k) in launch order
-    for (int l = 0; l < layers; ++l) {
-        shapes.push_back({qkv, h});
-        shapes.push_back({h, h});
-        shapes.push_back({2ll * inter, h});
-        shapes.push_back({h, inter});
-    }
-    shapes.push_back({vocab, h});
-    long long total = 0;
-    for (auto& s : shapes) total += s.first * s.second * 2;
-    char* base;
-    CK(cudaMalloc(&base, total + (1 << 20)));
-    CK(cudaMemset(base, 1, total + (1 << 20)));
-    float* out;
-    CK(cudaMalloc(&out, 1 << 22));
-    uint4* x;
-    CK(cudaMalloc(&x, inter * 2));
-    CK(cudaMemset(x, 0, inter * 2));
-    std::vector<Mat> mats;
-    long long off = 0;
-    for (auto& s : shapes) {
-        mats.push_back({reinterpret_cast<const uint4*>(base + off), s.first, s.second});
-        off += s.first * s.second * 2;
-    }
+    StepWeights sw;
+    if (make_step_weights(sw, false)) return 1;
+    const std::vector<Mat>& mats = sw.mats;
+    const long long total = sw.bytes;
+    float* out = sw.out;
+    const uint4* x = sw.x;
     cudaStream_t st;
     CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     // Median of 50 runs after 5 warm-ups.
     auto time_it = [&](auto f) { return median_ms(st, 5, 50, f); };
-    // Copy bandwidth (bytes read + written) over 1 GiB, as the bench measures it.
-    const long long cb = 1ll << 30;
-    float copy_ms = time_it([&] { cudaMemcpyAsync(base + cb / 2, base, cb / 2, cudaMemcpyDeviceToDevice, st); });
-    const double copy_gbs = cb / copy_ms / 1e6;
-    const double limit_us = total / (copy_gbs * 1e3);
-    printf("weights %.3f GB, copy %.0f GB/s -> limit %.1f us a step (%.1f tok/s)\n", total / 1e9, copy_gbs, limit_us, 1e6 / limit_us);
-    auto graph_of = [&](auto body) {
-        cudaGraph_t g;
-        cudaGraphExec_t e;
-        cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal);
-        body();
-        cudaStreamEndCapture(st, &g);
-        cudaGraphInstantiate(&e, g, 0);
-        return e;
-    };
+    const double limit_us = step_limit_us(sw, st);
+    auto graph_of = [&](auto body) { return ::graph_of(st, body); };
     auto report = [&](const char* what, int launches, cudaGraphExec_t e) {
         float ms = time_it([&] { cudaGraphLaunch(e, st); });
         printf("%-28s %3d launches: %7.1f us a step, %.3f of the limit (%.1f tok/s)\n", what, launches, ms * 1e3, limit_us / (ms * 1e3), 1e3 / ms);
@@ -303,7 +226,7 @@ int main() {
         if (slots) { tiny<<<1, 128, 0, st>>>(out); ++launches; }
         for (size_t i = 0; i < mats.size(); ++i) {
             const Mat& m = mats[i];
-            rows<<<(unsigned)((m.n + 3) / 4), 128, 0, st>>>(m.w, x, m.n, m.k / 8, out);
+            launch_product<1>(m.w, x, m.n, m.k / 8, out, st);
             ++launches;
             if (slots && i % 4 == 0 && i + 1 < mats.size()) { tiny<<<32, 128, 0, st>>>(out); ++launches; }
         }
