@@ -983,41 +983,7 @@ pub struct DeviceViewMut<'a> {
     _t: std::marker::PhantomData<&'a mut DeviceTensor>,
 }
 
-impl TensorArg for DeviceView<'_> {
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn device_ptr(&self) -> u64 {
-        self.ptr
-    }
-}
-
-impl TensorArg for DeviceViewMut<'_> {
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn device_ptr(&self) -> u64 {
-        self.ptr
-    }
-}
-
-impl TensorArg for DeviceTensor {
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn device_ptr(&self) -> u64 {
-        self.ptr
-    }
-}
+crate::plan::impl_tensor_arg!(DeviceView<'_>, DeviceViewMut<'_>, DeviceTensor);
 
 impl Drop for DeviceTensor {
     fn drop(&mut self) {
