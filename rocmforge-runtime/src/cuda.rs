@@ -983,7 +983,7 @@ pub struct DeviceViewMut<'a> {
     _t: std::marker::PhantomData<&'a mut DeviceTensor>,
 }
 
-crate::plan::impl_tensor_arg!(DeviceView<'_>, DeviceViewMut<'_>, DeviceTensor);
+impl_tensor_arg!(DeviceView<'_>, DeviceViewMut<'_>, DeviceTensor);
 
 impl Drop for DeviceTensor {
     fn drop(&mut self) {

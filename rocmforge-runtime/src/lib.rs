@@ -9,6 +9,25 @@
 //! - `cuda` (feature `cuda`): NVIDIA through cudarc, NVRTC to CUBIN.
 //! - `hip` (feature `rocm`): AMD through hip-runtime-sys, AOT code objects or hiprtc.
 
+// Implements `plan::TensorArg` for types with `dtype: DType`, `shape: Vec<usize>` and
+// `ptr: u64` fields (`plan::TensorDesc`, the CUDA backend's tensor and views). Defined
+// before the modules, so that each of them sees it.
+macro_rules! impl_tensor_arg {
+    ($($t:ty),+ $(,)?) => {$(
+        impl $crate::plan::TensorArg for $t {
+            fn dtype(&self) -> rocmforge_dsl::DType {
+                self.dtype
+            }
+            fn shape(&self) -> &[usize] {
+                &self.shape
+            }
+            fn device_ptr(&self) -> u64 {
+                self.ptr
+            }
+        }
+    )+};
+}
+
 pub mod cache;
 pub mod device;
 pub mod diskcache;

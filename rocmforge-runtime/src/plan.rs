@@ -206,25 +206,6 @@ impl TensorDesc {
     }
 }
 
-/// Implements [`TensorArg`] for types that hold `dtype: DType`, `shape: Vec<usize>` and
-/// `ptr: u64` fields (the descriptions here, the GPU backends' tensors and views).
-macro_rules! impl_tensor_arg {
-    ($($t:ty),+ $(,)?) => {$(
-        impl $crate::plan::TensorArg for $t {
-            fn dtype(&self) -> rocmforge_dsl::DType {
-                self.dtype
-            }
-            fn shape(&self) -> &[usize] {
-                &self.shape
-            }
-            fn device_ptr(&self) -> u64 {
-                self.ptr
-            }
-        }
-    )+};
-}
-pub(crate) use impl_tensor_arg;
-
 impl_tensor_arg!(TensorDesc);
 
 /// One argument of a launcher call.

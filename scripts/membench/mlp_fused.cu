@@ -14,6 +14,7 @@
 // more per step (gather, argmax), as the real step has. Prints the median of 50 graph
 // replays and the fraction of the limit (weight bytes over the copy rate measured here).
 // Run: WHAT=mlp_fused scripts/membench/run.sh on the GPU machine.
+#include <string>
 #include "step_kernels.cuh"
 
 // The MLP of one layer in one launch (h = 2048: 256 groups of 8 a row). `wgu`: gate rows
@@ -127,7 +128,10 @@ void launch_mlp(const Mat& gu, const Mat& d, const Mat& dt, const uint4* x, floa
     mlp<S, NT, TRANS, PRE><<<StepWeights::inter / S, NT, 0, st>>>(gu.w, TRANS ? dt.w : d.w, x, StepWeights::inter, acc);
 }
 
-int main() {
+int main(int argc, char** argv) {
+    // `once`: only the committed step (two MLP launches), replayed three times, for a
+    // kernel-by-kernel profile under Nsight Compute.
+    const bool once = argc > 1 && std::string(argv[1]) == "once";
     StepWeights w;
     if (make_step_weights(w, true)) return 1;
     cudaStream_t st;
@@ -159,8 +163,9 @@ int main() {
         {"one: S32 256t as stored, after", launch_mlp<32, 256, false, false>},
     };
     const int L = w.per_layer;
-    for (int round = 0; round < 2; ++round) {
+    for (int round = 0; round < (once ? 1 : 2); ++round) {
         for (const Variant& v : variants) {
+            if (once && v.f != launch_two) break;
             const bool two = v.f == launch_two;
             float* dst = two ? w.out : w.acc;
             // The MLP alone, 16 layers.
@@ -173,7 +178,7 @@ int main() {
             });
             char name[96];
             snprintf(name, sizeof name, "MLP only, %s", v.name);
-            report(name, n, g, false);
+            if (!once) report(name, n, g, false);
             // The whole step with the attention slots.
             n = 0;
             g = graph_of(st, [&] {
@@ -193,7 +198,12 @@ int main() {
                 n += 2;
             });
             snprintf(name, sizeof name, "step + slots, %s", v.name);
-            report(name, n, g, true);
+            if (once) {
+                for (int i = 0; i < 3; ++i) CK(cudaGraphLaunch(g, st));
+                CK(cudaStreamSynchronize(st));
+            } else {
+                report(name, n, g, true);
+            }
         }
     }
     CK(cudaGetLastError());
