@@ -13,16 +13,10 @@ cd "$(dirname "$0")/.."
     "$out/mlp_fused" once > "$out/ceiling-ncu.csv" 2> "$out/ceiling-ncu.err"
 echo "ncu exit $?"
 rm -f "$out/mlp_fused"
-python3 - "$out/ceiling-ncu.csv" > "$out/ceiling-kernels.txt" <<'PY'
-import csv, sys, collections
-rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"'))]
-head, rows = rows[0], rows[1:]
-ix = {k: i for i, k in enumerate(head)}
-kern = collections.OrderedDict()
-for r in rows:
-    k = kern.setdefault(int(r[ix["ID"]]), {"name": r[ix["Kernel Name"]]})
-    k[r[ix["Metric Name"]]] = float(r[ix["Metric Value"]].replace(",", ""))
-ks = list(kern.values())
+PYTHONPATH=scripts python3 - "$out/ceiling-ncu.csv" > "$out/ceiling-kernels.txt" <<'PY'
+import sys, collections
+from ncu_kernels import kernels
+ks = kernels(sys.argv[1])
 step = ks[-83:]  # the last replay: gather slot, 16 x (q/k/v, attention slot, o, gate/up, down), LM head, argmax slot
 places = ["q/k/v (2 warps a row)", "attention slot", "o (2 warps a row)", "gate/up (1 warp a row)", "down (2 warps a row)"]
 agg = collections.OrderedDict((p, [0, 0.0, 0.0]) for p in ["gather slot"] + places + ["LM head (1 warp a row)", "argmax slot"])

@@ -14,17 +14,10 @@ preset=${PRESET:-llama3.2-1b}
     --metrics gpu__time_duration.sum,dram__bytes_read.sum,launch__grid_size,launch__block_size,launch__registers_per_thread,launch__waves_per_multiprocessor \
     "$bin" --preset "$preset" -p 8 -n "${N:-4}" -b "" --context 0 -r 1 --gpu-memory-fraction 0.3 > "$out/ncu.csv" 2> "$out/ncu.err"
 echo "ncu exit $?"
-python3 - "$out/ncu.csv" > "$out/per-kernel.txt" <<'PY'
-import csv, sys, collections
-rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"'))]
-head, rows = rows[0], rows[1:]
-ix = {k: i for i, k in enumerate(head)}
-kern = collections.OrderedDict()
-for r in rows:
-    key = int(r[ix["ID"]])
-    k = kern.setdefault(key, {"name": r[ix["Kernel Name"]]})
-    k[r[ix["Metric Name"]]] = float(r[ix["Metric Value"]].replace(",", ""))
-ks = list(kern.values())
+PYTHONPATH=scripts python3 - "$out/ncu.csv" > "$out/per-kernel.txt" <<'PY'
+import sys, collections
+from ncu_kernels import kernels
+ks = kernels(sys.argv[1])
 # The last decode step: from the last embedding gather to the end.
 starts = [i for i, k in enumerate(ks) if "gather" in k["name"]]
 step = ks[starts[-2]:starts[-1]] if len(starts) > 1 else ks
