@@ -167,10 +167,11 @@ fn gpu_generate(
         let chunks: Vec<usize> = prompt_ids.chunks(g.options().max_batch_tokens.max(1)).map(<[u32]>::len).collect();
         g.warm_up(&chunks, tokens).map_err(|e| err(&e))?;
     }
-    // A conversation of one turn: greedy decode runs pipelined on the device, 17 tokens
-    // at a time (a step staged on the host, then two chains of 8 steps replayed as one
-    // graph each).
-    let mut conv = rocmforge_models::chat::Conversation::new(rocmforge_models::gpu::GpuDecoder::new(&mut g)).pipelined(17);
+    // A conversation of one turn: greedy decode runs pipelined on the device, a step
+    // staged on the host then two chains of greedy steps (each replayed as one graph) at
+    // a time.
+    let round = 1 + 2 * rocmforge_models::gpu::CHAIN;
+    let mut conv = rocmforge_models::chat::Conversation::new(rocmforge_models::gpu::GpuDecoder::new(&mut g)).pipelined(round);
     conv.generate(&model.codec, prompt_ids, opts, on_text).map(|t| t.generation).map_err(|e| err(&e))
 }
 

@@ -154,8 +154,8 @@ fn gpu_batched(g: &mut GpuModel, prompts: &[Vec<u32>]) -> Res<Vec<Vec<Vec<f32>>>
 /// replays: the Llama fixture, its context raised to 1200 positions (four graph widths:
 /// 16, 32, 64 pages, then the 75 the cache holds), is warmed up, fed a 300-token prompt
 /// and decoded (pipelined, then token by token) to the end of its cache; no graph (nor
-/// chain of greedy steps) may be captured after the warm-up. The tokens are not checked (past the fixture's trained 256
-/// positions they mean little); the decode must run.
+/// chain of greedy steps) may be captured after the warm-up. The tokens are not checked
+/// (past the fixture's trained 256 positions they mean little); the decode must run.
 fn check_warm_up(dev: &Arc<CudaDevice>, tally: &mut Tally) -> Res<()> {
     const LEN: usize = 1200;
     let dir = fixtures().join("llama");

@@ -280,8 +280,10 @@ const GEMV_ROWS: usize = 1;
 /// times, so the stream holds one launch where it held three a step. H200, Llama-3.2-1B
 /// shape: the advance and the argmax as launches of their own cost 8.5 and 7.5 us a step
 /// (860.6 us against 844.6 for the forward's graph replayed alone); chained, tg128 1167
-/// against 1161 tok/s (`benches/logs/h200-2026-11-30/`).
-const CHAIN: usize = 8;
+/// against 1161 tok/s (`benches/logs/h200-2026-11-30/`). Callers that decode greedily in
+/// rounds (`generate`'s pipelined conversation) take `1 + k * CHAIN` tokens a round: one
+/// host-staged step, then `k` chains.
+pub const CHAIN: usize = 8;
 
 /// Chains a host-staged greedy step reserves pages for ahead of it, so that the block
 /// table it stages serves that many chains: a step staged on the host (a new page) comes
@@ -1112,11 +1114,7 @@ impl GpuModel {
             return Ok(false);
         }
         let width = self.graph_width(seq.blocks().len());
-        if !self.chains.contains_key(&width) {
-            let graph = self.capture_chain(width)?;
-            self.chains.insert(width, graph);
-        }
-        let Some(graph) = self.chains.get(&width) else {
+        let Some(graph) = self.chain_graph(width)? else {
             return Ok(false);
         };
         graph.launch()?;
@@ -1124,6 +1122,15 @@ impl GpuModel {
         self.rows = 1;
         self.pool.commit(seq, CHAIN)?;
         Ok(true)
+    }
+
+    /// The chain of greedy steps at table width `width`, captured at its first call.
+    fn chain_graph(&mut self, width: usize) -> Result<Option<&DeviceGraph>> {
+        if !self.chains.contains_key(&width) {
+            let graph = self.capture_chain(width)?;
+            self.chains.insert(width, graph);
+        }
+        Ok(self.chains.get(&width))
     }
 
     /// Whether `CHAIN` device-advanced steps can follow the last forward of `seq`: graphs
@@ -1274,12 +1281,10 @@ impl GpuModel {
             width = self.graph_width(seq.blocks().len());
         }
         // The chains of greedy steps at every width captured above.
-        let mut widths: Vec<usize> =
-            self.graphs.keys().filter(|k| k.0 == 1).map(|k| k.1).filter(|w| !self.chains.contains_key(w)).collect();
+        let mut widths: Vec<usize> = self.graphs.keys().filter(|k| k.0 == 1).map(|k| k.1).collect();
         widths.sort_unstable();
         for w in widths {
-            let graph = self.capture_chain(w)?;
-            self.chains.insert(w, graph);
+            self.chain_graph(w)?;
         }
         Ok(())
     }
