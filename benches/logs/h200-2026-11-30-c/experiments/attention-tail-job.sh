@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
+# Kept as it ran in jobs 3-5: it lived at scripts/attention-tail-job.sh (its `cd` below
+# assumes that place) with attention-tail-v3.patch applied, which adds the
+# `--attention-tail` flag it passes; neither is in the committed tree.
+#
 # The decode attention as the q/k/v product's tail against the split-KV decode kernel, on
 # the GPU machine. In order, each part skippable:
 # - model_check (SKIP_CHECKS=1 skips), its attention-tail lines and any failure;
 # - with PROFILE=1, one decode step under Nsight Compute with the tail and without
 #   (scripts/decode-profile.sh of each of PROFILE_BINS, default "bench bench-notail",
-#   bench-notail being bench with the tail off; the q/k/v and attention kernels' lines), and the tail
-#   kernels' registers and stack (cuobjdump -res-usage of the job's kernel cache);
+#   bench-notail being bench with the tail off; the q/k/v and attention kernels'
+#   lines), and the tail kernels' registers and stack (cuobjdump -res-usage of the
+#   job's kernel cache);
 # - tg128 of PRESETS with `--attention-tail=0` and the default, alternating, ROUNDS
 #   rounds (scripts/decode-ab.sh; SKIP_AB=1 skips);
 # - where CONTEXTS is set, the long-context decode (`--context N`) of the 1B shape at each
