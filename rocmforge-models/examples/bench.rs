@@ -106,6 +106,10 @@ struct Args {
     /// epilogues of the gate/up and q/k/v products.
     #[arg(long)]
     no_pair_epilogues: bool,
+    /// Keep each RMSNorm's weight apart instead of folding it into the columns of the
+    /// product after it at load (the decode products then load and apply it).
+    #[arg(long)]
+    no_fold_norms: bool,
     /// Decode of one sequence as one persistent launch of the whole step (every layer and
     /// the LM head, grid barriers between the phases) instead of one launch per stage.
     /// Slower so far; see benches/RESULTS.md.
@@ -316,6 +320,7 @@ fn run(args: &Args) -> Res<serde_json::Value> {
         cuda_graphs: !args.no_graphs,
         gemv: !args.no_gemv,
         pair_epilogues: !args.no_pair_epilogues,
+        fold_norms: !args.no_fold_norms,
         persistent_decode: args.persistent,
         step_clock: args.step_clock,
         ..GpuOptions::default()
@@ -493,6 +498,7 @@ fn run(args: &Args) -> Res<serde_json::Value> {
         "decode_products": if args.no_gemv { "cublas" } else { "gemv kernel at one sequence, cublas at more" },
         "cuda_graphs": !args.no_graphs,
         "pair_epilogues": !args.no_gemv && !args.no_pair_epilogues,
+        "fold_norms": !args.no_fold_norms,
         "persistent_decode": g.persistent_decode(),
         "weight_bytes": mem.weights,
         "kv_cache_tokens": mem.kv_tokens,

@@ -24,6 +24,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use rocmforge_models::gpu::{GpuModel, GpuOptions, RandomWeights, SeqTokens};
+use rocmforge_models::kernels;
 use rocmforge_models::sampling::{argmax, merge_mass, Rng, Sampler, SamplingParams};
 use rocmforge_models::transformer::Logits;
 use rocmforge_models::weights::{encode, Checkpoint};
@@ -31,7 +32,8 @@ use rocmforge_models::{LoadOptions, Model};
 use rocmforge_runtime::cuda::CudaDevice;
 use rocmforge_runtime::engine::{
     argmax_workspace, plan_argmax, plan_gather, plan_gemv, plan_gemv_pairs, plan_penalize, plan_qkv_post, plan_softmax_mass,
-    plan_swiglu_rows, plan_topk_staged, softmax_mass_parts, topk_staged_workspace, EnginePlan, GemvFusion, PairEpilogue, QkvPost, TOPK_MAX,
+    plan_swiglu_rows, plan_topk_staged, softmax_mass_parts, topk_staged_workspace, EnginePlan, GemvFusion, PairEpilogue, QkvPost, RmsNorm,
+    TOPK_MAX,
 };
 use rocmforge_runtime::{DType, TensorArg};
 
@@ -231,28 +233,12 @@ fn check_fixture(dev: &Arc<CudaDevice>, name: &str, tally: &mut Tally) -> Res<()
             piped == steps,
             format!("model {name:<10} {dtype:<5} pipelined greedy decode vs token by token: {agree}/{n} ids identical"),
         );
-        let mut singles = Vec::new();
-        for (p, (cpu_ids, cpu_logits)) in prompts.iter().zip(&cpu) {
-            let (ids, logits) = gpu_run(&mut g, p, cpu_ids)?;
-            let (at, worst) =
-                logits
-                    .iter()
-                    .zip(cpu_logits)
-                    .map(|(a, b)| nmse(a, b))
-                    .enumerate()
-                    .fold((0, 0.0), |m, (i, e)| if e > m.1 { (i, e) } else { m });
-            let same = ids == *cpu_ids;
-            let agree = ids.iter().zip(cpu_ids).filter(|(a, b)| a == b).count();
-            tally.check(
-                worst <= bound(dtype) && (same || dtype != DType::F32),
-                format!(
-                    "model {name:<10} {dtype:<5} prompt {:>3} tokens: logits nmse max {worst:.2e} at step {at} (bound {:.0e}), greedy ids {agree}/{STEPS} identical",
-                    p.len(),
-                    bound(dtype)
-                ),
-            );
-            singles.push(logits);
-        }
+        let singles = against_cpu(&mut g, (name, dtype, ""), &prompts, &cpu, tally)?;
+        // The norms' weights kept apart instead of folded into the products after them.
+        let mut kept =
+            GpuModel::load(dev, model.transformer.config().clone(), &mut &ck, GpuOptions { fold_norms: false, ..opts }, |_, _| {})?;
+        against_cpu(&mut kept, (name, dtype, " norms unfolded"), &prompts, &cpu, tally)?;
+        drop(kept);
         // The persistent decode step against the layered decode (one launch per stage):
         // the same products in the same order, attention split differently.
         let persistent = GpuOptions { persistent_decode: true, ..opts };
@@ -297,6 +283,36 @@ fn check_fixture(dev: &Arc<CudaDevice>, name: &str, tally: &mut Tally) -> Res<()
         }
     }
     Ok(())
+}
+
+/// Each prompt through the GPU model against the CPU's logits and greedy ids
+/// ([`cpu_run`]): logits nMSE within the dtype's bound at every step, the same ids for
+/// f32 weights. Returns the GPU's logits per prompt.
+fn against_cpu(
+    g: &mut GpuModel,
+    (name, dtype, what): (&str, DType, &str),
+    prompts: &[Vec<u32>],
+    cpu: &[(Vec<u32>, Vec<Vec<f32>>)],
+    tally: &mut Tally,
+) -> Res<Vec<Vec<Vec<f32>>>> {
+    let mut all = Vec::new();
+    for (p, (cpu_ids, cpu_logits)) in prompts.iter().zip(cpu) {
+        let (ids, logits) = gpu_run(g, p, cpu_ids)?;
+        let (at, worst) =
+            logits.iter().zip(cpu_logits).map(|(a, b)| nmse(a, b)).enumerate().fold((0, 0.0), |m, (i, e)| if e > m.1 { (i, e) } else { m });
+        let same = ids == *cpu_ids;
+        let agree = ids.iter().zip(cpu_ids).filter(|(a, b)| a == b).count();
+        tally.check(
+            worst <= bound(dtype) && (same || dtype != DType::F32),
+            format!(
+                "model {name:<10} {dtype:<5}{what} prompt {:>3} tokens: logits nmse max {worst:.2e} at step {at} (bound {:.0e}), greedy ids {agree}/{STEPS} identical",
+                p.len(),
+                bound(dtype)
+            ),
+        );
+        all.push(logits);
+    }
+    Ok(all)
 }
 
 fn rand_rows(rng: &mut Rng, n: usize) -> Vec<f32> {
@@ -455,7 +471,7 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
             let up = |v: &[f32], shape: &[usize]| dev.upload_bytes(dtype, shape, &encode(v, dtype));
             let (x, w, g, b) = (up(&xr, &[m, kk])?, up(&wr, &[n, kk])?, up(&gr, &[kk])?, up(&br, &[n])?);
             let out = up(&rr, &[m, n])?;
-            let f = GemvFusion { norm: Some((&g, 1e-5)), bias: Some(&b), residual: Some(&out), ..GemvFusion::default() };
+            let f = GemvFusion { norm: Some(RmsNorm::new(&g, 1e-5)), bias: Some(&b), residual: Some(&out), ..GemvFusion::default() };
             let plan = plan_gemv(&lim, &x, &w, &out, &f)?;
             dev.launch_engine(&plan)?;
             let got = dev.download(&out)?.to_f32_vec();
@@ -465,6 +481,42 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
             tally.check(
                 e <= bound,
                 format!("engine gemv  {dtype:<5} [{m}, {kk}] x [{n}, {kk}]^T, norm + bias + residual in place, warps a row {split}: nmse {e:.2e} (bound {bound:.0e})"),
+            );
+            // The norm's weight folded into w's columns on the device, as the model
+            // loader does (the DSL's `scale_columns`, in place): the folded weights bit
+            // for bit against the host's rounding of w * g (one f32 product), then the
+            // product without g (mode 3) against f64 over the folded weights.
+            let mut wf = up(&wr, &[n, kk])?;
+            let k_scale = kernels::scale_columns::kernel()?;
+            dev.launch(k_scale, &kernels::scale_columns::plan(&lim, &mut wf.view_mut(0, &[n, kk])?, &g)?)?;
+            let wf_host: Vec<f32> = (0..n * kk).map(|i| dtype.round_f32(wr[i] * gr[i % kk])).collect();
+            let diff = dev
+                .read_bytes(&wf)?
+                .chunks_exact(dtype.size())
+                .zip(encode(&wf_host, dtype).chunks_exact(dtype.size()))
+                .filter(|(a, b)| a != b)
+                .count();
+            tally.check(
+                diff == 0,
+                format!("scale_columns {dtype:<5} [{n}, {kk}] in place: {diff} of {} elements differ from the host's w * g", n * kk),
+            );
+            let want_folded: Vec<f32> = (0..m * n)
+                .map(|i| {
+                    let (r, j) = (i / n, i % n);
+                    let xrow = &xr[r * kk..(r + 1) * kk];
+                    let ms = xrow.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / kk as f64;
+                    let dot: f64 = (0..kk).map(|c| f64::from(xrow[c]) * f64::from(wf_host[j * kk + c])).sum();
+                    (dot / (ms + 1e-5).sqrt() + f64::from(br[j]) + f64::from(rr[i])) as f32
+                })
+                .collect();
+            let out = up(&rr, &[m, n])?;
+            let f = GemvFusion { norm: Some(RmsNorm::folded(1e-5)), bias: Some(&b), residual: Some(&out), ..GemvFusion::default() };
+            let plan = plan_gemv(&lim, &x, &wf, &out, &f)?;
+            dev.launch_engine(&plan)?;
+            let e = nmse(&dev.download(&out)?.to_f32_vec(), &want_folded);
+            tally.check(
+                e <= bound,
+                format!("engine gemv  {dtype:<5} [{m}, {kk}] x [{n}, {kk}]^T, folded norm + bias + residual in place, warps a row {}: nmse {e:.2e} (bound {bound:.0e})", warps_a_row(&plan)),
             );
         }
         // Gather: rows by index, one out of range (a zero row).
@@ -718,6 +770,15 @@ fn differing(
     Ok((nmse(&g, &w), diff))
 }
 
+/// A fused norm of kind 0 (none), 1 (weighted by `nw`) or 2 (folded into the weights).
+fn norm_of(kind: u8, nw: &rocmforge_runtime::cuda::DeviceTensor) -> Option<RmsNorm<'_>> {
+    match kind {
+        1 => Some(RmsNorm::new(nw, 1e-5)),
+        2 => Some(RmsNorm::folded(1e-5)),
+        _ => None,
+    }
+}
+
 /// The paired matrix-vector kernel (SwiGLU and q/k/v stage epilogues) against the two
 /// launches it replaces (`plan_gemv` then `plan_swiglu_rows` / `plan_qkv_post`), on
 /// the same random inputs: both must write the same outputs (the same arithmetic in the
@@ -726,15 +787,19 @@ fn differing(
 fn pair_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally, dtype: DType) -> Res<()> {
     let lim = *dev.limits();
     let up = |v: &[f32], shape: &[usize]| dev.upload_bytes(dtype, shape, &encode(v, dtype));
-    // SwiGLU after the gate/up product: with and without the norm and bias, the 16-byte
-    // and element paths, 1 to 5 rows.
-    for (m, inter, k, fused) in [(1usize, 300usize, 256usize, true), (3, 64, 77, false), (5, 129, 4120, true), (2, 96, 2048, true)] {
+    // The fused norm: none (and no bias), weighted, or folded into the weights.
+    const KINDS: [&str; 3] = ["none", "weighted", "folded"];
+    // SwiGLU after the gate/up product: with and without the norm (weighted or folded)
+    // and bias, the 16-byte and element paths, 1 to 5 rows.
+    for (m, inter, k, kind) in
+        [(1usize, 300usize, 256usize, 1u8), (3, 64, 77, 0), (5, 129, 4120, 1), (2, 96, 2048, 1), (1, 256, 2048, 2), (3, 64, 77, 2)]
+    {
         let x = up(&rand_rows(rng, m * k), &[m, k])?;
         let w = up(&rand_rows(rng, 2 * inter * k).iter().map(|v| v / 16.0).collect::<Vec<_>>(), &[2 * inter, k])?;
         let nw = up(&rand_rows(rng, k), &[k])?;
         let b = up(&rand_rows(rng, 2 * inter), &[2 * inter])?;
-        let norm = fused.then_some((&nw as &dyn rocmforge_runtime::TensorArg, 1e-5f32));
-        let bias = fused.then_some(&b as &dyn rocmforge_runtime::TensorArg);
+        let norm = norm_of(kind, &nw);
+        let bias = (kind != 0).then_some(&b as &dyn rocmforge_runtime::TensorArg);
         let mut y = dev.alloc(dtype, &[m, 2 * inter])?;
         let mut want = dev.alloc(dtype, &[m, inter])?;
         let mut got = dev.alloc(dtype, &[m, inter])?;
@@ -748,17 +813,19 @@ fn pair_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally, dtype: D
         let (e, diff) = differing(dev, &got, &want, dtype)?;
         tally.check(
             e <= 1e-12,
-            format!("engine gemv pairs + SwiGLU {dtype:<5} [{m}, {k}] x [{}, {k}]^T, norm+bias {fused}: nmse {e:.1e} vs gemv + swiglu_rows, {diff} of {} differ", 2 * inter, m * inter),
+            format!("engine gemv pairs + SwiGLU {dtype:<5} [{m}, {k}] x [{}, {k}]^T, norm {}: nmse {e:.1e} vs gemv + swiglu_rows, {diff} of {} differ", 2 * inter, KINDS[kind as usize], m * inter),
         );
     }
     // The q/k/v stage: full and partial rotation, GQA 2, a skipped slot (-1), head dims
     // 64 and 128, with and without the norm and bias; the caches start random and must
     // equal the reference's everywhere (written slots and the rest).
-    for (m, heads, kvh, hd, half, k, fused) in [
-        (1usize, 4usize, 2usize, 64usize, 32usize, 256usize, true),
-        (2, 4, 2, 64, 16, 72, false),
-        (3, 8, 2, 128, 64, 77, true),
-        (1, 4, 2, 64, 32, 2048, true),
+    for (m, heads, kvh, hd, half, k, kind) in [
+        (1usize, 4usize, 2usize, 64usize, 32usize, 256usize, 1u8),
+        (2, 4, 2, 64, 16, 72, 0),
+        (3, 8, 2, 128, 64, 77, 1),
+        (1, 4, 2, 64, 32, 2048, 1),
+        (1, 8, 2, 64, 32, 2048, 2),
+        (2, 4, 2, 128, 64, 77, 2),
     ] {
         let (pages, page) = (4usize, 16usize);
         let n = (heads + 2 * kvh) * hd;
@@ -766,8 +833,8 @@ fn pair_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally, dtype: D
         let w = up(&rand_rows(rng, n * k).iter().map(|v| v / 16.0).collect::<Vec<_>>(), &[n, k])?;
         let nw = up(&rand_rows(rng, k), &[k])?;
         let b = up(&rand_rows(rng, n), &[n])?;
-        let norm = fused.then_some((&nw as &dyn rocmforge_runtime::TensorArg, 1e-5f32));
-        let bias = fused.then_some(&b as &dyn rocmforge_runtime::TensorArg);
+        let norm = norm_of(kind, &nw);
+        let bias = (kind != 0).then_some(&b as &dyn rocmforge_runtime::TensorArg);
         let i32s = |v: &[i32]| dev.upload_bytes(DType::I32, &[v.len()], &v.iter().flat_map(|x| x.to_ne_bytes()).collect::<Vec<u8>>());
         let pos = i32s(&[7, 1000, 3][..m])?;
         let slots = i32s(&[37, -1, 5][..m])?;
@@ -799,7 +866,7 @@ fn pair_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally, dtype: D
         }
         tally.check(
             worst <= 1e-12,
-            format!("engine gemv pairs + q/k/v stage {dtype:<5} m {m} heads {heads}/{kvh} d {hd} rot {} k {k}, norm+bias {fused}: nmse {worst:.1e} vs gemv + qkv_post, differing (q, k cache, v cache) {diffs:?}", 2 * half),
+            format!("engine gemv pairs + q/k/v stage {dtype:<5} m {m} heads {heads}/{kvh} d {hd} rot {} k {k}, norm {}: nmse {worst:.1e} vs gemv + qkv_post, differing (q, k cache, v cache) {diffs:?}", 2 * half, KINDS[kind as usize]),
         );
     }
     Ok(())

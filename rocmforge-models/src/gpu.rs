@@ -18,7 +18,7 @@ use rocmforge_runtime::engine::{
     argmax_workspace, decode_step_table, decode_step_ticks, decode_step_unsupported, decode_step_workspace, plan_argmax,
     plan_decode_advance, plan_decode_advance_gather, plan_decode_step, plan_gather, plan_gemm, plan_gemv, plan_gemv_pairs, plan_penalize,
     plan_qkv_post, plan_softmax_mass, plan_swiglu_rows, plan_topk_staged, softmax_mass_parts, topk_staged_workspace, DecodeIndex,
-    EngineModule, EnginePart, GemvFusion, PairEpilogue, QkvPost, StepBuffers, StepDims, StepLayer, TOPK_MAX,
+    EngineModule, EnginePart, GemvFusion, PairEpilogue, QkvPost, RmsNorm, StepBuffers, StepDims, StepLayer, TOPK_MAX,
 };
 use rocmforge_runtime::{AttnSeqs, DType, Kernel, KvIndex, LaunchError, LaunchPlan, TensorArg};
 
@@ -46,15 +46,18 @@ impl From<LaunchError> for ModelError {
 /// One layer's weights on the GPU. q/k/v and gate/up are fused along the output rows,
 /// so each is one product: `wqkv` is `[(heads + 2 kv_heads) head_dim, hidden]` (q rows,
 /// then k, then v), `w_gate_up` is `[2 intermediate, hidden]` (gate rows, then up).
+/// With [`GpuOptions::fold_norms`] the two norms' weights are folded into the columns of
+/// the product after each (`wqkv[r, c] * attn_norm[c]`, `w_gate_up[r, c] *
+/// mlp_norm[c]`) and not kept (`None`).
 struct Layer {
-    attn_norm: DeviceTensor,
+    attn_norm: Option<DeviceTensor>,
     wqkv: DeviceTensor,
     bqkv: Option<DeviceTensor>,
     q_norm: Option<DeviceTensor>,
     k_norm: Option<DeviceTensor>,
     wo: DeviceTensor,
     bo: Option<DeviceTensor>,
-    mlp_norm: DeviceTensor,
+    mlp_norm: Option<DeviceTensor>,
     w_gate_up: DeviceTensor,
     b_gate_up: Option<DeviceTensor>,
     w_down: DeviceTensor,
@@ -194,8 +197,12 @@ pub struct GpuModel {
     plan: MemoryPlan,
     embed: DeviceTensor,
     layers: Vec<Layer>,
-    norm: DeviceTensor,
+    /// The final norm's weight; `None` where it is folded into an untied `lm_head`.
+    norm: Option<DeviceTensor>,
     lm_head: Option<DeviceTensor>,
+    /// Ones `[hidden]`: the weight of a norm whose own weight is folded, for the
+    /// kernels that apply one (prefill's RMSNorm, the persistent decode step).
+    unit: DeviceTensor,
     inv_freq: DeviceTensor,
     mscale: f32,
     k_cache: Vec<DeviceTensor>,
@@ -316,6 +323,20 @@ fn bias(b: &Option<DeviceTensor>) -> Option<&dyn TensorArg> {
     b.as_ref().map(|b| b as &dyn TensorArg)
 }
 
+/// A norm's weight for a kernel that applies one: its own, or `unit` (ones) where it is
+/// folded into the product after it.
+fn norm_weight<'a>(w: &'a Option<DeviceTensor>, unit: &'a DeviceTensor) -> &'a DeviceTensor {
+    w.as_ref().unwrap_or(unit)
+}
+
+/// A norm fused into the product after it: weighted, or folded into that product.
+fn fused_norm(w: &Option<DeviceTensor>, eps: f32) -> RmsNorm<'_> {
+    match w {
+        Some(w) => RmsNorm::new(w, eps),
+        None => RmsNorm::folded(eps),
+    }
+}
+
 /// `out = x @ w^T`: the matrix-vector kernel for up to `GEMV_ROWS` rows when
 /// `gemv` is on, cuBLAS otherwise.
 fn matmul(dev: &CudaDevice, gemv: bool, x: &dyn TensorArg, w: &dyn TensorArg, out: &dyn TensorArg) -> Result<()> {
@@ -394,6 +415,16 @@ impl GpuModel {
             (progress.borrow_mut())(done.get(), plan.weights);
             Ok(t)
         };
+        // Folds a norm's weight `g` into the columns of the product after it (in place,
+        // on the device: one rounding of `w * g` to the dtype), or keeps it.
+        let k_scale = if opts.fold_norms { Some(kernel(kernels::scale_columns::kernel())?) } else { None };
+        let fold = |w: &mut DeviceTensor, g: DeviceTensor| -> Result<Option<DeviceTensor>> {
+            let Some(k) = k_scale else { return Ok(Some(g)) };
+            let (rows, cols) = (w.shape()[0], w.shape()[1]);
+            dev.launch(k, &kernels::scale_columns::plan(dev.limits(), &mut w.view_mut(0, &[rows, cols])?, &g)?)?;
+            // Dropping `g` waits for the launch before freeing it.
+            Ok(None)
+        };
         let (h, q, kv, i) = (cfg.hidden, cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.intermediate);
         let embed = up("model.embed_tokens.weight", &[cfg.vocab, h])?;
         let mut layers = Vec::with_capacity(cfg.layers);
@@ -401,12 +432,16 @@ impl GpuModel {
             let p = format!("model.layers.{l}");
             let a = format!("{p}.self_attn");
             let m = format!("{p}.mlp");
+            let attn_norm = up(&format!("{p}.input_layernorm.weight"), &[h])?;
+            let mut wqkv =
+                up_fused(&[(format!("{a}.q_proj.weight"), q), (format!("{a}.k_proj.weight"), kv), (format!("{a}.v_proj.weight"), kv)], h)?;
+            let attn_norm = fold(&mut wqkv, attn_norm)?;
+            let mlp_norm = up(&format!("{p}.post_attention_layernorm.weight"), &[h])?;
+            let mut w_gate_up = up_fused(&[(format!("{m}.gate_proj.weight"), i), (format!("{m}.up_proj.weight"), i)], h)?;
+            let mlp_norm = fold(&mut w_gate_up, mlp_norm)?;
             layers.push(Layer {
-                attn_norm: up(&format!("{p}.input_layernorm.weight"), &[h])?,
-                wqkv: up_fused(
-                    &[(format!("{a}.q_proj.weight"), q), (format!("{a}.k_proj.weight"), kv), (format!("{a}.v_proj.weight"), kv)],
-                    h,
-                )?,
+                attn_norm,
+                wqkv,
                 bqkv: if cfg.qkv_bias {
                     Some(up_fused(
                         &[(format!("{a}.q_proj.bias"), q), (format!("{a}.k_proj.bias"), kv), (format!("{a}.v_proj.bias"), kv)],
@@ -419,8 +454,8 @@ impl GpuModel {
                 k_norm: if cfg.qk_norm { Some(up(&format!("{a}.k_norm.weight"), &[cfg.head_dim])?) } else { None },
                 wo: up(&format!("{a}.o_proj.weight"), &[h, q])?,
                 bo: if cfg.o_bias { Some(up(&format!("{a}.o_proj.bias"), &[h])?) } else { None },
-                mlp_norm: up(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                w_gate_up: up_fused(&[(format!("{m}.gate_proj.weight"), i), (format!("{m}.up_proj.weight"), i)], h)?,
+                mlp_norm,
+                w_gate_up,
                 b_gate_up: if cfg.mlp_bias {
                     Some(up_fused(&[(format!("{m}.gate_proj.bias"), i), (format!("{m}.up_proj.bias"), i)], 0)?)
                 } else {
@@ -432,7 +467,14 @@ impl GpuModel {
             });
         }
         let norm = up("model.norm.weight", &[h])?;
-        let lm_head = if cfg.tie_embeddings { None } else { Some(up("lm_head.weight", &[cfg.vocab, h])?) };
+        // A tied head is the embedding table too: its norm stays separate.
+        let (norm, lm_head) = if cfg.tie_embeddings {
+            (Some(norm), None)
+        } else {
+            let mut head = up("lm_head.weight", &[cfg.vocab, h])?;
+            (fold(&mut head, norm)?, Some(head))
+        };
+        let unit = dev.upload_bytes(dt, &[h], &encode(&vec![1.0; h], dt))?;
         let (freqs, mscale) = inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling);
         let inv_freq = dev.upload_bytes(DType::F32, &[freqs.len()], &encode(&freqs, DType::F32))?;
 
@@ -471,7 +513,7 @@ impl GpuModel {
             argmax_ws: dev.alloc(DType::F32, &[argmax_workspace(sq, cfg.vocab).max(1)])?,
             argmax_counters: dev.zeros(DType::U32, &[sq])?,
         };
-        let step = step_state(dev, &cfg, &opts, &layers, (&k_cache, &v_cache), (freqs.len(), mscale))?;
+        let step = step_state(dev, &cfg, &opts, (&layers, &unit), (&k_cache, &v_cache), (freqs.len(), mscale))?;
         // Compile (or read from the disk cache) what the forward launches, up front, each
         // module on its own thread: the weights' dtype's engine kernels (the products for
         // decode batches up to GEMV_ROWS, the paired ones for one sequence, the only place
@@ -496,6 +538,7 @@ impl GpuModel {
             layers,
             norm,
             lm_head,
+            unit,
             inv_freq,
             mscale,
             k_cache,
@@ -735,6 +778,7 @@ impl GpuModel {
         let k_causal = kernel(kernels::attention_causal::kernel())?;
         let k_window = kernel(kernels::attention_window::kernel())?;
         let k_mlp = kernel(kernels::mlp_gate_up::kernel())?;
+        let k_mlp_folded = kernel(kernels::mlp_gate_up_folded::kernel())?;
 
         let marks = Marks { dev: &dev, on: self.profiling, v: std::cell::RefCell::new(Vec::new()) };
         let host_t0 = std::time::Instant::now();
@@ -763,7 +807,7 @@ impl GpuModel {
                 qbuf: &s.q.view(0, &[qd])?,
                 attn: &s.attn.view(0, &[qd])?,
                 act: &s.act.view(0, &[inter])?,
-                final_norm: &self.norm,
+                final_norm: norm_weight(&self.norm, &self.unit),
                 head,
                 logits: &s.logits.view(0, &[c.vocab])?,
                 pos: &v_pos,
@@ -800,21 +844,34 @@ impl GpuModel {
                     inv_freq: &self.inv_freq,
                     mscale: self.mscale,
                 };
-                dev.launch_engine(&plan_gemv_pairs(&lim, &x, &layer.wqkv, Some((&layer.attn_norm, eps)), bias(&layer.bqkv), &epi)?)?;
+                dev.launch_engine(&plan_gemv_pairs(
+                    &lim,
+                    &x,
+                    &layer.wqkv,
+                    Some(fused_norm(&layer.attn_norm, eps)),
+                    bias(&layer.bqkv),
+                    &epi,
+                )?)?;
             } else if fused {
                 // Decode: the norm runs inside the q/k/v product; the residual adds
                 // inside the o and down products.
                 marks.mark("qkv")?;
                 let x = s.res.view(0, &[t, h])?;
-                let f = GemvFusion { norm: Some((&layer.attn_norm, eps)), bias: bias(&layer.bqkv), ..GemvFusion::default() };
+                let f = GemvFusion { norm: Some(fused_norm(&layer.attn_norm, eps)), bias: bias(&layer.bqkv), ..GemvFusion::default() };
                 dev.launch_engine(&plan_gemv(&lim, &x, &layer.wqkv, &s.qkv.view(0, &[t, qd + 2 * kvd])?, &f)?)?;
             } else if l == 0 {
                 launch(
                     k_rms,
-                    kernels::rmsnorm::plan(&lim, &s.res.view(0, &[t, h])?, &layer.attn_norm, &mut s.normed.view_mut(0, &[t, h])?, eps),
+                    kernels::rmsnorm::plan(
+                        &lim,
+                        &s.res.view(0, &[t, h])?,
+                        norm_weight(&layer.attn_norm, &self.unit),
+                        &mut s.normed.view_mut(0, &[t, h])?,
+                        eps,
+                    ),
                 )?;
             } else {
-                add_norm(&dev, k_add_rms, (&s.proj, &mut s.res, &mut s.normed), &layer.attn_norm, t, h, eps)?;
+                add_norm(&dev, k_add_rms, (&s.proj, &mut s.res, &mut s.normed), norm_weight(&layer.attn_norm, &self.unit), t, h, eps)?;
             }
             if !fused {
                 marks.mark("qkv")?;
@@ -859,14 +916,18 @@ impl GpuModel {
                 let f = GemvFusion { bias: bias(&layer.bo), residual: Some(&r), ..GemvFusion::default() };
                 dev.launch_engine(&plan_gemv(&lim, &s.attn.view(0, &[t, qd])?, &layer.wo, &r, &f)?)?;
                 marks.mark("gate_up")?;
-                let norm = Some((&layer.mlp_norm as &dyn TensorArg, eps));
+                let norm = Some(fused_norm(&layer.mlp_norm, eps));
                 if pairs && layer.b_gate_up.is_none() {
-                    // The DSL's `mlp_gate_up`: the norm, both products (each warp streams
+                    // The DSL's `mlp_gate_up` (`mlp_gate_up_folded` where the norm's
+                    // weight is in the rows): the norm, both products (each warp streams
                     // gate row j and up row j) and SwiGLU in one pass.
                     let w_gate = layer.w_gate_up.view(0, &[inter, h])?;
                     let w_up = layer.w_gate_up.view(inter * h, &[inter, h])?;
                     let mut act = s.act.view_mut(0, &[t, inter])?;
-                    launch(k_mlp, kernels::mlp_gate_up::plan(&lim, &r, &layer.mlp_norm, &w_gate, &w_up, &mut act, eps))?;
+                    match &layer.mlp_norm {
+                        Some(g) => launch(k_mlp, kernels::mlp_gate_up::plan(&lim, &r, g, &w_gate, &w_up, &mut act, eps))?,
+                        None => launch(k_mlp_folded, kernels::mlp_gate_up_folded::plan(&lim, &r, &w_gate, &w_up, &mut act, eps))?,
+                    }
                 } else if pairs {
                     // One warp per (gate row j, up row j), the bias and SwiGLU in its epilogue.
                     let epi = PairEpilogue::SwiGlu { out: &s.act.view(0, &[t, inter])? };
@@ -883,7 +944,7 @@ impl GpuModel {
                 continue;
             }
             project(&dev, gemv, &s.attn.view(0, &[t, qd])?, &layer.wo, &layer.bo, &mut s.proj, &mut s.tmp, t, h)?;
-            add_norm(&dev, k_add_rms, (&s.proj, &mut s.res, &mut s.normed), &layer.mlp_norm, t, h, eps)?;
+            add_norm(&dev, k_add_rms, (&s.proj, &mut s.res, &mut s.normed), norm_weight(&layer.mlp_norm, &self.unit), t, h, eps)?;
             marks.mark("gate_up")?;
             project(&dev, gemv, &s.normed.view(0, &[t, h])?, &layer.w_gate_up, &layer.b_gate_up, &mut s.gate_up, &mut s.tmp, t, 2 * inter)?;
             marks.mark("swiglu")?;
@@ -895,13 +956,13 @@ impl GpuModel {
         if fused {
             // Every sequence fed one token: its last row is its only row.
             marks.mark("lm_head")?;
-            let f = GemvFusion { norm: Some((&self.norm, eps)), ..GemvFusion::default() };
+            let f = GemvFusion { norm: Some(fused_norm(&self.norm, eps)), ..GemvFusion::default() };
             dev.launch_engine(&plan_gemv(&lim, &s.res.view(0, &[t, h])?, head, &s.logits.view(0, &[nb, c.vocab])?, &f)?)?;
             marks.mark("end")?;
             return self.finish_forward(nb, marks, host_t0);
         }
         marks.mark("final_norm")?;
-        add_norm(&dev, k_add_rms, (&s.proj, &mut s.res, &mut s.normed), &self.norm, t, h, eps)?;
+        add_norm(&dev, k_add_rms, (&s.proj, &mut s.res, &mut s.normed), norm_weight(&self.norm, &self.unit), t, h, eps)?;
         marks.mark("lm_head")?;
         dev.launch_engine(&plan_gather(&lim, &s.normed.view(0, &[t, h])?, &v_last, &s.last.view(0, &[nb, h])?)?)?;
         gemm(&s.last.view(0, &[nb, h])?, head, &s.logits.view(0, &[nb, c.vocab])?)?;
@@ -1350,7 +1411,7 @@ fn step_state(
     dev: &Arc<CudaDevice>,
     cfg: &ModelConfig,
     opts: &GpuOptions,
-    layers: &[Layer],
+    (layers, unit): (&[Layer], &DeviceTensor),
     (k_cache, v_cache): (&[DeviceTensor], &[DeviceTensor]),
     (half_rot, mscale): (usize, f32),
 ) -> Result<Option<StepState>> {
@@ -1379,12 +1440,12 @@ fn step_state(
         .iter()
         .zip(k_cache.iter().zip(v_cache))
         .map(|(l, (k, v))| StepLayer {
-            attn_norm: &l.attn_norm,
+            attn_norm: norm_weight(&l.attn_norm, unit),
             wqkv: &l.wqkv,
             bqkv: bias(&l.bqkv),
             wo: &l.wo,
             bo: bias(&l.bo),
-            mlp_norm: &l.mlp_norm,
+            mlp_norm: norm_weight(&l.mlp_norm, unit),
             w_gate_up: &l.w_gate_up,
             b_gate_up: bias(&l.b_gate_up),
             w_down: &l.w_down,

@@ -130,6 +130,22 @@ pub fn mlp_gate_up(x: &Rows<T>, g: &[T], w_gate: &Rows<T>, w_up: &Rows<T>, out: 
     *out = silu(dot(w_gate, y) * s) * (dot(w_up, y) * s);
 }
 
+/// `mlp_gate_up` with the norm's weight folded into the gate and up rows
+/// (`w[j, c] * g[c]`, as the GPU loader stores them, [`scale_columns`]): the same
+/// products, without loading `g` or multiplying by it.
+#[gpu_kernel(gemv(dtype = [f32, f16, bf16]))]
+pub fn mlp_gate_up_folded(x: &Rows<T>, w_gate: &Rows<T>, w_up: &Rows<T>, out: &mut Rows<T>, eps: f32) {
+    let s = rsqrt(mean(x * x) + eps);
+    *out = silu(dot(w_gate, x) * s) * (dot(w_up, x) * s);
+}
+
+/// Scales every column of a matrix in place, `w[r, c] *= g[c]`: folds an RMSNorm's
+/// weight into the product after it (`(x * g) w^T = x (w * g)^T`), once, at load.
+#[gpu_kernel(rowwise(dtype = [f32, f16, bf16], block = [128, 256, 512, 1024]))]
+pub fn scale_columns(w: &mut Rows<T>, g: &[T]) {
+    *w = w * g;
+}
+
 /// The IR of every standard kernel, for tests, snapshots and the self-check.
 pub fn all() -> Result<Vec<&'static rocmforge_runtime::Kernel>, rocmforge_runtime::LaunchError> {
     Ok(vec![
@@ -152,5 +168,7 @@ pub fn all() -> Result<Vec<&'static rocmforge_runtime::Kernel>, rocmforge_runtim
         lm_head::kernel()?,
         gate_up_swiglu::kernel()?,
         mlp_gate_up::kernel()?,
+        mlp_gate_up_folded::kernel()?,
+        scale_columns::kernel()?,
     ])
 }

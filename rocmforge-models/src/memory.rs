@@ -211,6 +211,11 @@ pub struct GpuOptions {
     /// epilogues (one warp per pair of weight rows), instead of separate kernels after
     /// them (not for per-head q/k norms, which need a whole head).
     pub pair_epilogues: bool,
+    /// Fold each RMSNorm's weight into the columns of the product after it at load
+    /// (`w[r, c] * g[c]`, one rounding to the weights' dtype; not into a head tied to the
+    /// embedding), so decode's fused norms do not load and multiply it. Prefill's norms
+    /// then apply a weight of ones.
+    pub fold_norms: bool,
     /// With `gemv`, `pair_epilogues` and `cuda_graphs`, decode of one sequence runs every
     /// layer and the LM head in one persistent launch (grid barriers between the phases
     /// instead of kernel boundaries) where the model's shape allows it (no per-head q/k
@@ -257,6 +262,7 @@ impl Default for GpuOptions {
             cuda_graphs: true,
             gemv: true,
             pair_epilogues: true,
+            fold_norms: true,
             persistent_decode: false,
             step_clock: false,
         }

@@ -646,11 +646,52 @@ pub fn plan_topk_staged(
 /// Most rows of `x` the matrix-vector kernel takes (decode of up to this many tokens).
 pub const GEMV_MAX_ROWS: usize = 8;
 
+/// An RMSNorm fused before a matrix-vector product: each row of `x` times
+/// `rsqrt(mean(x^2) + eps)`, then times `weight` where given. Without a weight the
+/// product's weight matrix carries it, folded into its columns (`w[r, c] * weight[c]`,
+/// as the models' GPU loader stores q/k/v and gate/up), so the product does not load
+/// it. The scale is applied to each dot product after the sum, so both forms stream
+/// the same bytes of `w`.
+#[derive(Clone, Copy)]
+pub struct RmsNorm<'a> {
+    /// The norm's weight `[k]`; `None`: folded into the product's weights.
+    pub weight: Option<&'a dyn TensorArg>,
+    /// Added to the mean square before the reciprocal square root.
+    pub eps: f32,
+}
+
+impl<'a> RmsNorm<'a> {
+    /// The norm with its weight applied to `x`.
+    pub fn new(weight: &'a dyn TensorArg, eps: f32) -> Self {
+        RmsNorm { weight: Some(weight), eps }
+    }
+
+    /// The norm whose weight is folded into the product's weights.
+    pub fn folded(eps: f32) -> Self {
+        RmsNorm { weight: None, eps }
+    }
+
+    /// The kernels' fusion mode (1: weighted, 3: folded), its weight's address (0 when
+    /// folded) and epsilon, the weight checked against `k` elements of `dtype`.
+    fn args(&self, kernel: &str, dtype: DType, k: u64) -> Result<(i32, u64, f32), LaunchError> {
+        match self.weight {
+            Some(t) => Ok((1, vector_arg(kernel, "norm_w", t, dtype, k)?, self.eps)),
+            None => Ok((3, 0, self.eps)),
+        }
+    }
+}
+
+impl std::fmt::Debug for RmsNorm<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RmsNorm").field("weight", &self.weight.map(|t| t.shape().to_vec())).field("eps", &self.eps).finish()
+    }
+}
+
 /// What a matrix-vector product fuses around itself (decode steps).
 #[derive(Clone, Copy, Default)]
 pub struct GemvFusion<'a> {
-    /// RMSNorm of each row of `x` first, with this weight `[k]` and epsilon.
-    pub norm: Option<(&'a dyn TensorArg, f32)>,
+    /// RMSNorm of each row of `x` first.
+    pub norm: Option<RmsNorm<'a>>,
     /// SwiGLU of `x` first: `x` is `[m, 2k]`, gate columns then up.
     pub swiglu: bool,
     /// `+ bias[r]`, `[n]`.
@@ -735,9 +776,9 @@ pub fn plan_gemv(
         return Err(LaunchError::Kernel("gemv fuses an RMSNorm or a SwiGLU, not both".into()));
     }
     let vector = |name: &str, t: &dyn TensorArg, len: u64| vector_arg(K, name, t, dtype, len);
-    let (norm, eps) = match fuse.norm {
-        Some((t, eps)) => (vector("norm_w", t, k)?, eps),
-        None => (0, 0.0),
+    let (norm_mode, norm, eps) = match fuse.norm {
+        Some(n) => n.args(K, dtype, k)?,
+        None => (0, 0, 0.0),
     };
     let bias = fuse.bias.map(|t| vector("bias", t, g.n as u64)).transpose()?.unwrap_or(0);
     let res = match fuse.residual {
@@ -759,7 +800,7 @@ pub fn plan_gemv(
     let v = (16 / dtype.size()) as i32;
     let vec = g.k % v == 0 && [g.x, g.w, norm].iter().all(|p| p.is_multiple_of(16));
     let mode = if fuse.norm.is_some() {
-        1
+        norm_mode
     } else if fuse.swiglu {
         2
     } else {
@@ -973,14 +1014,14 @@ impl std::fmt::Debug for PairEpilogue<'_> {
 /// Plans `y = f(x) @ w^T (+ bias)` for a few rows of `x` (at most [`GEMV_MAX_ROWS`])
 /// with one warp per pair of weight rows, and the [`PairEpilogue`] on each pair's two
 /// results, so the product is never stored: the SwiGLU after the gate/up product, or
-/// the q/k/v stage after the q/k/v product. `f` is the identity or the RMSNorm of
+/// the q/k/v stage after the q/k/v product. `f` is the identity or the RMSNorm
 /// `norm`. Each result is computed and rounded exactly as [`plan_gemv`] computes and
 /// stores it, so the outputs equal the two launches they replace.
 pub fn plan_gemv_pairs(
     limits: &DeviceLimits,
     x: &dyn TensorArg,
     w: &dyn TensorArg,
-    norm: Option<(&dyn TensorArg, f32)>,
+    norm: Option<RmsNorm<'_>>,
     bias: Option<&dyn TensorArg>,
     epi: &PairEpilogue<'_>,
 ) -> Result<EnginePlan, LaunchError> {
@@ -1000,9 +1041,9 @@ pub fn plan_gemv_pairs(
         return Err(shape_err(K, "w", "[n, k] with n even (pairs of rows)".into(), w.shape()));
     }
     let vector = |name: &str, t: &dyn TensorArg, len: u64| vector_arg(K, name, t, dtype, len);
-    let (norm_w, eps) = match norm {
-        Some((t, eps)) => (vector("norm_w", t, k)?, eps),
-        None => (0, 0.0),
+    let (mode, norm_w, eps) = match norm {
+        Some(n) => n.args(K, dtype, k)?,
+        None => (0, 0, 0.0),
     };
     let bias = bias.map(|t| vector("bias", t, n)).transpose()?.unwrap_or(0);
     let none = [ArgValue::Ptr(0), ArgValue::Ptr(0), ArgValue::Ptr(0), ArgValue::Ptr(0), ArgValue::Ptr(0), ArgValue::F32(0.0)];
@@ -1046,7 +1087,7 @@ pub fn plan_gemv_pairs(
         ArgValue::I64(i64_of(K, "pairs", pairs)?),
         ArgValue::I32(int(K, "reduced dimension", k)?),
         ArgValue::I32(i32::from(vec)),
-        ArgValue::I32(i32::from(norm.is_some())),
+        ArgValue::I32(mode),
         ArgValue::Ptr(norm_w),
         ArgValue::F32(eps),
         ArgValue::Ptr(bias),
@@ -1600,24 +1641,31 @@ mod tests {
         assert_eq!((gv.symbol.as_str(), gv.grid[0], gv.args[6], gv.args[7]), ("rf_gemv4_bf16", 24, ArgValue::I32(1), ArgValue::I32(1)));
         assert!(plan_gemv(&l, &t(DType::BF16, &[9, 64]), &t(DType::BF16, &[96, 64]), &t(DType::BF16, &[9, 96]), &none).is_err());
         let (nw, r) = (t(DType::BF16, &[64]), t(DType::BF16, &[3, 96]));
-        let fused = GemvFusion { norm: Some((&nw, 1e-5)), residual: Some(&r), ..none };
+        let fused = GemvFusion { norm: Some(RmsNorm::new(&nw, 1e-5)), residual: Some(&r), ..none };
         let p = plan_gemv(&l, &t(DType::BF16, &[3, 64]), &t(DType::BF16, &[96, 64]), &t(DType::BF16, &[3, 96]), &fused).unwrap();
         assert_eq!(p.args[8], ArgValue::I32(1));
+        // A folded norm: mode 3, no weight address, the same epsilon.
+        let folded = GemvFusion { norm: Some(RmsNorm::folded(1e-5)), ..none };
+        let p = plan_gemv(&l, &t(DType::BF16, &[3, 64]), &t(DType::BF16, &[96, 64]), &t(DType::BF16, &[3, 96]), &folded).unwrap();
+        assert_eq!((p.args[8], p.args[9], p.args[10]), (ArgValue::I32(3), ArgValue::Ptr(0), ArgValue::F32(1e-5)));
         let sw = GemvFusion { swiglu: true, ..none };
         let p = plan_gemv(&l, &t(DType::BF16, &[3, 128]), &t(DType::BF16, &[96, 64]), &t(DType::BF16, &[3, 96]), &sw).unwrap();
         assert_eq!((p.args[5], p.args[8]), (ArgValue::I32(64), ArgValue::I32(2)));
-        let both = GemvFusion { swiglu: true, norm: Some((&nw, 1e-5)), ..none };
+        let both = GemvFusion { swiglu: true, norm: Some(RmsNorm::new(&nw, 1e-5)), ..none };
         assert!(plan_gemv(&l, &t(DType::BF16, &[3, 128]), &t(DType::BF16, &[96, 64]), &t(DType::BF16, &[3, 96]), &both).is_err());
         let short = t(DType::BF16, &[63]);
-        let bad = GemvFusion { norm: Some((&short, 1e-5)), ..none };
+        let bad = GemvFusion { norm: Some(RmsNorm::new(&short, 1e-5)), ..none };
         assert!(plan_gemv(&l, &t(DType::BF16, &[3, 64]), &t(DType::BF16, &[96, 64]), &t(DType::BF16, &[3, 96]), &bad).is_err());
         // Paired products: the pairs set the grid; the epilogue's shapes are checked.
         let (x, w, act) = (t(DType::BF16, &[3, 64]), t(DType::BF16, &[96, 64]), t(DType::BF16, &[3, 48]));
-        let p = plan_gemv_pairs(&l, &x, &w, Some((&nw, 1e-5)), None, &PairEpilogue::SwiGlu { out: &act }).unwrap();
+        let p = plan_gemv_pairs(&l, &x, &w, Some(RmsNorm::new(&nw, 1e-5)), None, &PairEpilogue::SwiGlu { out: &act }).unwrap();
         assert_eq!(
             (p.symbol.as_str(), p.grid[0], p.args.len(), p.args[4], p.args[11]),
             ("rf_gemv_pair4_bf16", 12, 22, ArgValue::I64(48), ArgValue::I32(1))
         );
+        let p = plan_gemv_pairs(&l, &x, &w, Some(RmsNorm::folded(1e-5)), None, &PairEpilogue::SwiGlu { out: &act }).unwrap();
+        assert_eq!((p.args[7], p.args[8]), (ArgValue::I32(3), ArgValue::Ptr(0)));
+        assert!(plan_gemv_pairs(&l, &x, &w, Some(RmsNorm::new(&short, 1e-5)), None, &PairEpilogue::SwiGlu { out: &act }).is_err());
         assert!(plan_gemv_pairs(&l, &x, &w, None, None, &PairEpilogue::SwiGlu { out: &r }).is_err());
         assert!(plan_gemv_pairs(&l, &x, &t(DType::BF16, &[95, 64]), None, None, &PairEpilogue::SwiGlu { out: &act }).is_err());
         assert!(plan_gemv_pairs(&l, &t(DType::BF16, &[9, 64]), &w, None, None, &PairEpilogue::SwiGlu { out: &act }).is_err());
