@@ -372,6 +372,8 @@ fn run(args: &Args) -> Res<serde_json::Value> {
     let (compile_s, compiled, cached) = dev.compile_stats();
     eprintln!("kernels at load: {compiled} modules compiled, {cached} read from the disk cache, {compile_s:.1} s (summed over threads)");
     eprintln!("copy bandwidth {:.0} GB/s -> decode limit {limit:.1} tok/s", bw / 1e9);
+    let (folded, norms) = g.folded_norms();
+    eprintln!("norm weights folded into the products after them: {folded} of {norms}");
     let reps = args.reps.max(1);
     let mut results = Vec::new();
     let mut row = |test: String, tok_s: f64, extra: serde_json::Value| {
@@ -499,6 +501,7 @@ fn run(args: &Args) -> Res<serde_json::Value> {
         "cuda_graphs": !args.no_graphs,
         "pair_epilogues": !args.no_gemv && !args.no_pair_epilogues,
         "fold_norms": !args.no_fold_norms,
+        "folded_norms": g.folded_norms().0,
         "persistent_decode": g.persistent_decode(),
         "weight_bytes": mem.weights,
         "kv_cache_tokens": mem.kv_tokens,

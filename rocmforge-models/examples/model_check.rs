@@ -234,9 +234,19 @@ fn check_fixture(dev: &Arc<CudaDevice>, name: &str, tally: &mut Tally) -> Res<()
             format!("model {name:<10} {dtype:<5} pipelined greedy decode vs token by token: {agree}/{n} ids identical"),
         );
         let singles = against_cpu(&mut g, (name, dtype, ""), &prompts, &cpu, tally)?;
+        // Every norm folded but a tied head's (f16 may keep some apart: its range).
+        let cfg = model.transformer.config();
+        let ((folded, norms), want) = (g.folded_norms(), 2 * cfg.layers + usize::from(!cfg.tie_embeddings));
+        tally.check(
+            folded == want || (dtype == DType::F16 && folded <= want),
+            format!("model {name:<10} {dtype:<5} norm weights folded: {folded} of {norms} (tied head: {})", cfg.tie_embeddings),
+        );
         // The norms' weights kept apart instead of folded into the products after them.
-        let mut kept =
-            GpuModel::load(dev, model.transformer.config().clone(), &mut &ck, GpuOptions { fold_norms: false, ..opts }, |_, _| {})?;
+        let mut kept = GpuModel::load(dev, cfg.clone(), &mut &ck, GpuOptions { fold_norms: false, ..opts }, |_, _| {})?;
+        tally.check(
+            kept.folded_norms().0 == 0,
+            format!("model {name:<10} {dtype:<5} --no-fold-norms: {} norms folded", kept.folded_norms().0),
+        );
         against_cpu(&mut kept, (name, dtype, " norms unfolded"), &prompts, &cpu, tally)?;
         drop(kept);
         // The persistent decode step against the layered decode (one launch per stage):

@@ -27,7 +27,7 @@ use crate::error::{ModelError, Result};
 use crate::kernels;
 use crate::kv::{KvPool, KvSeq, KvShape};
 use crate::sampling::{MassParts, Sampler};
-use crate::weights::encode;
+use crate::weights::{encode, f16_max_abs};
 
 pub use crate::memory::{plan_memory, tensor_list, GpuOptions, MemoryPlan, RandomWeights, WeightSource};
 
@@ -391,15 +391,22 @@ impl GpuModel {
         let done = std::cell::Cell::new(0u64);
         let progress = std::cell::RefCell::new(&mut progress);
         let src = std::cell::RefCell::new(src);
-        let up = |name: &str, shape: &[usize]| -> Result<DeviceTensor> {
+        // f16 holds at most 65504: where a norm's weight is folded into an f16 product,
+        // the product's largest magnitude bounds what the fold may write. Scanned on the
+        // host bytes only there.
+        let scan = |bytes: &[u8]| if dt == DType::F16 && opts.fold_norms { f16_max_abs(bytes) } else { 0.0 };
+        // A tensor uploaded, and its largest magnitude where `scan` takes it.
+        let up_scanned = |name: &str, shape: &[usize]| -> Result<(DeviceTensor, f32)> {
             let bytes = src.borrow_mut().tensor(name, shape, dt)?;
             let t = dev.upload_bytes(dt, shape, &bytes)?;
             done.set(done.get() + bytes.len() as u64);
             (progress.borrow_mut())(done.get(), plan.weights);
-            Ok(t)
+            Ok((t, scan(&bytes)))
         };
-        // Several tensors stacked along their rows (`cols` 0: vectors), as one tensor.
-        let up_fused = |parts: &[(String, usize)], cols: usize| -> Result<DeviceTensor> {
+        let up = |name: &str, shape: &[usize]| -> Result<DeviceTensor> { Ok(up_scanned(name, shape)?.0) };
+        // Several tensors stacked along their rows (`cols` 0: vectors), as one tensor, and
+        // its largest magnitude where `scan` takes it.
+        let up_fused = |parts: &[(String, usize)], cols: usize| -> Result<(DeviceTensor, f32)> {
             let mut bytes = Vec::new();
             let mut rows = 0;
             for (name, r) in parts {
@@ -413,13 +420,23 @@ impl GpuModel {
             let t = dev.upload_bytes(dt, &shape, &bytes)?;
             done.set(done.get() + bytes.len() as u64);
             (progress.borrow_mut())(done.get(), plan.weights);
-            Ok(t)
+            Ok((t, scan(&bytes)))
         };
-        // Folds a norm's weight `g` into the columns of the product after it (in place,
-        // on the device: one rounding of `w * g` to the dtype), or keeps it.
+        // Folds a norm's weight `g` into the columns of the product `w` after it (in
+        // place, on the device: one rounding of `w * g` to the dtype), or keeps it. In
+        // f16 a norm stays apart unless the largest magnitudes of `w` (`w_max`) and `g`
+        // multiply to at most 65504, so that no folded weight leaves f16's range; bf16
+        // and f32 have f32's range.
         let k_scale = if opts.fold_norms { Some(kernel(kernels::scale_columns::kernel())?) } else { None };
-        let fold = |w: &mut DeviceTensor, g: DeviceTensor| -> Result<Option<DeviceTensor>> {
+        let fold = |(w, w_max): (&mut DeviceTensor, f32), g: DeviceTensor| -> Result<Option<DeviceTensor>> {
             let Some(k) = k_scale else { return Ok(Some(g)) };
+            if dt == DType::F16 {
+                // A NaN anywhere fails the comparison: that norm stays apart too.
+                let fits = w_max * f16_max_abs(&dev.read_bytes(&g)?) <= 65504.0;
+                if !fits {
+                    return Ok(Some(g));
+                }
+            }
             let (rows, cols) = (w.shape()[0], w.shape()[1]);
             dev.launch(k, &kernels::scale_columns::plan(dev.limits(), &mut w.view_mut(0, &[rows, cols])?, &g)?)?;
             // Dropping `g` waits for the launch before freeing it.
@@ -433,20 +450,23 @@ impl GpuModel {
             let a = format!("{p}.self_attn");
             let m = format!("{p}.mlp");
             let attn_norm = up(&format!("{p}.input_layernorm.weight"), &[h])?;
-            let mut wqkv =
+            let (mut wqkv, wqkv_max) =
                 up_fused(&[(format!("{a}.q_proj.weight"), q), (format!("{a}.k_proj.weight"), kv), (format!("{a}.v_proj.weight"), kv)], h)?;
-            let attn_norm = fold(&mut wqkv, attn_norm)?;
+            let attn_norm = fold((&mut wqkv, wqkv_max), attn_norm)?;
             let mlp_norm = up(&format!("{p}.post_attention_layernorm.weight"), &[h])?;
-            let mut w_gate_up = up_fused(&[(format!("{m}.gate_proj.weight"), i), (format!("{m}.up_proj.weight"), i)], h)?;
-            let mlp_norm = fold(&mut w_gate_up, mlp_norm)?;
+            let (mut w_gate_up, w_gate_up_max) = up_fused(&[(format!("{m}.gate_proj.weight"), i), (format!("{m}.up_proj.weight"), i)], h)?;
+            let mlp_norm = fold((&mut w_gate_up, w_gate_up_max), mlp_norm)?;
             layers.push(Layer {
                 attn_norm,
                 wqkv,
                 bqkv: if cfg.qkv_bias {
-                    Some(up_fused(
-                        &[(format!("{a}.q_proj.bias"), q), (format!("{a}.k_proj.bias"), kv), (format!("{a}.v_proj.bias"), kv)],
-                        0,
-                    )?)
+                    Some(
+                        up_fused(
+                            &[(format!("{a}.q_proj.bias"), q), (format!("{a}.k_proj.bias"), kv), (format!("{a}.v_proj.bias"), kv)],
+                            0,
+                        )?
+                        .0,
+                    )
                 } else {
                     None
                 },
@@ -457,7 +477,7 @@ impl GpuModel {
                 mlp_norm,
                 w_gate_up,
                 b_gate_up: if cfg.mlp_bias {
-                    Some(up_fused(&[(format!("{m}.gate_proj.bias"), i), (format!("{m}.up_proj.bias"), i)], 0)?)
+                    Some(up_fused(&[(format!("{m}.gate_proj.bias"), i), (format!("{m}.up_proj.bias"), i)], 0)?.0)
                 } else {
                     None
                 },
@@ -471,8 +491,8 @@ impl GpuModel {
         let (norm, lm_head) = if cfg.tie_embeddings {
             (Some(norm), None)
         } else {
-            let mut head = up("lm_head.weight", &[cfg.vocab, h])?;
-            (fold(&mut head, norm)?, Some(head))
+            let (mut head, head_max) = up_scanned("lm_head.weight", &[cfg.vocab, h])?;
+            (fold((&mut head, head_max), norm)?, Some(head))
         };
         let unit = dev.upload_bytes(dt, &[h], &encode(&vec![1.0; h], dt))?;
         let (freqs, mscale) = inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling);
@@ -579,6 +599,15 @@ impl GpuModel {
     /// ([`GpuOptions::persistent_decode`] and a model shape the kernel takes).
     pub fn persistent_decode(&self) -> bool {
         self.step.is_some()
+    }
+
+    /// How many of the model's RMSNorms (two a layer and the final one) have their
+    /// weight folded into the product after them ([`GpuOptions::fold_norms`]), and how
+    /// many there are.
+    pub fn folded_norms(&self) -> (usize, usize) {
+        let layer_norms = self.layers.iter().flat_map(|l| [&l.attn_norm, &l.mlp_norm]);
+        let folded = layer_norms.chain([&self.norm]).filter(|n| n.is_none()).count();
+        (folded, 2 * self.layers.len() + 1)
     }
 
     /// The configuration.

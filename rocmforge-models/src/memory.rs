@@ -213,8 +213,8 @@ pub struct GpuOptions {
     pub pair_epilogues: bool,
     /// Fold each RMSNorm's weight into the columns of the product after it at load
     /// (`w[r, c] * g[c]`, one rounding to the weights' dtype; not into a head tied to the
-    /// embedding), so decode's fused norms do not load and multiply it. Prefill's norms
-    /// then apply a weight of ones.
+    /// embedding, nor, in f16, where the largest magnitudes of the two could multiply past
+    /// f16's largest value), so decode's fused norms do not load and multiply it. Prefill's norms then apply a weight of ones.
     pub fold_norms: bool,
     /// With `gemv`, `pair_epilogues` and `cuda_graphs`, decode of one sequence runs every
     /// layer and the LM head in one persistent launch (grid barriers between the phases

@@ -324,6 +324,14 @@ pub fn encode(v: &[f32], dtype: rocmforge_dsl::DType) -> Vec<u8> {
     }
 }
 
+/// The largest magnitude among the f16 values of `bytes` (little-endian), as f32: NaN
+/// where one is NaN, 0 for none. With the sign bit cleared, f16 bits order as the
+/// magnitudes they encode (infinity above the finite values, NaN above infinity).
+pub fn f16_max_abs(bytes: &[u8]) -> f32 {
+    let bits = bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7fff).max().unwrap_or(0);
+    half::f16::from_bits(bits).to_f32()
+}
+
 fn widen(bytes: &[u8], size: usize, f: impl Fn(&[u8]) -> f32) -> Result<Vec<f32>> {
     let n = bytes.len() / size;
     let mut out = Vec::new();
@@ -356,4 +364,20 @@ fn map_shard(path: &Path) -> Result<(Shard, Vec<(String, Entry)>)> {
         })
         .collect();
     Ok((Shard { path: path.to_path_buf(), map: Arc::new(map), data_start }, entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_max_abs_is_the_largest_magnitude() {
+        let enc = |v: &[f32]| encode(v, rocmforge_dsl::DType::F16);
+        assert_eq!(f16_max_abs(&enc(&[0.25, -3.5, 1.0, 6e-8])), 3.5);
+        assert_eq!(f16_max_abs(&enc(&[-65504.0, 2.0])), 65504.0);
+        assert_eq!(f16_max_abs(&enc(&[-0.0, 6e-8])), half::f16::from_f32(6e-8).to_f32());
+        assert_eq!(f16_max_abs(&enc(&[1.0, f32::NEG_INFINITY])), f32::INFINITY);
+        assert!(f16_max_abs(&enc(&[1.0, f32::INFINITY, f32::NAN])).is_nan());
+        assert_eq!(f16_max_abs(&[]), 0.0);
+    }
 }
