@@ -395,15 +395,15 @@ impl GpuModel {
         // the product's largest magnitude bounds what the fold may write. Scanned on the
         // host bytes only there.
         let scan = |bytes: &[u8]| if dt == DType::F16 && opts.fold_norms { f16_max_abs(bytes) } else { 0.0 };
-        // A tensor uploaded, and its largest magnitude where `scan` takes it.
-        let up_scanned = |name: &str, shape: &[usize]| -> Result<(DeviceTensor, f32)> {
+        // A tensor uploaded, and its largest magnitude where asked and `scan` takes it.
+        let upload = |name: &str, shape: &[usize], scanned: bool| -> Result<(DeviceTensor, f32)> {
             let bytes = src.borrow_mut().tensor(name, shape, dt)?;
             let t = dev.upload_bytes(dt, shape, &bytes)?;
             done.set(done.get() + bytes.len() as u64);
             (progress.borrow_mut())(done.get(), plan.weights);
-            Ok((t, scan(&bytes)))
+            Ok((t, if scanned { scan(&bytes) } else { 0.0 }))
         };
-        let up = |name: &str, shape: &[usize]| -> Result<DeviceTensor> { Ok(up_scanned(name, shape)?.0) };
+        let up = |name: &str, shape: &[usize]| -> Result<DeviceTensor> { Ok(upload(name, shape, false)?.0) };
         // Several tensors stacked along their rows (`cols` 0: vectors), as one tensor, and
         // its largest magnitude where `scan` takes it.
         let up_fused = |parts: &[(String, usize)], cols: usize| -> Result<(DeviceTensor, f32)> {
@@ -491,7 +491,7 @@ impl GpuModel {
         let (norm, lm_head) = if cfg.tie_embeddings {
             (Some(norm), None)
         } else {
-            let (mut head, head_max) = up_scanned("lm_head.weight", &[cfg.vocab, h])?;
+            let (mut head, head_max) = upload("lm_head.weight", &[cfg.vocab, h], true)?;
             (fold((&mut head, head_max), norm)?, Some(head))
         };
         let unit = dev.upload_bytes(dt, &[h], &encode(&vec![1.0; h], dt))?;
