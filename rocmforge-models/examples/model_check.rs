@@ -469,65 +469,51 @@ fn engine_checks(dev: &Arc<CudaDevice>, rng: &mut Rng, tally: &mut Tally) -> Res
                 round(rand_rows(rng, n)),
                 round(rand_rows(rng, m * n)),
             );
-            let want: Vec<f32> = (0..m * n)
-                .map(|i| {
-                    let (r, j) = (i / n, i % n);
-                    let xrow = &xr[r * kk..(r + 1) * kk];
-                    let ms = xrow.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / kk as f64;
-                    let dot: f64 = (0..kk).map(|c| f64::from(xrow[c]) * f64::from(gr[c]) * f64::from(wr[j * kk + c])).sum();
-                    (dot / (ms + 1e-5).sqrt() + f64::from(br[j]) + f64::from(rr[i])) as f32
-                })
-                .collect();
+            // f64 over x, the weights `wh` and, for the weighted norm, its weight `g`.
+            let reference = |wh: &[f32], g: Option<&[f32]>| -> Vec<f32> {
+                (0..m * n)
+                    .map(|i| {
+                        let (r, j) = (i / n, i % n);
+                        let xrow = &xr[r * kk..(r + 1) * kk];
+                        let ms = xrow.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / kk as f64;
+                        let gc = |c: usize| g.map_or(1.0, |g| f64::from(g[c]));
+                        let dot: f64 = (0..kk).map(|c| f64::from(xrow[c]) * gc(c) * f64::from(wh[j * kk + c])).sum();
+                        (dot / (ms + 1e-5).sqrt() + f64::from(br[j]) + f64::from(rr[i])) as f32
+                    })
+                    .collect()
+            };
             let up = |v: &[f32], shape: &[usize]| dev.upload_bytes(dtype, shape, &encode(v, dtype));
             let (x, w, g, b) = (up(&xr, &[m, kk])?, up(&wr, &[n, kk])?, up(&gr, &[kk])?, up(&br, &[n])?);
-            let out = up(&rr, &[m, n])?;
-            let f = GemvFusion { norm: Some(RmsNorm::new(&g, 1e-5)), bias: Some(&b), residual: Some(&out), ..GemvFusion::default() };
-            let plan = plan_gemv(&lim, &x, &w, &out, &f)?;
-            dev.launch_engine(&plan)?;
-            let got = dev.download(&out)?.to_f32_vec();
-            let e = nmse(&got, &want);
-            let bound = gemv_bound(dtype);
-            let split = warps_a_row(&plan);
-            tally.check(
-                e <= bound,
-                format!("engine gemv  {dtype:<5} [{m}, {kk}] x [{n}, {kk}]^T, norm + bias + residual in place, warps a row {split}: nmse {e:.2e} (bound {bound:.0e})"),
-            );
-            // The norm's weight folded into w's columns on the device, as the model
-            // loader does (the DSL's `scale_columns`, in place): the folded weights bit
-            // for bit against the host's rounding of w * g (one f32 product), then the
-            // product without g (mode 3) against f64 over the folded weights.
+            // The norm's weight folded into w's columns on the device, as the model loader
+            // does (the DSL's `scale_columns`, in place): bit for bit against the host's
+            // rounding of w * g (one f32 product).
             let mut wf = up(&wr, &[n, kk])?;
             let k_scale = kernels::scale_columns::kernel()?;
             dev.launch(k_scale, &kernels::scale_columns::plan(&lim, &mut wf.view_mut(0, &[n, kk])?, &g)?)?;
             let wf_host: Vec<f32> = (0..n * kk).map(|i| dtype.round_f32(wr[i] * gr[i % kk])).collect();
-            let diff = dev
-                .read_bytes(&wf)?
-                .chunks_exact(dtype.size())
-                .zip(encode(&wf_host, dtype).chunks_exact(dtype.size()))
-                .filter(|(a, b)| a != b)
-                .count();
+            let (_, diff) = differing(dev, &wf, &up(&wf_host, &[n, kk])?, dtype)?;
             tally.check(
                 diff == 0,
                 format!("scale_columns {dtype:<5} [{n}, {kk}] in place: {diff} of {} elements differ from the host's w * g", n * kk),
             );
-            let want_folded: Vec<f32> = (0..m * n)
-                .map(|i| {
-                    let (r, j) = (i / n, i % n);
-                    let xrow = &xr[r * kk..(r + 1) * kk];
-                    let ms = xrow.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / kk as f64;
-                    let dot: f64 = (0..kk).map(|c| f64::from(xrow[c]) * f64::from(wf_host[j * kk + c])).sum();
-                    (dot / (ms + 1e-5).sqrt() + f64::from(br[j]) + f64::from(rr[i])) as f32
-                })
-                .collect();
-            let out = up(&rr, &[m, n])?;
-            let f = GemvFusion { norm: Some(RmsNorm::folded(1e-5)), bias: Some(&b), residual: Some(&out), ..GemvFusion::default() };
-            let plan = plan_gemv(&lim, &x, &wf, &out, &f)?;
-            dev.launch_engine(&plan)?;
-            let e = nmse(&dev.download(&out)?.to_f32_vec(), &want_folded);
-            tally.check(
-                e <= bound,
-                format!("engine gemv  {dtype:<5} [{m}, {kk}] x [{n}, {kk}]^T, folded norm + bias + residual in place, warps a row {}: nmse {e:.2e} (bound {bound:.0e})", warps_a_row(&plan)),
-            );
+            // The product with the norm's weight, and without it (mode 3) over the folded
+            // weights.
+            for (what, wd, wh, norm, gh) in
+                [("norm", &w, &wr, RmsNorm::new(&g, 1e-5), Some(&gr[..])), ("folded norm", &wf, &wf_host, RmsNorm::folded(1e-5), None)]
+            {
+                let want = reference(wh, gh);
+                let out = up(&rr, &[m, n])?;
+                let f = GemvFusion { norm: Some(norm), bias: Some(&b), residual: Some(&out), ..GemvFusion::default() };
+                let plan = plan_gemv(&lim, &x, wd, &out, &f)?;
+                dev.launch_engine(&plan)?;
+                let e = nmse(&dev.download(&out)?.to_f32_vec(), &want);
+                let bound = gemv_bound(dtype);
+                let split = warps_a_row(&plan);
+                tally.check(
+                    e <= bound,
+                    format!("engine gemv  {dtype:<5} [{m}, {kk}] x [{n}, {kk}]^T, {what} + bias + residual in place, warps a row {split}: nmse {e:.2e} (bound {bound:.0e})"),
+                );
+            }
         }
         // Gather: rows by index, one out of range (a zero row).
         let (rows, cols) = (100usize, 72usize);

@@ -391,22 +391,23 @@ impl GpuModel {
         let done = std::cell::Cell::new(0u64);
         let progress = std::cell::RefCell::new(&mut progress);
         let src = std::cell::RefCell::new(src);
-        // f16 holds at most 65504: where a norm's weight is folded into an f16 product,
-        // the product's largest magnitude bounds what the fold may write. Scanned on the
-        // host bytes only there.
-        let scan = |bytes: &[u8]| if dt == DType::F16 && opts.fold_norms { f16_max_abs(bytes) } else { 0.0 };
-        // A tensor uploaded, and its largest magnitude where asked and `scan` takes it.
+        // f16 holds at most 65504: where a norm's weight is folded into an f16 product, the
+        // largest magnitudes of both bound what the fold may write. The tensors a fold
+        // takes are scanned (`scanned`) on their host bytes as they upload, in f16 only
+        // (0 otherwise).
+        let scan = |bytes: &[u8], scanned: bool| if scanned && dt == DType::F16 && opts.fold_norms { f16_max_abs(bytes) } else { 0.0 };
+        // A tensor uploaded, and its largest magnitude where scanned.
         let upload = |name: &str, shape: &[usize], scanned: bool| -> Result<(DeviceTensor, f32)> {
             let bytes = src.borrow_mut().tensor(name, shape, dt)?;
             let t = dev.upload_bytes(dt, shape, &bytes)?;
             done.set(done.get() + bytes.len() as u64);
             (progress.borrow_mut())(done.get(), plan.weights);
-            Ok((t, if scanned { scan(&bytes) } else { 0.0 }))
+            Ok((t, scan(&bytes, scanned)))
         };
         let up = |name: &str, shape: &[usize]| -> Result<DeviceTensor> { Ok(upload(name, shape, false)?.0) };
         // Several tensors stacked along their rows (`cols` 0: vectors), as one tensor, and
-        // its largest magnitude where `scan` takes it.
-        let up_fused = |parts: &[(String, usize)], cols: usize| -> Result<(DeviceTensor, f32)> {
+        // its largest magnitude where scanned.
+        let up_fused = |parts: &[(String, usize)], cols: usize, scanned: bool| -> Result<(DeviceTensor, f32)> {
             let mut bytes = Vec::new();
             let mut rows = 0;
             for (name, r) in parts {
@@ -420,22 +421,20 @@ impl GpuModel {
             let t = dev.upload_bytes(dt, &shape, &bytes)?;
             done.set(done.get() + bytes.len() as u64);
             (progress.borrow_mut())(done.get(), plan.weights);
-            Ok((t, scan(&bytes)))
+            Ok((t, scan(&bytes, scanned)))
         };
         // Folds a norm's weight `g` into the columns of the product `w` after it (in
         // place, on the device: one rounding of `w * g` to the dtype), or keeps it. In
         // f16 a norm stays apart unless the largest magnitudes of `w` (`w_max`) and `g`
-        // multiply to at most 65504, so that no folded weight leaves f16's range; bf16
-        // and f32 have f32's range.
+        // (`g_max`) multiply to at most 65504, so that no folded weight leaves f16's
+        // range; bf16 and f32 have f32's range.
         let k_scale = if opts.fold_norms { Some(kernel(kernels::scale_columns::kernel())?) } else { None };
-        let fold = |(w, w_max): (&mut DeviceTensor, f32), g: DeviceTensor| -> Result<Option<DeviceTensor>> {
+        let fold = |(w, w_max): (&mut DeviceTensor, f32), (g, g_max): (DeviceTensor, f32)| -> Result<Option<DeviceTensor>> {
             let Some(k) = k_scale else { return Ok(Some(g)) };
-            if dt == DType::F16 {
-                // A NaN anywhere fails the comparison: that norm stays apart too.
-                let fits = w_max * f16_max_abs(&dev.read_bytes(&g)?) <= 65504.0;
-                if !fits {
-                    return Ok(Some(g));
-                }
+            // A NaN anywhere fails the comparison: that norm stays apart too.
+            let fits = w_max * g_max <= 65504.0;
+            if dt == DType::F16 && !fits {
+                return Ok(Some(g));
             }
             let (rows, cols) = (w.shape()[0], w.shape()[1]);
             dev.launch(k, &kernels::scale_columns::plan(dev.limits(), &mut w.view_mut(0, &[rows, cols])?, &g)?)?;
@@ -449,12 +448,16 @@ impl GpuModel {
             let p = format!("model.layers.{l}");
             let a = format!("{p}.self_attn");
             let m = format!("{p}.mlp");
-            let attn_norm = up(&format!("{p}.input_layernorm.weight"), &[h])?;
-            let (mut wqkv, wqkv_max) =
-                up_fused(&[(format!("{a}.q_proj.weight"), q), (format!("{a}.k_proj.weight"), kv), (format!("{a}.v_proj.weight"), kv)], h)?;
+            let attn_norm = upload(&format!("{p}.input_layernorm.weight"), &[h], true)?;
+            let (mut wqkv, wqkv_max) = up_fused(
+                &[(format!("{a}.q_proj.weight"), q), (format!("{a}.k_proj.weight"), kv), (format!("{a}.v_proj.weight"), kv)],
+                h,
+                true,
+            )?;
             let attn_norm = fold((&mut wqkv, wqkv_max), attn_norm)?;
-            let mlp_norm = up(&format!("{p}.post_attention_layernorm.weight"), &[h])?;
-            let (mut w_gate_up, w_gate_up_max) = up_fused(&[(format!("{m}.gate_proj.weight"), i), (format!("{m}.up_proj.weight"), i)], h)?;
+            let mlp_norm = upload(&format!("{p}.post_attention_layernorm.weight"), &[h], true)?;
+            let (mut w_gate_up, w_gate_up_max) =
+                up_fused(&[(format!("{m}.gate_proj.weight"), i), (format!("{m}.up_proj.weight"), i)], h, true)?;
             let mlp_norm = fold((&mut w_gate_up, w_gate_up_max), mlp_norm)?;
             layers.push(Layer {
                 attn_norm,
@@ -464,6 +467,7 @@ impl GpuModel {
                         up_fused(
                             &[(format!("{a}.q_proj.bias"), q), (format!("{a}.k_proj.bias"), kv), (format!("{a}.v_proj.bias"), kv)],
                             0,
+                            false,
                         )?
                         .0,
                     )
@@ -477,7 +481,7 @@ impl GpuModel {
                 mlp_norm,
                 w_gate_up,
                 b_gate_up: if cfg.mlp_bias {
-                    Some(up_fused(&[(format!("{m}.gate_proj.bias"), i), (format!("{m}.up_proj.bias"), i)], 0)?.0)
+                    Some(up_fused(&[(format!("{m}.gate_proj.bias"), i), (format!("{m}.up_proj.bias"), i)], 0, false)?.0)
                 } else {
                     None
                 },
@@ -486,10 +490,10 @@ impl GpuModel {
                 window: cfg.windows[l],
             });
         }
-        let norm = up("model.norm.weight", &[h])?;
+        let norm = upload("model.norm.weight", &[h], !cfg.tie_embeddings)?;
         // A tied head is the embedding table too: its norm stays separate.
         let (norm, lm_head) = if cfg.tie_embeddings {
-            (Some(norm), None)
+            (Some(norm.0), None)
         } else {
             let (mut head, head_max) = upload("lm_head.weight", &[cfg.vocab, h], true)?;
             (fold((&mut head, head_max), norm)?, Some(head))
